@@ -1,0 +1,2 @@
+// placeholder
+namespace kiln { int cli_main(int, char**) { return 1; } }
