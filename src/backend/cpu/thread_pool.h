@@ -1,9 +1,15 @@
 // A fixed pool of worker threads for data-parallel kernels. parallel_for splits [0, n) into
 // contiguous chunks, runs them on the workers and the calling thread, and returns when all are done.
 // No allocation per call (the body is passed by reference, not as std::function).
+//
+// Dispatch is spin-then-sleep: after a job, workers spin for a few tens of microseconds waiting for
+// the next one (a decode step issues hundreds of kernels back to back), then sleep on a condition
+// variable so an idle server burns no CPU. parallel_for is safe to call from several threads (calls
+// are serialized) and from inside a body (the nested call runs inline on the calling thread).
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace kiln::cpu {
 

@@ -1,0 +1,189 @@
+// Paged KV cache write and causal attention over it (vLLM PagedAttention, Kwon et al. 2023, on the
+// CPU). One work item is one (query token, query head): three passes over that sequence's
+// positions 0..pos, gathered block by block through its block table:
+//   1. scores s_p = scale · q·k_p and their max       (AVX2 dot products of length head_dim)
+//   2. w_p = exp(s_p - max), sum                      (vector exp over the score row)
+//   3. out = Σ w_p v_p / sum                          (AVX2 axpy into the output row)
+// Work per item: 4·(pos+1)·head_dim FLOPs over 2·(pos+1)·head_dim·4 bytes of K and V.
+// Scores live in a thread_local buffer that only grows, so steady state allocates nothing.
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/simd.h"
+
+namespace kiln::cpu {
+namespace {
+
+struct AttentionArgs {
+  const float* q;
+  int64_t q_stride;
+  const int32_t* token_seq;
+  const int32_t* positions;
+  const int32_t* block_tables;
+  int64_t max_blocks_per_seq;
+  const PagedKv* kv;
+  int64_t num_heads;
+  float scale;
+  float* out;
+};
+
+// Calls visit(p, slot_row_index) for positions 0..last of a sequence, where the cache row of
+// position p for kv head h is (slot * num_kv_heads + h).
+template <class Visit>
+inline void for_each_position(const int32_t* table, int64_t block_size, int64_t last, Visit&& visit) {
+  for (int64_t start = 0, b = 0; start <= last; start += block_size, ++b) {
+    const int64_t block = table[b];
+    const int64_t count = std::min(block_size, last + 1 - start);
+    for (int64_t o = 0; o < count; ++o) visit(start + o, block * block_size + o);
+  }
+}
+
+KILN_AVX2 float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  float sum = simd::hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// y += alpha · x
+KILN_AVX2 void axpy_avx2(float alpha, const float* x, float* y, int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// s[i] = exp(s[i] - max); returns the sum.
+KILN_AVX2 float exp_shift_sum_avx2(float* s, int64_t n, float max) {
+  const __m256 m = _mm256_set1_ps(max);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), m));
+    _mm256_storeu_ps(s + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = simd::hsum(acc);
+  for (; i < n; ++i) {
+    s[i] = std::exp(s[i] - max);
+    sum += s[i];
+  }
+  return sum;
+}
+
+float dot_scalar(const float* a, const float* b, int64_t n) {
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+void axpy_scalar(float alpha, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+float exp_shift_sum_scalar(float* s, int64_t n, float max) {
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - max);
+    sum += s[i];
+  }
+  return sum;
+}
+
+struct AvxOps {
+  KILN_AVX2 static float dot(const float* a, const float* b, int64_t n) { return dot_avx2(a, b, n); }
+  KILN_AVX2 static void axpy(float alpha, const float* x, float* y, int64_t n) { axpy_avx2(alpha, x, y, n); }
+  KILN_AVX2 static float exp_shift_sum(float* s, int64_t n, float max) { return exp_shift_sum_avx2(s, n, max); }
+};
+struct ScalarOps {
+  static float dot(const float* a, const float* b, int64_t n) { return dot_scalar(a, b, n); }
+  static void axpy(float alpha, const float* x, float* y, int64_t n) { axpy_scalar(alpha, x, y, n); }
+  static float exp_shift_sum(float* s, int64_t n, float max) { return exp_shift_sum_scalar(s, n, max); }
+};
+
+// Items [begin, end) of the flattened (token, head) grid.
+template <class Ops>
+void attend_items(const AttentionArgs& a, int64_t begin, int64_t end) {
+  const PagedKv& kv = *a.kv;
+  const int64_t hd = kv.head_dim;
+  const int64_t group = a.num_heads / kv.num_kv_heads;
+  thread_local std::vector<float> scores;  // [pos + 1], grows only
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t m = item / a.num_heads;
+    const int64_t h = item % a.num_heads;
+    const int64_t kv_head = h / group;
+    const int64_t last = a.positions[m];
+    const int32_t* table = a.block_tables + a.token_seq[m] * a.max_blocks_per_seq;
+    const float* q = a.q + m * a.q_stride + h * hd;
+    float* out = a.out + (m * a.num_heads + h) * hd;
+    if (static_cast<int64_t>(scores.size()) < last + 1) scores.resize(last + 1);
+    float* s = scores.data();
+
+    float max = -std::numeric_limits<float>::infinity();
+    for_each_position(table, kv.block_size, last, [&](int64_t p, int64_t slot) {
+      s[p] = a.scale * Ops::dot(q, kv.k_cache + (slot * kv.num_kv_heads + kv_head) * hd, hd);
+      max = std::max(max, s[p]);
+    });
+    const float inv_sum = 1.0f / Ops::exp_shift_sum(s, last + 1, max);
+
+    std::memset(out, 0, hd * sizeof(float));
+    for_each_position(table, kv.block_size, last, [&](int64_t p, int64_t slot) {
+      Ops::axpy(s[p] * inv_sum, kv.v_cache + (slot * kv.num_kv_heads + kv_head) * hd, out, hd);
+    });
+  }
+}
+
+}  // namespace
+
+void kv_cache_write(const float* k, const float* v, int64_t M, int64_t row_stride,
+                    const int32_t* slot_mapping, const PagedKv& kv) {
+  const int64_t row = kv.num_kv_heads * kv.head_dim;
+  assert(row_stride >= row);
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t slot = slot_mapping[m];
+    if (slot < 0) continue;  // padding token (vLLM's convention): nothing to store
+    assert(slot < kv.num_blocks * kv.block_size);
+    std::memcpy(kv.k_cache + slot * row, k + m * row_stride, row * sizeof(float));
+    std::memcpy(kv.v_cache + slot * row, v + m * row_stride, row * sizeof(float));
+  }
+}
+
+void paged_attention(const float* q, int64_t M, int64_t q_stride, const int32_t* token_seq,
+                     const int32_t* positions, const int32_t* block_tables,
+                     int64_t max_blocks_per_seq, const PagedKv& kv, int64_t num_heads, float scale,
+                     float* out, ThreadPool& pool) {
+  assert(kv.num_kv_heads > 0 && num_heads % kv.num_kv_heads == 0);
+  assert(q_stride >= num_heads * kv.head_dim);
+  if (M <= 0) return;
+  const AttentionArgs args{q,  q_stride,  token_seq, positions, block_tables, max_blocks_per_seq,
+                           &kv, num_heads, scale,     out};
+  // Chunk so that each carries ~16K multiply-adds: short contexts (the first decode steps) run on
+  // fewer threads instead of paying dispatch for microseconds of work.
+  int64_t total_positions = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    assert(positions[m] >= 0 && positions[m] / kv.block_size < max_blocks_per_seq);
+    total_positions += positions[m] + 1;
+  }
+  const int64_t items = M * num_heads;
+  const int64_t macs_per_item = std::max<int64_t>(1, 2 * total_positions * kv.head_dim / M);
+  const int64_t min_chunk = std::max<int64_t>(1, 16384 / macs_per_item);
+  if (using_avx2()) {
+    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<AvxOps>(args, b, e); });
+  } else {
+    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<ScalarOps>(args, b, e); });
+  }
+}
+
+}  // namespace kiln::cpu

@@ -1,0 +1,225 @@
+// matmul: y[M, N] = x[M, K] · w[N, K]^T (+ bias), weights F32/F16/BF16, the hot path of every layer.
+//
+// Work and traffic: 2·M·N·K FLOPs; the weights (N·K·sizeof(w) bytes) dominate memory traffic.
+//   Decode (M <= kStreamMaxRows): memory-bound, so the goal is to read each weight byte exactly once
+//     at full bandwidth: a "stream" pass walks 4 weight rows at a time, converting F16 (F16C) or BF16
+//     (shift) to f32 in registers, and reuses those rows (still in L1) for every x row.
+//   Prefill (M > kStreamMaxRows): compute-bound. Weight rows are converted once into an f32 panel
+//     that fits in L2, and 4x3 register tiles (4 x rows × 3 weight rows, 12 accumulators) reuse each
+//     loaded vector 3-4 times.
+// Parallelism: over N (output features) in chunks of >= 12 rows, each chunk independent.
+// Measured (bench/cpu_kernels_bench.cc, see src/backend/cpu/README.md): GEMV runs at the machine's
+// streaming read bandwidth.
+#include <algorithm>
+#include <cassert>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/simd.h"
+
+namespace kiln::cpu {
+namespace {
+
+constexpr int64_t kStreamMaxRows = 8;
+constexpr int64_t kPanelBytes = 192 * 1024;  // f32 weight panel per thread; well inside L2
+
+struct MatmulArgs {
+  const float* x;  // [M, K]
+  int64_t M;
+  int64_t K;
+  const void* w;  // [N, K] of the weight dtype
+  const float* bias;  // [N] or null
+  float* y;  // [M, ldy]
+  int64_t ldy;
+};
+
+template <DType D>
+struct Weight;
+template <>
+struct Weight<DType::F32> {
+  using T = float;
+  static float scalar(T v) { return v; }
+  KILN_AVX2 static __m256 load8(const T* p) { return simd::load8(p); }
+};
+template <>
+struct Weight<DType::F16> {
+  using T = uint16_t;
+  static float scalar(T v) { return f16_to_f32(v); }
+  KILN_AVX2 static __m256 load8(const T* p) { return simd::load8_f16(p); }
+};
+template <>
+struct Weight<DType::BF16> {
+  using T = uint16_t;
+  static float scalar(T v) { return bf16_to_f32(v); }
+  KILN_AVX2 static __m256 load8(const T* p) { return simd::load8_bf16(p); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 path
+
+// y[i, j] = x[i, :] · w[j, :] (+ bias[j]) for i < MR, j < NR, with MR·NR independent accumulators.
+//   x: MR rows of stride ldx;  w: NR rows of stride K;  y: MR rows of stride ldy.
+template <DType D, int MR, int NR>
+KILN_AVX2 void tile_avx2(const float* x, int64_t ldx, const typename Weight<D>::T* w, int64_t K,
+                         const float* bias, float* y, int64_t ldy) {
+  __m256 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = Weight<D>::load8(w + j * K + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      float sum = simd::hsum(acc[i][j]);
+      for (int64_t t = k; t < K; ++t) sum += x[i * ldx + t] * Weight<D>::scalar(w[j * K + t]);
+      y[i * ldy + j] = bias ? sum + bias[j] : sum;
+    }
+  }
+}
+
+template <DType D, int MR>
+KILN_AVX2 void tile_avx2_nr(int nr, const float* x, int64_t ldx, const typename Weight<D>::T* w,
+                            int64_t K, const float* bias, float* y, int64_t ldy) {
+  switch (nr) {
+    case 1: return tile_avx2<D, MR, 1>(x, ldx, w, K, bias, y, ldy);
+    case 2: return tile_avx2<D, MR, 2>(x, ldx, w, K, bias, y, ldy);
+    case 3: return tile_avx2<D, MR, 3>(x, ldx, w, K, bias, y, ldy);
+    default: return tile_avx2<D, MR, 4>(x, ldx, w, K, bias, y, ldy);
+  }
+}
+
+// Any tile up to 4x4 (the remainders at the edges of M and N).
+template <DType D>
+KILN_AVX2 void tile_avx2_any(int mr, int nr, const float* x, int64_t ldx,
+                             const typename Weight<D>::T* w, int64_t K, const float* bias, float* y,
+                             int64_t ldy) {
+  switch (mr) {
+    case 1: return tile_avx2_nr<D, 1>(nr, x, ldx, w, K, bias, y, ldy);
+    case 2: return tile_avx2_nr<D, 2>(nr, x, ldx, w, K, bias, y, ldy);
+    case 3: return tile_avx2_nr<D, 3>(nr, x, ldx, w, K, bias, y, ldy);
+    default: return tile_avx2_nr<D, 4>(nr, x, ldx, w, K, bias, y, ldy);
+  }
+}
+
+// Decode: weight rows [n0, n1) are read from memory once, 4 at a time; 2x4 tiles (8 accumulators,
+// 4 weight vectors and 1 x vector live: 13 of 16 ymm registers) over all M rows.
+template <DType D>
+KILN_AVX2 void rows_stream_avx2(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  const auto* w = static_cast<const typename Weight<D>::T*>(a.w);
+  for (int64_t n = n0; n < n1; n += 4) {
+    const int nr = static_cast<int>(std::min<int64_t>(4, n1 - n));
+    for (int64_t m = 0; m < a.M; m += 2) {
+      const int mr = static_cast<int>(std::min<int64_t>(2, a.M - m));
+      tile_avx2_any<D>(mr, nr, a.x + m * a.K, a.K, w + n * a.K, a.K, a.bias ? a.bias + n : nullptr,
+                       a.y + m * a.ldy + n, a.ldy);
+    }
+  }
+}
+
+// Prefill: convert a panel of weight rows to f32 once (F32 weights are used in place), then sweep
+// all x rows over it in 4x3 tiles (12 accumulators + 3 weight vectors + 1 x vector = 16 ymm).
+template <DType D>
+KILN_AVX2 void rows_panel_avx2(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  const auto* w = static_cast<const typename Weight<D>::T*>(a.w);
+  const int64_t K = a.K;
+  const int64_t panel_rows = std::clamp<int64_t>(kPanelBytes / (4 * std::max<int64_t>(K, 1)) / 3 * 3,
+                                                 3, 96);
+  thread_local std::vector<float> panel;  // grows to the largest panel once, then reused
+  for (int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
+    const int64_t p1 = std::min(n1, p0 + panel_rows);
+    const float* wp;
+    if constexpr (D == DType::F32) {
+      wp = w + p0 * K;
+    } else {
+      const int64_t count = (p1 - p0) * K;
+      if (static_cast<int64_t>(panel.size()) < count) panel.resize(count);
+      const auto* src = w + p0 * K;
+      int64_t i = 0;
+      for (; i + 8 <= count; i += 8) _mm256_storeu_ps(panel.data() + i, Weight<D>::load8(src + i));
+      for (; i < count; ++i) panel[i] = Weight<D>::scalar(src[i]);
+      wp = panel.data();
+    }
+    for (int64_t m = 0; m < a.M; m += 4) {
+      const int mr = static_cast<int>(std::min<int64_t>(4, a.M - m));
+      for (int64_t n = p0; n < p1; n += 3) {
+        const int nr = static_cast<int>(std::min<int64_t>(3, p1 - n));
+        tile_avx2_any<DType::F32>(mr, nr, a.x + m * K, K, wp + (n - p0) * K, K,
+                                  a.bias ? a.bias + n : nullptr, a.y + m * a.ldy + n, a.ldy);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar path: convert one weight row to f32, then dot it with every x row (4 accumulators).
+
+template <DType D>
+void rows_scalar(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  const auto* w = static_cast<const typename Weight<D>::T*>(a.w);
+  const int64_t K = a.K;
+  thread_local std::vector<float> row;
+  if (static_cast<int64_t>(row.size()) < K) row.resize(K);
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* wr;
+    if constexpr (D == DType::F32) {
+      wr = w + n * K;
+    } else {
+      for (int64_t k = 0; k < K; ++k) row[k] = Weight<D>::scalar(w[n * K + k]);
+      wr = row.data();
+    }
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* xr = a.x + m * K;
+      float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      int64_t k = 0;
+      for (; k + 4 <= K; k += 4) {
+        s0 += xr[k] * wr[k];
+        s1 += xr[k + 1] * wr[k + 1];
+        s2 += xr[k + 2] * wr[k + 2];
+        s3 += xr[k + 3] * wr[k + 3];
+      }
+      for (; k < K; ++k) s0 += xr[k] * wr[k];
+      const float sum = (s0 + s1) + (s2 + s3);
+      a.y[m * a.ldy + n] = a.bias ? sum + a.bias[n] : sum;
+    }
+  }
+}
+
+using RowsFn = void (*)(const MatmulArgs&, int64_t n0, int64_t n1);
+
+template <DType D>
+RowsFn select_rows_fn(bool avx2, bool panel) {
+  if (!avx2) return &rows_scalar<D>;
+  return panel ? &rows_panel_avx2<D> : &rows_stream_avx2<D>;
+}
+
+}  // namespace
+
+void matmul(const float* x, int64_t M, int64_t K, const void* w, DType w_dtype, int64_t N,
+            const float* bias, float* y, int64_t ldy, ThreadPool& pool) {
+  assert(M >= 0 && K >= 0 && N >= 0 && ldy >= N);
+  assert(w_dtype == DType::F32 || w_dtype == DType::F16 || w_dtype == DType::BF16);
+  if (M == 0 || N == 0) return;
+  const bool avx2 = using_avx2();
+  const bool panel = M > kStreamMaxRows;
+  RowsFn fn = nullptr;
+  switch (w_dtype) {
+    case DType::F16: fn = select_rows_fn<DType::F16>(avx2, panel); break;
+    case DType::BF16: fn = select_rows_fn<DType::BF16>(avx2, panel); break;
+    default: fn = select_rows_fn<DType::F32>(avx2, panel); break;
+  }
+  const MatmulArgs args{x, M, K, w, bias, y, ldy};
+  // Chunks are multiples of 12 rows (whole 4-row stream tiles and 3-row panel tiles) and carry at
+  // least ~16K multiply-adds, so tiny matmuls are not split at a loss.
+  const int64_t macs_per_row = std::max<int64_t>(1, M * K);
+  const int64_t min_rows = std::max<int64_t>(12, (16384 + macs_per_row - 1) / macs_per_row);
+  const int64_t min_chunk = (min_rows + 11) / 12 * 12;
+  pool.parallel_for(N, min_chunk, [&](int64_t n0, int64_t n1) { fn(args, n0, n1); });
+}
+
+}  // namespace kiln::cpu
