@@ -1,2 +1,300 @@
-// placeholder
-namespace kiln { int cli_main(int, char**) { return 1; } }
+// The kiln command line: a thin shell over the library. Every error reaches the user as one line
+// "kiln: error: ..." and a non-zero exit.
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <random>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "compiler/build_engine.h"
+#include "engine/engine_file.h"
+#include "graph/graph.h"
+#include "runtime/generator.h"
+#include "runtime/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kiln {
+
+namespace {
+
+int fail(const Error& error) {
+  std::fflush(stdout);
+  fmt::print(stderr, "kiln: error: {}\n", error.message);
+  return 1;
+}
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is KiB on Linux
+}
+
+Result<std::vector<int32_t>> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    if (b == std::string::npos) return make_error("--prompt-ids: empty entry in '{}'", text);
+    item = item.substr(b, e - b + 1);
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || v < INT32_MIN || v > INT32_MAX) return make_error("--prompt-ids: '{}' is not an integer id", item);
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) return make_error("--prompt-ids: no ids given");
+  return ids;
+}
+
+// ---- build ----
+struct BuildArgs {
+  BuildOptions options;
+};
+
+int run_build(const BuildArgs& args) {
+  auto report = build_engine(args.options);
+  if (!report.ok()) return fail(report.error());
+  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up; tokenizer: {})\n",
+             args.options.output_path, report->num_tensors, report->weight_bytes / 1048576.0, report->fused_qkv,
+             report->fused_gate_up, report->tokenizer.empty() ? "none" : report->tokenizer);
+  return 0;
+}
+
+// ---- run ----
+struct RunArgs {
+  std::string engine;
+  std::string prompt;
+  std::string prompt_ids;
+  int32_t max_new_tokens = 256;
+  float temperature = 1.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  int64_t seed = -1;
+  std::vector<std::string> stop;
+  int threads = 0;
+  bool json = false;
+  bool dump_logits = false;
+  bool ignore_eos = false;
+  bool no_verify = false;
+};
+
+int run_run(const RunArgs& args) {
+  RuntimeOptions options;
+  options.backend_options.num_threads = args.threads;
+  options.verify_checksum = !args.no_verify;
+  auto model = Model::load(args.engine, options);
+  if (!model.ok()) return fail(model.error());
+  GenerationRequest request;
+  if (!args.prompt_ids.empty()) {
+    auto ids = parse_ids(args.prompt_ids);
+    if (!ids.ok()) return fail(ids.error());
+    request.prompt_ids = *ids;
+  } else {
+    const Tokenizer* tok = (*model)->tokenizer();
+    if (!tok) return fail(make_error("{}: engine has no tokenizer; pass --prompt-ids or rebuild with --tokenizer", args.engine));
+    request.prompt_ids = tok->encode(args.prompt, /*add_bos=*/true);
+  }
+  request.max_new_tokens = args.max_new_tokens;
+  request.sampling = SamplingParams{args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty,
+                                    args.seed >= 0 ? static_cast<uint64_t>(args.seed) : std::random_device{}()};
+  request.stop_strings = args.stop;
+  request.ignore_eos = args.ignore_eos;
+  request.want_last_logits = args.dump_logits;
+
+  TextCallback on_text;
+  if (!args.json) {
+    on_text = [](std::string_view text) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    };
+  }
+  auto result = generate(**model, request, on_text);
+  if (!result.ok()) return fail(result.error());
+  const GenerationStats& s = result->stats;
+  const double prompt_tps = s.prompt_seconds > 0 ? s.prompt_tokens / s.prompt_seconds : 0;
+  const double decode_tps = s.decode_seconds > 0 && s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0;
+  if (args.json) {
+    nlohmann::json out = {
+        {"prompt_ids", request.prompt_ids},
+        {"ids", result->ids},
+        {"text", result->text},
+        {"finish_reason", result->finish_reason},
+        {"stats",
+         {{"prompt_tokens", s.prompt_tokens},
+          {"generated_tokens", s.generated_tokens},
+          {"prompt_tokens_per_second", prompt_tps},
+          {"decode_tokens_per_second", decode_tps},
+          {"time_to_first_token_ms", s.ttft_seconds * 1e3},
+          {"peak_rss_mib", peak_rss_mib()},
+          {"seed", request.sampling.seed}}},
+    };
+    if (args.dump_logits) out["last_logits"] = result->last_logits;
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::fputc('\n', stdout);
+  }
+  fmt::print(stderr, "kiln: prompt {} tok at {:.1f} tok/s | decode {} tok at {:.1f} tok/s | ttft {:.2f} ms | peak RSS {:.1f} MiB | {}\n",
+             s.prompt_tokens, prompt_tps, s.generated_tokens, decode_tps, s.ttft_seconds * 1e3, peak_rss_mib(),
+             result->finish_reason);
+  return 0;
+}
+
+// ---- inspect ----
+int run_inspect(const std::string& path) {
+  auto engine = load_engine(path, LoadOptions{});
+  if (!engine.ok()) return fail(engine.error());
+  const EngineHeader& h = engine->header;
+  const auto& meta = engine->metadata;
+  fmt::print("engine        {}\n", path);
+  fmt::print("format        version {}, kiln {}\n", h.format_version, h.kiln_version);
+  fmt::print("backend       {} ({})\n", h.backend, h.device_arch);
+  fmt::print("file          {} bytes, metadata {} bytes, data {} bytes, checksum {:016x} (verified)\n", h.file_bytes,
+             h.metadata_bytes, h.data_bytes, h.checksum);
+  for (const char* section : {"model", "profile", "build", "tokenizer"}) {
+    if (meta.contains(section)) fmt::print("{:<14}{}\n", section, meta[section].dump());
+  }
+  auto graph = Graph::from_json(meta.value("graph", nlohmann::json::object()));
+  if (!graph.ok()) return fail(graph.error().with_context(path));
+  fmt::print("\ngraph: {} nodes, {} values\n", graph->nodes.size(), graph->values.size());
+  for (const Node& n : graph->nodes) {
+    std::string inputs;
+    for (const ValueRef& r : n.inputs) {
+      const Value& v = graph->values[r.value];
+      inputs += r.col_offset == 0 && r.width == v.width ? fmt::format(" {}", v.name)
+                                                         : fmt::format(" {}[{}:{}]", v.name, r.col_offset, r.col_offset + r.width);
+    }
+    fmt::print("  {:<18} {:<28} ->{} -> {} [{}]\n", op_name(n.op), n.name, inputs, graph->values[n.output].name,
+               graph->values[n.output].width);
+  }
+  fmt::print("\ntensors:\n");
+  uint64_t total = 0;
+  std::map<std::string, uint64_t> by_dtype;
+  for (const auto& [name, t] : engine->tensors) {
+    std::string shape;
+    for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? "x" : "") + std::to_string(t.shape[i]);
+    fmt::print("  {:<52} {:<5} {:<14} {:>12} bytes\n", name, dtype_name(t.dtype), shape, t.nbytes);
+    total += t.nbytes;
+    by_dtype[std::string(dtype_name(t.dtype))] += t.nbytes;
+  }
+  fmt::print("\ntotal: {} tensors, {} bytes ({:.2f} MiB)", engine->tensors.size(), total, total / 1048576.0);
+  for (const auto& [dt, bytes] : by_dtype) fmt::print(", {} {:.2f} MiB", dt, bytes / 1048576.0);
+  fmt::print("\n");
+  return 0;
+}
+
+// ---- tokenize ----
+Result<Tokenizer> open_tokenizer_for(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
+      if (fs::exists(fs::path(path) / name, ec)) return Tokenizer::from_file((fs::path(path) / name).string());
+    }
+    return make_error("{}: no tokenizer.json or tokenizer.model in this directory", path);
+  }
+  auto file = MappedFile::open(path);
+  if (!file.ok()) return file.error();
+  if ((*file)->size() >= sizeof(kEngineMagic) && std::memcmp((*file)->data(), kEngineMagic, sizeof(kEngineMagic)) == 0) {
+    KILN_ASSIGN(LoadedEngine engine, load_engine(path, LoadOptions{}));
+    KILN_ASSIGN(std::optional<Tokenizer> tok, tokenizer_from_engine(engine));
+    if (!tok) return make_error("{}: engine has no tokenizer", path);
+    return std::move(*tok);
+  }
+  return Tokenizer::from_file(path);
+}
+
+int run_tokenize(const std::string& source, bool bos, const std::optional<std::string>& text_arg) {
+  auto tok = open_tokenizer_for(source);
+  if (!tok.ok()) return fail(tok.error());
+  std::string text;
+  if (text_arg) {
+    text = *text_arg;
+  } else {
+    std::ostringstream ss;
+    ss << std::cin.rdbuf();
+    text = ss.str();
+  }
+  std::cout << nlohmann::json(tok->encode(text, bos)).dump() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  CLI::App app{"kiln: an LLM inference compiler and runtime"};
+  app.set_version_flag("--version", std::string("kiln ") + KILN_VERSION);
+  app.require_subcommand(1);
+
+  BuildArgs build;
+  auto* build_cmd = app.add_subcommand("build", "Compile a model (HF directory or llama2.c .bin) into an engine file");
+  build_cmd->add_option("MODEL", build.options.model_path, "HF model directory or llama2.c checkpoint")->required();
+  build_cmd->add_option("-o,--output", build.options.output_path, "engine file to write")->required();
+  build_cmd->add_option("--dtype", build.options.dtype, "weight precision: fp32, fp16, bf16 or auto")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "auto"}));
+  build_cmd->add_option("--tokenizer", build.options.tokenizer_path, "tokenizer.json, tokenizer.model or llama2.c tokenizer .bin");
+  build_cmd->add_option("--max-seq-len", build.options.max_seq_len, "longest sequence the engine serves")->check(CLI::PositiveNumber);
+  build_cmd->add_option("--max-batch", build.options.max_batch, "most sequences at once")->check(CLI::PositiveNumber);
+  build_cmd->add_option("--backend", build.options.backend, "target backend (cpu)");
+  build_cmd->add_flag("--no-fuse{false}", build.options.fuse, "keep q/k/v and gate/up projections separate");
+
+  RunArgs run;
+  auto* run_cmd = app.add_subcommand("run", "Generate text from an engine");
+  run_cmd->add_option("ENGINE", run.engine, "engine file")->required();
+  auto* prompt_opt = run_cmd->add_option("-p,--prompt", run.prompt, "prompt text (BOS is added)");
+  auto* ids_opt = run_cmd->add_option("--prompt-ids", run.prompt_ids, "prompt as comma-separated ids, used verbatim");
+  prompt_opt->excludes(ids_opt);
+  run_cmd->add_option("-n,--max-tokens", run.max_new_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
+  run_cmd->add_option("--temperature", run.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  run_cmd->add_option("--top-k", run.top_k, "keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
+  run_cmd->add_option("--top-p", run.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0));
+  run_cmd->add_option("--min-p", run.min_p, "drop tokens below min_p * p_max (0 = off)")->check(CLI::Range(0.0, 1.0));
+  run_cmd->add_option("--repetition-penalty", run.repetition_penalty, "penalty for seen tokens (1 = off)")->check(CLI::PositiveNumber);
+  run_cmd->add_option("--seed", run.seed, "random seed (same seed, same output)")->check(CLI::NonNegativeNumber);
+  run_cmd->add_option("--stop", run.stop, "stop string (repeatable)");
+  run_cmd->add_option("-t,--threads", run.threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  run_cmd->add_flag("--json", run.json, "print one JSON object instead of streaming text");
+  run_cmd->add_flag("--dump-logits", run.dump_logits, "with --json: include the last prompt position's logits");
+  run_cmd->add_flag("--ignore-eos", run.ignore_eos, "keep generating past EOS");
+  run_cmd->add_flag("--no-verify", run.no_verify, "skip the engine checksum");
+
+  std::string inspect_path;
+  auto* inspect_cmd = app.add_subcommand("inspect", "Show an engine's header, graph and tensors");
+  inspect_cmd->add_option("ENGINE", inspect_path, "engine file")->required();
+
+  std::string tokenize_source;
+  bool tokenize_bos = false;
+  std::optional<std::string> tokenize_text;
+  auto* tokenize_cmd = app.add_subcommand("tokenize", "Print the token ids of a text as a JSON array");
+  tokenize_cmd->add_option("SOURCE", tokenize_source, "model directory, tokenizer.json, tokenizer.model, llama2.c tokenizer or engine")->required();
+  tokenize_cmd->add_option("TEXT", tokenize_text, "text (read from stdin when absent)");
+  tokenize_cmd->add_flag("--bos", tokenize_bos, "prepend BOS");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (run_cmd->parsed() && run.prompt_ids.empty() && prompt_opt->count() == 0) {
+    return fail(make_error("run: give a prompt with -p TEXT or --prompt-ids 1,2,3"));
+  }
+  if (build_cmd->parsed()) return run_build(build);
+  if (run_cmd->parsed()) return run_run(run);
+  if (inspect_cmd->parsed()) return run_inspect(inspect_path);
+  if (tokenize_cmd->parsed()) return run_tokenize(tokenize_source, tokenize_bos, tokenize_text);
+  return 1;
+}
+
+}  // namespace kiln

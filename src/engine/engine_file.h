@@ -23,7 +23,7 @@
 
 #include "common/error.h"
 #include "common/mapped_file.h"
-#include "format/tensor_view.h"
+#include "common/tensor_view.h"
 
 namespace kiln {
 

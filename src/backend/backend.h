@@ -1,0 +1,76 @@
+// The run side's device interface: a backend owns the weights (uploaded once), the activation arena
+// (planned at load for the largest step) and the paged KV cache memory, and runs the engine graph on
+// one Batch. Block accounting (which blocks a sequence owns) is the runtime's KvBlockPool, not the
+// backend's: the backend only reads the block tables it is given.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace kiln {
+
+struct LoadedEngine;
+
+// One forward step over tokens of many sequences (prefill chunks and decode tokens mixed).
+// The vectors are reused between steps (clear() keeps capacity), so building a batch does not
+// allocate in steady state.
+struct Batch {
+  std::vector<int32_t> tokens;        // [T] token ids
+  std::vector<int32_t> positions;     // [T] position of each token in its sequence
+  std::vector<int32_t> token_seq;     // [T] row of block_tables each token belongs to
+  std::vector<int32_t> block_tables;  // [num_seqs, max_blocks_per_seq] KV block ids (-1 = unused)
+  int32_t max_blocks_per_seq = 0;
+  std::vector<int32_t> logit_rows;    // [R] indices into tokens whose logits the step returns
+
+  void clear() {
+    tokens.clear();
+    positions.clear();
+    token_seq.clear();
+    block_tables.clear();
+    logit_rows.clear();
+  }
+  int32_t num_tokens() const { return static_cast<int32_t>(tokens.size()); }
+  int32_t num_seqs() const {
+    return max_blocks_per_seq == 0 ? 0 : static_cast<int32_t>(block_tables.size()) / max_blocks_per_seq;
+  }
+};
+
+struct BackendOptions {
+  int num_threads = 0;           // CPU: 0 = hardware concurrency
+  int64_t max_tokens_per_step = 512;
+  int64_t max_logit_rows = 64;
+  int64_t num_kv_blocks = 0;     // 0: enough for max_batch sequences of max_seq_len
+  int64_t kv_block_size = 16;
+};
+
+struct KvGeometry {
+  int64_t num_blocks;
+  int64_t block_size;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual KvGeometry kv_geometry() const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t max_tokens_per_step() const = 0;
+  virtual int64_t max_logit_rows() const = 0;
+  // Runs one step. logits: [batch.logit_rows.size(), vocab_size()] f32, host memory.
+  // Errors: bad token ids, positions beyond the KV capacity, too many tokens: one line each.
+  virtual Status forward(const Batch& batch, float* logits) = 0;
+  // Bytes of memory the backend holds: weights (mapped or uploaded), arena, KV cache.
+  virtual int64_t weight_bytes() const = 0;
+  virtual int64_t arena_bytes() const = 0;
+  virtual int64_t kv_cache_bytes() const = 0;
+};
+
+// The CPU backend over an engine built for "cpu". The engine must outlive the backend (weights are
+// read in place from its mapping).
+Result<std::unique_ptr<Backend>> create_cpu_backend(const LoadedEngine& engine, const BackendOptions& options);
+
+}  // namespace kiln

@@ -1,0 +1,376 @@
+// The CPU backend: interprets the engine graph node by node with the kernels of backend/cpu.
+//
+// At load it (1) binds every graph weight to its tensor in the mapped engine (no copy), (2) builds
+// RoPE cos/sin tables for the profile's max sequence length, (3) plans the activation arena from
+// value lifetimes so values that are never live together share a buffer, and (4) allocates the
+// paged KV cache. forward() then allocates nothing.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/thread_pool.h"
+#include "engine/engine_file.h"
+#include "graph/graph.h"
+
+namespace kiln {
+
+namespace {
+
+struct BoundWeight {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+};
+
+struct RopeTable {
+  std::vector<float> cos;  // [max_positions, head_dim / 2]
+  std::vector<float> sin;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  static Result<std::unique_ptr<Backend>> create(const LoadedEngine& engine, const BackendOptions& options);
+
+  std::string name() const override { return "cpu"; }
+  KvGeometry kv_geometry() const override { return {num_kv_blocks_, block_size_}; }
+  int64_t vocab_size() const override { return vocab_size_; }
+  int64_t max_tokens_per_step() const override { return max_tokens_; }
+  int64_t max_logit_rows() const override { return max_logit_rows_; }
+  int64_t weight_bytes() const override { return weight_bytes_; }
+  int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.size() * sizeof(float)); }
+  int64_t kv_cache_bytes() const override { return static_cast<int64_t>(kv_storage_.size() * sizeof(float)); }
+  Status forward(const Batch& batch, float* logits) override;
+
+ private:
+  Status init(const LoadedEngine& engine, const BackendOptions& options);
+  Status plan_arena();
+  Status check_batch(const Batch& batch) const;
+  float* value_ptr(int32_t value) { return arena_.data() + value_offset_[value]; }
+  int64_t rows_of(int32_t value, const Batch& batch) const {
+    return graph_.values[value].rows == RowSpace::Tokens ? batch.num_tokens()
+                                                          : static_cast<int64_t>(batch.logit_rows.size());
+  }
+
+  Graph graph_;
+  std::vector<std::vector<BoundWeight>> node_weights_;  // [node][weight index]
+  std::vector<const RopeTable*> node_rope_;              // [node] for Rope nodes
+  std::map<std::string, RopeTable> rope_tables_;
+  std::vector<int64_t> value_offset_;                   // [value] float offset into arena_
+  std::vector<float> arena_;
+  std::vector<float> kv_storage_;
+  std::vector<cpu::PagedKv> kv_layers_;                 // [layer]
+  std::vector<int32_t> slot_mapping_;                   // [max_tokens] scratch
+  std::unique_ptr<cpu::ThreadPool> pool_;
+  int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0;
+  int64_t num_kv_blocks_ = 0, block_size_ = 0, weight_bytes_ = 0;
+};
+
+std::string rope_key(const Node& n) {
+  std::string key;
+  for (const auto& [k, v] : n.attrs) {
+    if (k != "num_heads") key += fmt::format("{}={};", k, v);
+  }
+  return key;
+}
+
+Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& options) {
+  if (!engine.metadata.contains("graph")) return make_error("engine has no graph");
+  KILN_ASSIGN(graph_, Graph::from_json(engine.metadata["graph"]));
+  try {
+    max_seq_len_ = engine.metadata.at("profile").at("max_seq_len").get<int64_t>();
+    const int64_t max_batch = engine.metadata.at("profile").at("max_batch").get<int64_t>();
+    block_size_ = options.kv_block_size;
+    num_kv_blocks_ = options.num_kv_blocks > 0
+                         ? options.num_kv_blocks
+                         : max_batch * ((max_seq_len_ + block_size_ - 1) / block_size_);
+  } catch (const nlohmann::json::exception& e) {
+    return make_error("engine metadata: malformed profile: {}", e.what());
+  }
+  if (max_seq_len_ <= 0 || block_size_ <= 0 || num_kv_blocks_ <= 0) {
+    return make_error("engine profile: max_seq_len, block size and KV blocks must be positive");
+  }
+  max_tokens_ = options.max_tokens_per_step;
+  max_logit_rows_ = options.max_logit_rows;
+  vocab_size_ = graph_.values[graph_.logits_value].width;
+
+  // (1) weights
+  for (const auto& [name, info] : graph_.weights) {
+    const TensorView* t = engine.find(name);
+    if (!t) return make_error("engine: graph weight '{}' has no tensor", name);
+    if (t->dtype != info.dtype || t->shape != info.shape) {
+      return make_error("engine: tensor '{}' dtype/shape disagree with the graph", name);
+    }
+    const bool matrix = info.shape.size() == 2;
+    const bool ok_dtype = matrix ? (info.dtype == DType::F32 || info.dtype == DType::F16 || info.dtype == DType::BF16)
+                                 : info.dtype == DType::F32;
+    if (!ok_dtype) {
+      return make_error("engine: tensor '{}' has dtype {}, not supported by the cpu backend here", name,
+                        dtype_name(info.dtype));
+    }
+    weight_bytes_ += static_cast<int64_t>(t->nbytes);
+  }
+  int64_t num_layers = 0;
+  for (const Node& n : graph_.nodes) {
+    std::vector<BoundWeight> bound;
+    for (const std::string& w : n.weights) {
+      const TensorView* t = engine.find(w);
+      bound.push_back(BoundWeight{t->data, t->dtype});
+    }
+    node_weights_.push_back(std::move(bound));
+    node_rope_.push_back(nullptr);
+    // Ops whose kernels need whole, contiguous rows.
+    const bool whole_inputs = n.op == OpKind::Linear || n.op == OpKind::RmsNorm || n.op == OpKind::Add ||
+                              n.op == OpKind::SelectLogitRows;
+    for (const ValueRef& r : n.inputs) {
+      if (whole_inputs && (r.col_offset != 0 || r.width != graph_.values[r.value].width)) {
+        return make_error("cpu backend: node '{}' reads a column slice, which its kernel does not support", n.name);
+      }
+    }
+    if (n.op == OpKind::Attention) {
+      num_layers = std::max(num_layers, static_cast<int64_t>(n.attr("layer")) + 1);
+      if (graph_.values[n.inputs[1].value].width != graph_.values[n.inputs[2].value].width) {
+        return make_error("cpu backend: node '{}': k and v rows must have the same stride", n.name);
+      }
+    }
+  }
+  // (2) RoPE tables, shared between nodes with equal attributes (q and k of every layer).
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    const Node& n = graph_.nodes[i];
+    if (n.op != OpKind::Rope) continue;
+    const std::string key = rope_key(n);
+    auto it = rope_tables_.find(key);
+    if (it == rope_tables_.end()) {
+      const std::vector<double> inv_freq = rope_inverse_frequencies(n);
+      const size_t half = inv_freq.size();
+      RopeTable table{std::vector<float>(max_seq_len_ * half), std::vector<float>(max_seq_len_ * half)};
+      for (int64_t p = 0; p < max_seq_len_; ++p) {
+        for (size_t j = 0; j < half; ++j) {
+          const double angle = static_cast<double>(p) * inv_freq[j];
+          table.cos[p * half + j] = static_cast<float>(std::cos(angle));
+          table.sin[p * half + j] = static_cast<float>(std::sin(angle));
+        }
+      }
+      it = rope_tables_.emplace(key, std::move(table)).first;
+    }
+    node_rope_[i] = &it->second;
+  }
+  // (4) KV cache: one [num_blocks, block_size, kv_heads, head_dim] pair per layer.
+  kv_layers_.assign(num_layers, cpu::PagedKv{});
+  std::vector<int64_t> layer_width(num_layers, 0);
+  std::vector<int64_t> layer_kv_heads(num_layers, 0), layer_head_dim(num_layers, 0);
+  for (const Node& n : graph_.nodes) {
+    if (n.op != OpKind::Attention) continue;
+    const int64_t l = static_cast<int64_t>(n.attr("layer"));
+    layer_kv_heads[l] = static_cast<int64_t>(n.attr("num_kv_heads"));
+    layer_head_dim[l] = static_cast<int64_t>(n.attr("head_dim"));
+  }
+  int64_t kv_floats = 0;
+  for (int64_t l = 0; l < num_layers; ++l) kv_floats += 2 * num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
+  kv_storage_.assign(static_cast<size_t>(kv_floats), 0.0f);
+  int64_t at = 0;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const int64_t per = num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
+    if (per == 0) return make_error("cpu backend: layer {} has no attention node", l);
+    kv_layers_[l] = cpu::PagedKv{kv_storage_.data() + at, kv_storage_.data() + at + per, num_kv_blocks_,
+                                 block_size_, layer_kv_heads[l], layer_head_dim[l]};
+    at += 2 * per;
+  }
+  slot_mapping_.assign(static_cast<size_t>(max_tokens_), 0);
+  KILN_TRY(plan_arena());
+  const int threads = options.num_threads > 0 ? options.num_threads
+                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  pool_ = std::make_unique<cpu::ThreadPool>(threads);
+  return Status::Ok();
+}
+
+// Greedy lifetime-based sharing: a value takes the smallest free buffer that fits, else grows the
+// largest free one, else opens a new one; buffers free up after their value's last use.
+Status CpuBackend::plan_arena() {
+  const size_t num_values = graph_.values.size();
+  std::vector<int> last_use(num_values, -1);
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    const Node& n = graph_.nodes[i];
+    for (const ValueRef& r : n.inputs) last_use[r.value] = static_cast<int>(i);
+    last_use[n.output] = std::max(last_use[n.output], static_cast<int>(i));
+  }
+  last_use[graph_.logits_value] = static_cast<int>(graph_.nodes.size());  // read after the last node
+  auto need_of = [&](size_t v) {
+    const int64_t rows = graph_.values[v].rows == RowSpace::Tokens ? max_tokens_ : max_logit_rows_;
+    return rows * graph_.values[v].width;
+  };
+  std::vector<int64_t> buffer_size;
+  std::vector<int> value_buffer(num_values, -1);
+  std::vector<bool> buffer_free;
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    const int32_t out = graph_.nodes[i].output;
+    if (value_buffer[out] < 0) {
+      const int64_t need = need_of(out);
+      int best = -1;
+      for (size_t b = 0; b < buffer_size.size(); ++b) {
+        if (!buffer_free[b]) continue;
+        const bool fits = buffer_size[b] >= need;
+        if (best < 0) { best = static_cast<int>(b); continue; }
+        const bool best_fits = buffer_size[best] >= need;
+        if ((fits && (!best_fits || buffer_size[b] < buffer_size[best])) ||
+            (!fits && !best_fits && buffer_size[b] > buffer_size[best])) {
+          best = static_cast<int>(b);
+        }
+      }
+      if (best < 0) {
+        best = static_cast<int>(buffer_size.size());
+        buffer_size.push_back(0);
+        buffer_free.push_back(true);
+      }
+      buffer_size[best] = std::max(buffer_size[best], need);
+      buffer_free[best] = false;
+      value_buffer[out] = best;
+    }
+    for (size_t v = 0; v < num_values; ++v) {
+      if (value_buffer[v] >= 0 && last_use[v] == static_cast<int>(i)) buffer_free[value_buffer[v]] = true;
+    }
+  }
+  std::vector<int64_t> buffer_offset(buffer_size.size(), 0);
+  int64_t total = 0;
+  for (size_t b = 0; b < buffer_size.size(); ++b) {
+    buffer_offset[b] = total;
+    total += (buffer_size[b] + 15) / 16 * 16;  // 64-byte aligned starts
+  }
+  value_offset_.assign(num_values, 0);
+  for (size_t v = 0; v < num_values; ++v) {
+    if (value_buffer[v] < 0) return make_error("graph value '{}' is read but never written", graph_.values[v].name);
+    value_offset_[v] = buffer_offset[value_buffer[v]];
+  }
+  arena_.assign(static_cast<size_t>(total), 0.0f);
+  return Status::Ok();
+}
+
+Status CpuBackend::check_batch(const Batch& batch) const {
+  const int64_t T = batch.num_tokens();
+  if (T <= 0) return make_error("forward: empty batch");
+  if (T > max_tokens_) return make_error("forward: {} tokens in one step, the limit is {}", T, max_tokens_);
+  if (batch.positions.size() != static_cast<size_t>(T) || batch.token_seq.size() != static_cast<size_t>(T)) {
+    return make_error("forward: tokens, positions and token_seq differ in length");
+  }
+  if (static_cast<int64_t>(batch.logit_rows.size()) > max_logit_rows_) {
+    return make_error("forward: {} logit rows requested, the limit is {}", batch.logit_rows.size(), max_logit_rows_);
+  }
+  const int32_t num_seqs = batch.num_seqs();
+  for (int64_t i = 0; i < T; ++i) {
+    if (batch.tokens[i] < 0 || batch.tokens[i] >= vocab_size_) {
+      return make_error("token id {} out of range: vocabulary has {} tokens", batch.tokens[i], vocab_size_);
+    }
+    if (batch.positions[i] < 0 || batch.positions[i] >= max_seq_len_) {
+      return make_error("position {} beyond the engine's max sequence length {}", batch.positions[i], max_seq_len_);
+    }
+    if (batch.token_seq[i] < 0 || batch.token_seq[i] >= num_seqs) {
+      return make_error("forward: token {} names sequence {}, batch has {}", i, batch.token_seq[i], num_seqs);
+    }
+    const int64_t block_index = batch.positions[i] / block_size_;
+    if (block_index >= batch.max_blocks_per_seq) return make_error("forward: block table too short for position {}", batch.positions[i]);
+    // Every block the token attends to must be valid.
+    for (int64_t b = 0; b <= block_index; ++b) {
+      const int32_t block = batch.block_tables[batch.token_seq[i] * batch.max_blocks_per_seq + b];
+      if (block < 0 || block >= num_kv_blocks_) return make_error("forward: invalid KV block id {}", block);
+    }
+  }
+  for (int32_t r : batch.logit_rows) {
+    if (r < 0 || r >= T) return make_error("forward: logit row {} out of range", r);
+  }
+  return Status::Ok();
+}
+
+Status CpuBackend::forward(const Batch& batch, float* logits) {
+  KILN_TRY(check_batch(batch));
+  const int64_t T = batch.num_tokens();
+  for (int64_t i = 0; i < T; ++i) {
+    const int32_t block = batch.block_tables[batch.token_seq[i] * batch.max_blocks_per_seq + batch.positions[i] / block_size_];
+    slot_mapping_[i] = static_cast<int32_t>(block * block_size_ + batch.positions[i] % block_size_);
+  }
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    const Node& n = graph_.nodes[i];
+    const std::vector<BoundWeight>& w = node_weights_[i];
+    float* out = value_ptr(n.output);
+    const int64_t out_width = graph_.values[n.output].width;
+    const int64_t rows = rows_of(n.output, batch);
+    switch (n.op) {
+      case OpKind::Embedding:
+        cpu::embedding(batch.tokens.data(), T, w[0].data, w[0].dtype, out_width, out);
+        break;
+      case OpKind::RmsNorm:
+        cpu::rms_norm(value_ptr(n.inputs[0].value), static_cast<const float*>(w[0].data), rows, out_width,
+                      static_cast<float>(n.attr("eps")), out);
+        break;
+      case OpKind::Linear:
+        cpu::matmul(value_ptr(n.inputs[0].value), rows, n.inputs[0].width, w[0].data, w[0].dtype, out_width,
+                    w.size() > 1 ? static_cast<const float*>(w[1].data) : nullptr, out, out_width, *pool_);
+        break;
+      case OpKind::Rope: {
+        const RopeTable& table = *node_rope_[i];
+        cpu::rope(out, rows, out_width, n.inputs[0].col_offset, static_cast<int64_t>(n.attr("num_heads")),
+                  static_cast<int64_t>(n.attr("head_dim")), batch.positions.data(), table.cos.data(),
+                  table.sin.data(), n.attr("interleaved") != 0.0);
+        break;
+      }
+      case OpKind::Attention: {
+        const ValueRef &q = n.inputs[0], &k = n.inputs[1], &v = n.inputs[2];
+        const cpu::PagedKv& kv = kv_layers_[static_cast<size_t>(n.attr("layer"))];
+        cpu::kv_cache_write(value_ptr(k.value) + k.col_offset, value_ptr(v.value) + v.col_offset, T,
+                            graph_.values[k.value].width, slot_mapping_.data(), kv);
+        cpu::paged_attention(value_ptr(q.value) + q.col_offset, T, graph_.values[q.value].width,
+                             batch.token_seq.data(), batch.positions.data(), batch.block_tables.data(),
+                             batch.max_blocks_per_seq, kv, static_cast<int64_t>(n.attr("num_heads")),
+                             static_cast<float>(n.attr("scale")), out, *pool_);
+        break;
+      }
+      case OpKind::SwiGlu: {
+        const ValueRef &gate = n.inputs[0], &up = n.inputs[1];
+        const int64_t F = out_width;
+        if (gate.value == up.value && gate.col_offset == 0 && up.col_offset == F &&
+            graph_.values[gate.value].width == 2 * F) {
+          cpu::swiglu(value_ptr(gate.value), rows, F, out);  // fused gate_up layout
+        } else {
+          const float* g = value_ptr(gate.value) + gate.col_offset;
+          const float* u = value_ptr(up.value) + up.col_offset;
+          const int64_t gs = graph_.values[gate.value].width, us = graph_.values[up.value].width;
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t f = 0; f < F; ++f) {
+              const float x = g[r * gs + f];
+              out[r * F + f] = x / (1.0f + std::exp(-x)) * u[r * us + f];
+            }
+          }
+        }
+        break;
+      }
+      case OpKind::Add:
+        cpu::add(out, value_ptr(n.inputs[1].value), rows, out_width);
+        break;
+      case OpKind::SelectLogitRows: {
+        const float* in = value_ptr(n.inputs[0].value);
+        for (size_t r = 0; r < batch.logit_rows.size(); ++r) {
+          std::memcpy(out + r * out_width, in + static_cast<int64_t>(batch.logit_rows[r]) * out_width,
+                      out_width * sizeof(float));
+        }
+        break;
+      }
+    }
+  }
+  std::memcpy(logits, value_ptr(graph_.logits_value), batch.logit_rows.size() * vocab_size_ * sizeof(float));
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Backend>> CpuBackend::create(const LoadedEngine& engine, const BackendOptions& options) {
+  auto backend = std::unique_ptr<CpuBackend>(new CpuBackend());
+  KILN_TRY(backend->init(engine, options));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> create_cpu_backend(const LoadedEngine& engine, const BackendOptions& options) {
+  return CpuBackend::create(engine, options);
+}
+
+}  // namespace kiln

@@ -1,0 +1,158 @@
+#include "compiler/build_engine.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <optional>
+
+#include "engine/engine_file.h"
+#include "format/hf_config.h"
+#include "format/llama2c.h"
+#include "format/safetensors.h"
+#include "model/llama_builder.h"
+#include "passes/passes.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct ImportedModel {
+  ModelConfig config;
+  std::map<std::string, TensorView> tensors;
+  std::shared_ptr<void> keep_alive;  // shards / mapping backing the views
+  DType source_dtype = DType::F32;
+  std::string default_tokenizer;     // tokenizer file found beside the model, if any
+};
+
+Result<ImportedModel> import_model(const std::string& path) {
+  ImportedModel model;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return make_error("{}: no such file or directory", path);
+  if (fs::is_directory(path, ec)) {
+    KILN_ASSIGN(model.config, read_hf_config(path));
+    KILN_ASSIGN(WeightSet weights, open_safetensors_dir(path));
+    model.tensors = weights.tensors;
+    model.keep_alive = std::make_shared<WeightSet>(std::move(weights));
+    const auto embed = model.tensors.find("model.embed_tokens.weight");
+    if (embed != model.tensors.end()) model.source_dtype = embed->second.dtype;
+    for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
+      if (fs::exists(fs::path(path) / name, ec)) {
+        model.default_tokenizer = (fs::path(path) / name).string();
+        break;
+      }
+    }
+    return model;
+  }
+  KILN_ASSIGN(Llama2cCheckpoint checkpoint, open_llama2c(path));
+  model.config = checkpoint.config;
+  model.tensors = checkpoint.tensors;
+  model.keep_alive = std::make_shared<Llama2cCheckpoint>(std::move(checkpoint));
+  const fs::path dir = fs::path(path).parent_path();
+  for (const std::string name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", model.config.vocab_size)}) {
+    if (fs::exists(dir / name, ec)) model.default_tokenizer = (dir / name).string();
+  }
+  return model;
+}
+
+Result<DType> parse_dtype(const std::string& name, DType source) {
+  if (name == "auto") return source;
+  if (name == "fp32" || name == "f32") return DType::F32;
+  if (name == "fp16" || name == "f16") return DType::F16;
+  if (name == "bf16") return DType::BF16;
+  return make_error("unknown --dtype '{}': expected fp32, fp16, bf16 or auto", name);
+}
+
+std::string tokenizer_source_name(TokenizerSource source) {
+  switch (source) {
+    case TokenizerSource::HfJson: return "hf_json";
+    case TokenizerSource::SentencePieceModel: return "sentencepiece";
+    case TokenizerSource::Llama2cBin: return "llama2c";
+  }
+  return "?";
+}
+
+}  // namespace
+
+Result<BuildReport> build_engine(const BuildOptions& options) {
+  if (options.backend != "cpu") {
+    return make_error("unknown --backend '{}': this build supports 'cpu'", options.backend);
+  }
+  if (options.max_batch <= 0) return make_error("--max-batch must be positive, got {}", options.max_batch);
+  KILN_ASSIGN(ImportedModel imported, import_model(options.model_path));
+  KILN_ASSIGN(const DType dtype, parse_dtype(options.dtype, imported.source_dtype));
+  const ModelConfig& config = imported.config;
+  int64_t max_seq_len = options.max_seq_len > 0 ? options.max_seq_len
+                                                : std::min<int64_t>(config.max_position_embeddings > 0 ? config.max_position_embeddings : 2048, 4096);
+  if (max_seq_len <= 0) return make_error("--max-seq-len must be positive");
+
+  KILN_ASSIGN(BuiltModel built, build_llama_graph(config, imported.tensors));
+  KILN_TRY(convert_precision(built.graph, built.weights, dtype));
+  BuildReport report;
+  if (options.fuse) {
+    KILN_ASSIGN(report.fused_qkv, fuse_qkv(built.graph, built.weights));
+    KILN_ASSIGN(report.fused_gate_up, fuse_gate_up(built.graph, built.weights));
+  }
+
+  // Tokenizer: stored verbatim so the run side parses exactly what the build side saw.
+  std::optional<Tokenizer> tokenizer;
+  const std::string tokenizer_path = options.tokenizer_path.empty() ? imported.default_tokenizer : options.tokenizer_path;
+  if (!tokenizer_path.empty()) {
+    KILN_ASSIGN(tokenizer, Tokenizer::from_file(tokenizer_path));
+    if (tokenizer->vocab_size() > config.vocab_size) {
+      return make_error("tokenizer {} has {} tokens but the model's vocabulary is {}", tokenizer_path,
+                        tokenizer->vocab_size(), config.vocab_size);
+    }
+    report.tokenizer = tokenizer_path;
+  }
+
+  EngineWriteSpec spec;
+  spec.backend = options.backend;
+  spec.device_arch = "x86_64";
+  std::vector<int32_t> eos;
+  for (int64_t e : config.eos_token_ids) eos.push_back(static_cast<int32_t>(e));
+  int64_t bos = config.bos_token_id;
+  if (tokenizer && bos < 0) bos = tokenizer->bos_id();
+  if (tokenizer && eos.empty() && tokenizer->eos_id() >= 0) eos.push_back(tokenizer->eos_id());
+  spec.metadata = {
+      {"model",
+       {{"architecture", config.architecture},
+        {"vocab_size", config.vocab_size},
+        {"hidden_size", config.hidden_size},
+        {"num_layers", config.num_layers},
+        {"num_heads", config.num_heads},
+        {"num_kv_heads", config.num_kv_heads},
+        {"head_dim", config.head_dim},
+        {"bos_token_id", bos},
+        {"eos_token_ids", eos},
+        {"source", options.model_path}}},
+      {"profile", {{"max_seq_len", max_seq_len}, {"max_batch", options.max_batch}}},
+      {"build",
+       {{"dtype", std::string(dtype_name(dtype))},
+        {"fuse", options.fuse},
+        {"fused_qkv", report.fused_qkv},
+        {"fused_gate_up", report.fused_gate_up},
+        {"kiln_version", KILN_VERSION}}},
+      {"graph", built.graph.to_json()},
+      {"tokenizer", nullptr},
+  };
+  for (const auto& [name, info] : built.graph.weights) {
+    const TensorView* t = built.weights.find(name);
+    if (!t) return make_error("internal: weight '{}' missing after passes", name);
+    spec.tensors.push_back(EngineTensorSource{name, t->dtype, t->shape, t->data, t->nbytes});
+    report.weight_bytes += static_cast<int64_t>(t->nbytes);
+  }
+  report.num_tensors = static_cast<int64_t>(spec.tensors.size());
+  if (tokenizer) {
+    const std::string& bytes = tokenizer->source_bytes();
+    spec.metadata["tokenizer"] = {{"source", tokenizer_source_name(tokenizer->source())}, {"tensor", "tokenizer.file"}};
+    spec.tensors.push_back(EngineTensorSource{"tokenizer.file", DType::U8, {static_cast<int64_t>(bytes.size())},
+                                              bytes.data(), bytes.size()});
+  }
+  KILN_TRY(write_engine(options.output_path, spec));
+  return report;
+}
+
+}  // namespace kiln

@@ -1,0 +1,22 @@
+// Graph -> graph rewrites of the build side, one per file. Each leaves graph.validate() true and
+// keeps the WeightStore holding exactly the tensors the graph names.
+#pragma once
+
+#include "common/error.h"
+#include "graph/graph.h"
+#include "graph/weight_store.h"
+
+namespace kiln {
+
+// Matrices (linear weights, embedding tables) to `matrix_dtype`; norm weights and biases to F32,
+// the precision the kernels accumulate in.
+Status convert_precision(Graph& graph, WeightStore& weights, DType matrix_dtype);
+
+// q, k, v projections feeding one Attention node -> one Linear "<layer>.attn.qkv" [Nq+Nk+Nv, D].
+// Returns how many groups were fused.
+Result<int> fuse_qkv(Graph& graph, WeightStore& weights);
+
+// gate and up projections feeding one SwiGlu -> one Linear "<layer>.mlp.gate_up" [2F, D].
+Result<int> fuse_gate_up(Graph& graph, WeightStore& weights);
+
+}  // namespace kiln

@@ -1,0 +1,52 @@
+#include "runtime/model.h"
+
+namespace kiln {
+
+Result<std::optional<Tokenizer>> tokenizer_from_engine(const LoadedEngine& engine) {
+  const auto& meta = engine.metadata;
+  if (!meta.contains("tokenizer") || meta["tokenizer"].is_null()) return std::optional<Tokenizer>();
+  try {
+    const std::string source = meta["tokenizer"].at("source").get<std::string>();
+    const std::string tensor = meta["tokenizer"].at("tensor").get<std::string>();
+    const TensorView* t = engine.find(tensor);
+    if (!t) return make_error("engine: tokenizer tensor '{}' missing", tensor);
+    TokenizerSource kind;
+    if (source == "hf_json") kind = TokenizerSource::HfJson;
+    else if (source == "sentencepiece") kind = TokenizerSource::SentencePieceModel;
+    else if (source == "llama2c") kind = TokenizerSource::Llama2cBin;
+    else return make_error("engine: unknown tokenizer source '{}'", source);
+    KILN_ASSIGN(Tokenizer tok, Tokenizer::from_bytes(kind, std::string(reinterpret_cast<const char*>(t->data), t->nbytes)));
+    return std::optional<Tokenizer>(std::move(tok));
+  } catch (const nlohmann::json::exception& e) {
+    return make_error("engine metadata: malformed tokenizer entry: {}", e.what());
+  }
+}
+
+Result<std::unique_ptr<Model>> Model::load(const std::string& engine_path, const RuntimeOptions& options) {
+  std::unique_ptr<Model> model(new Model());
+  LoadOptions load_options;
+  load_options.expected_backend = options.backend;
+  load_options.verify_checksum = options.verify_checksum;
+  KILN_ASSIGN(model->engine_, load_engine(engine_path, load_options));
+  const auto& meta = model->engine_.metadata;
+  try {
+    const auto& m = meta.at("model");
+    model->info_.architecture = m.at("architecture").get<std::string>();
+    model->info_.vocab_size = m.at("vocab_size").get<int64_t>();
+    model->info_.bos_token_id = m.at("bos_token_id").get<int32_t>();
+    model->info_.eos_token_ids = m.at("eos_token_ids").get<std::vector<int32_t>>();
+    model->info_.max_seq_len = meta.at("profile").at("max_seq_len").get<int64_t>();
+    model->info_.max_batch = meta.at("profile").at("max_batch").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return make_error("{}: engine metadata malformed: {}", engine_path, e.what());
+  }
+  if (options.backend != "cpu") return make_error("backend '{}' is not available in this build", options.backend);
+  auto backend = create_cpu_backend(model->engine_, options.backend_options);
+  if (!backend.ok()) return backend.error().with_context(engine_path);
+  model->backend_ = std::move(backend).value();
+  KILN_ASSIGN(model->tokenizer_, tokenizer_from_engine(model->engine_));
+  model->kv_pool_ = std::make_unique<KvBlockPool>(model->backend_->kv_geometry().num_blocks);
+  return model;
+}
+
+}  // namespace kiln
