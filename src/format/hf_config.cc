@@ -226,7 +226,9 @@ Result<ModelConfig> parse_config(const std::string& text, const std::string& sou
 
   c.attention_bias = arch->qkv_bias;
   if (arch->reads_bias_fields) {
+    // LlamaAttention applies attention_bias to q, k, v and o alike.
     KILN_ASSIGN(c.attention_bias, config.bool_or("attention_bias", false));
+    c.o_proj_bias = c.attention_bias;
     KILN_ASSIGN(c.mlp_bias, config.bool_or("mlp_bias", false));
   }
 

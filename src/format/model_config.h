@@ -35,6 +35,7 @@ struct ModelConfig {
 
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v projections carry a bias (Qwen2)
+  bool o_proj_bias = false;     // o_proj carries one too (Llama attention_bias; Qwen2's o_proj has none)
   bool mlp_bias = false;
 
   int64_t bos_token_id = -1;  // -1: none

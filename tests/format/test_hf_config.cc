@@ -69,8 +69,38 @@ TEST(HfConfig, ReadsTinyQwen2Fixture) {
   EXPECT_DOUBLE_EQ(c->rope_theta, 1000000.0);
   EXPECT_TRUE(c->tie_word_embeddings);
   EXPECT_TRUE(c->attention_bias);  // Qwen2 q/k/v always carry a bias
+  EXPECT_FALSE(c->o_proj_bias);
   EXPECT_EQ(c->bos_token_id, -1);  // null
   EXPECT_TRUE(c->eos_token_ids.empty());
+}
+
+const std::string kRepoFixtures = std::string(KILN_SOURCE_DIR) + "/tests/fixtures/hf";
+
+TEST(HfConfig, ReadsRepositoryFixtures) {
+  const auto llama3 = read_hf_config(kRepoFixtures + "/llama3-rope");  // pre-v5 top-level form
+  ASSERT_TRUE(llama3.ok()) << llama3.error().message;
+  EXPECT_EQ(llama3->rope_scaling, RopeScaling::Llama3);
+  EXPECT_DOUBLE_EQ(llama3->rope_factor, 8.0);
+  EXPECT_EQ(llama3->rope_original_max_position, 64);
+  EXPECT_EQ(llama3->intermediate_size, 128);
+
+  const auto linear = read_hf_config(kRepoFixtures + "/linear-rope");  // v5 rope_parameters form
+  ASSERT_TRUE(linear.ok()) << linear.error().message;
+  EXPECT_EQ(linear->rope_scaling, RopeScaling::Linear);
+  EXPECT_DOUBLE_EQ(linear->rope_factor, 4.0);
+  EXPECT_EQ(linear->num_kv_heads, 4);
+
+  const auto mistral = read_hf_config(kRepoFixtures + "/mistral");
+  ASSERT_TRUE(mistral.ok()) << mistral.error().message;
+  EXPECT_EQ(mistral->architecture, "MistralForCausalLM");
+  EXPECT_FALSE(mistral->attention_bias);
+
+  const auto tied = read_hf_config(kRepoFixtures + "/llama-tied-bias");
+  ASSERT_TRUE(tied.ok()) << tied.error().message;
+  EXPECT_TRUE(tied->tie_word_embeddings);
+  EXPECT_TRUE(tied->attention_bias);
+  EXPECT_TRUE(tied->o_proj_bias);  // Llama's attention_bias covers o_proj as well
+  EXPECT_EQ(tied->num_kv_heads, 1);
 }
 
 TEST(HfConfig, ReadsTopLevelRopeThetaAndDefaults) {

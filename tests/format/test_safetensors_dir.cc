@@ -146,9 +146,8 @@ TEST(SafetensorsDir, RefusesBadIndex) {
 }
 
 // The fixture's tensors are exactly those its config.json implies, with HF shapes.
-void expect_matches_config(const std::string& model, DType dtype) {
-  SCOPED_TRACE(model);
-  const std::string dir = kFixtures + "/" + model;
+void expect_matches_config(const std::string& dir, DType dtype) {
+  SCOPED_TRACE(dir);
   const auto config = read_hf_config(dir);
   ASSERT_TRUE(config.ok()) << config.error().message;
   const auto set = open_safetensors_dir(dir);
@@ -175,6 +174,7 @@ void expect_matches_config(const std::string& model, DType dtype) {
       expected[p + "self_attn.k_proj.bias"] = {kv_dim};
       expected[p + "self_attn.v_proj.bias"] = {kv_dim};
     }
+    if (c.o_proj_bias) expected[p + "self_attn.o_proj.bias"] = {c.hidden_size};
   }
   EXPECT_EQ(set->tensors.size(), expected.size());
   for (const auto& [name, shape] : expected) {
@@ -186,8 +186,24 @@ void expect_matches_config(const std::string& model, DType dtype) {
   }
 }
 
-TEST(SafetensorsDir, TinyLlamaFixtureMatchesItsConfig) { expect_matches_config("tiny-llama", DType::F16); }
-TEST(SafetensorsDir, TinyQwen2FixtureMatchesItsConfig) { expect_matches_config("tiny-qwen2", DType::BF16); }
+TEST(SafetensorsDir, TinyLlamaFixtureMatchesItsConfig) { expect_matches_config(kFixtures + "/tiny-llama", DType::F16); }
+TEST(SafetensorsDir, TinyQwen2FixtureMatchesItsConfig) { expect_matches_config(kFixtures + "/tiny-qwen2", DType::BF16); }
+
+// The repository's fixtures (tests/fixtures/hf/README.md): sharded, tied with o_proj bias, and others.
+const std::string kRepoFixtures = std::string(KILN_SOURCE_DIR) + "/tests/fixtures/hf";
+TEST(SafetensorsDir, ShardedLinearRopeFixtureMatchesItsConfig) {
+  expect_matches_config(kRepoFixtures + "/linear-rope", DType::F16);
+  const auto set = open_safetensors_dir(kRepoFixtures + "/linear-rope");
+  ASSERT_TRUE(set.ok());
+  EXPECT_EQ(set->shards.size(), 4u);
+}
+TEST(SafetensorsDir, TiedBiasFixtureMatchesItsConfig) {
+  expect_matches_config(kRepoFixtures + "/llama-tied-bias", DType::F16);
+}
+TEST(SafetensorsDir, Llama3RopeFixtureMatchesItsConfig) {
+  expect_matches_config(kRepoFixtures + "/llama3-rope", DType::F32);
+}
+TEST(SafetensorsDir, MistralFixtureMatchesItsConfig) { expect_matches_config(kRepoFixtures + "/mistral", DType::BF16); }
 
 }  // namespace
 }  // namespace kiln
