@@ -8,8 +8,9 @@
 //     that fits in L2, and 4x3 register tiles (4 x rows × 3 weight rows, 12 accumulators) reuse each
 //     loaded vector 3-4 times.
 // Parallelism: over N (output features) in chunks of >= 12 rows, each chunk independent.
-// Measured (bench/cpu_kernels_bench.cc, see src/backend/cpu/README.md): GEMV runs at the machine's
-// streaming read bandwidth.
+// Measured (bench/cpu_kernels_bench.cc, 2 cores of a quiet Xeon host): GEMV K=768 streams weights at
+// 11-12 GB/s per thread for F32/F16/BF16, 95-115% of a plain 256 MB streaming sum (10.4 GB/s; above
+// 100% where part of the rotated weights stays in the large L3); prefill M=64 runs ~37 GFLOP/s per core.
 #include <algorithm>
 #include <cassert>
 #include <vector>
@@ -59,7 +60,7 @@ struct Weight<DType::BF16> {
 
 // y[i, j] = x[i, :] · w[j, :] (+ bias[j]) for i < MR, j < NR, with MR·NR independent accumulators.
 //   x: MR rows of stride ldx;  w: NR rows of stride K;  y: MR rows of stride ldy.
-template <DType D, int MR, int NR>
+template <DType D, int MR, int NR, bool kPrefetch = false>
 KILN_AVX2 void tile_avx2(const float* x, int64_t ldx, const typename Weight<D>::T* w, int64_t K,
                          const float* bias, float* y, int64_t ldy) {
   __m256 acc[MR][NR];
@@ -67,6 +68,15 @@ KILN_AVX2 void tile_avx2(const float* x, int64_t ldx, const typename Weight<D>::
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
+    if constexpr (kPrefetch) {
+      // Once per 64-byte line: ask for the same line of the next tile's rows, which sit NR·K
+      // elements further on. Short rows (K = 768 is 1.5 KB in F16) give the hardware prefetcher
+      // too little run-up per stream; this keeps the next tile's lines in flight.
+      if ((k * static_cast<int64_t>(sizeof(*w))) % 64 == 0) {
+        for (int j = 0; j < NR; ++j)
+          _mm_prefetch(reinterpret_cast<const char*>(w + (NR + j) * K + k), _MM_HINT_T0);
+      }
+    }
     __m256 wv[NR];
     for (int j = 0; j < NR; ++j) wv[j] = Weight<D>::load8(w + j * K + k);
     for (int i = 0; i < MR; ++i) {
@@ -112,11 +122,20 @@ KILN_AVX2 void tile_avx2_any(int mr, int nr, const float* x, int64_t ldx,
 template <DType D>
 KILN_AVX2 void rows_stream_avx2(const MatmulArgs& a, int64_t n0, int64_t n1) {
   const auto* w = static_cast<const typename Weight<D>::T*>(a.w);
-  for (int64_t n = n0; n < n1; n += 4) {
-    const int nr = static_cast<int>(std::min<int64_t>(4, n1 - n));
+  const int64_t K = a.K;
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const float* bias = a.bias ? a.bias + n : nullptr;
+    int64_t m = 0;
+    for (; m + 2 <= a.M; m += 2)
+      tile_avx2<D, 2, 4, true>(a.x + m * K, K, w + n * K, K, bias, a.y + m * a.ldy + n, a.ldy);
+    if (m < a.M) tile_avx2<D, 1, 4, true>(a.x + m * K, K, w + n * K, K, bias, a.y + m * a.ldy + n, a.ldy);
+  }
+  if (n < n1) {
+    const int nr = static_cast<int>(n1 - n);
     for (int64_t m = 0; m < a.M; m += 2) {
       const int mr = static_cast<int>(std::min<int64_t>(2, a.M - m));
-      tile_avx2_any<D>(mr, nr, a.x + m * a.K, a.K, w + n * a.K, a.K, a.bias ? a.bias + n : nullptr,
+      tile_avx2_any<D>(mr, nr, a.x + m * K, K, w + n * K, K, a.bias ? a.bias + n : nullptr,
                        a.y + m * a.ldy + n, a.ldy);
     }
   }
