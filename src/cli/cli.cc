@@ -116,6 +116,10 @@ int run_run(const RunArgs& args) {
 
   TextCallback on_text;
   if (!args.json) {
+    // Echo the prompt so the output reads as one text (as llama2.c and llama.cpp do).
+    const Tokenizer* tok = (*model)->tokenizer();
+    const std::string prompt_text = args.prompt_ids.empty() ? args.prompt : (tok ? tok->decode(request.prompt_ids) : "");
+    std::fwrite(prompt_text.data(), 1, prompt_text.size(), stdout);
     on_text = [](std::string_view text) {
       std::fwrite(text.data(), 1, text.size(), stdout);
       std::fflush(stdout);

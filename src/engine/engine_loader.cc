@@ -92,12 +92,16 @@ Result<EngineHeader> parse_header(const MappedFile& file, const LoadOptions& opt
   return h;
 }
 
+// A JSON value for an error message. Containers are named, not dumped: dump() recurses, and a
+// hostile file can nest a million levels deep (the parser and destructor are iterative).
+std::string describe(const nlohmann::json& value) { return value.is_primitive() ? value.dump() : value.type_name(); }
+
 // Reads a non-negative JSON integer field of a tensor entry.
 Result<uint64_t> unsigned_field(const nlohmann::json& entry, const char* key, const std::string& what) {
   const auto it = entry.find(key);
   if (it == entry.end()) return make_error("{}: missing '{}'", what, key);
   if (it->is_number_unsigned()) return it->get<uint64_t>();
-  return make_error("{}: '{}' must be a non-negative integer, found {}", what, key, it->dump());
+  return make_error("{}: '{}' must be a non-negative integer, found {}", what, key, describe(*it));
 }
 
 Result<TensorView> parse_tensor_entry(const nlohmann::json& entry, size_t index, const EngineHeader& h,
@@ -121,30 +125,32 @@ Result<TensorView> parse_tensor_entry(const nlohmann::json& entry, size_t index,
 
   const auto shape = entry.find("shape");
   if (shape == entry.end() || !shape->is_array()) return make_error("{}: 'shape' must be an array", what);
-  // numel * dtype_size, rejecting negative dimensions and overflow (int64 numel must hold too).
-  uint64_t expected_nbytes = dtype_size(view.dtype);
-  uint64_t numel = 1;
   for (const nlohmann::json& d : *shape) {
     if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return make_error("{}: shape {} has a dimension {} that is not a non-negative integer", what, shape->dump(),
-                        d.dump());
+      return make_error("{}: shape has a dimension {} that is not a non-negative integer", what, describe(d));
     }
-    const uint64_t dim = d.get<uint64_t>();
-    if (dim != 0 && numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / dim) {
-      return make_error("{}: shape {} overflows", what, shape->dump());
+    view.shape.push_back(d.get<int64_t>());
+  }
+  const std::string shape_text = fmt::format("[{}]", fmt::join(view.shape, ", "));
+  // numel must fit int64 (TensorView::numel) and numel * dtype_size must fit uint64.
+  uint64_t numel = 1;
+  for (int64_t dim : view.shape) {
+    const auto udim = static_cast<uint64_t>(dim);
+    if (udim != 0 && numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / udim) {
+      return make_error("{}: shape {} overflows int64 elements", what, shape_text);
     }
-    numel *= dim;
-    view.shape.push_back(static_cast<int64_t>(dim));
+    numel *= udim;
   }
-  if (numel != 0 && expected_nbytes > std::numeric_limits<uint64_t>::max() / numel) {
-    return make_error("{}: shape {} overflows", what, shape->dump());
+  const uint64_t element_bytes = dtype_size(view.dtype);
+  if (numel > std::numeric_limits<uint64_t>::max() / element_bytes) {
+    return make_error("{}: {} {} overflows uint64 bytes", what, dtype_name(view.dtype), shape_text);
   }
-  expected_nbytes *= numel;
+  const uint64_t expected_nbytes = numel * element_bytes;
 
   KILN_ASSIGN(const uint64_t offset, unsigned_field(entry, "offset", what));
   KILN_ASSIGN(view.nbytes, unsigned_field(entry, "nbytes", what));
   if (view.nbytes != expected_nbytes) {
-    return make_error("{}: {} {} needs {} bytes, table says {}", what, dtype_name(view.dtype), shape->dump(),
+    return make_error("{}: {} {} needs {} bytes, table says {}", what, dtype_name(view.dtype), shape_text,
                       expected_nbytes, view.nbytes);
   }
   if (offset % kEngineAlignment != 0) {
@@ -185,7 +191,7 @@ Result<LoadedEngine> parse_engine_impl(std::shared_ptr<MappedFile> file, const L
     const std::string name = view.name;
     const auto [it, inserted] = engine.tensors.emplace(name, std::move(view));
     if (!inserted) return make_error("tensor '{}' appears twice in the tensor table", name);
-    if (it->second.nbytes > 0) extents.emplace_back(it->second.data - file->data(), &it->second);
+    if (it->second.nbytes > 0) extents.emplace_back(static_cast<uint64_t>(it->second.data - file->data()), &it->second);
   }
   std::sort(extents.begin(), extents.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   for (size_t i = 1; i < extents.size(); ++i) {

@@ -79,7 +79,7 @@ struct EngineLayout {
 // The tensor table holds absolute offsets, which depend on where the data area starts, which
 // depends on the length of the table. Iterating from the smallest possible data offset converges
 // to the least fixed point: the metadata length is nondecreasing in the offsets.
-EngineLayout plan_layout(const EngineWriteSpec& spec) {
+Result<EngineLayout> plan_layout(const EngineWriteSpec& spec) {
   EngineLayout layout;
   uint64_t data_offset = align_up(kEngineHeaderSize, kEngineAlignment);
   for (;;) {
@@ -98,7 +98,11 @@ EngineLayout plan_layout(const EngineWriteSpec& spec) {
       cursor += t.nbytes;
     }
     metadata["tensors"] = std::move(table);
-    layout.metadata = metadata.dump();
+    try {
+      layout.metadata = metadata.dump();
+    } catch (const nlohmann::json::exception& e) {  // invalid UTF-8 in a string or tensor name
+      return make_error("engine metadata cannot be serialized: {}", e.what());
+    }
     const uint64_t needed = align_up(kEngineHeaderSize + layout.metadata.size(), kEngineAlignment);
     if (needed == data_offset) {
       layout.data_offset = data_offset;
@@ -176,9 +180,11 @@ class EngineFileWriter {
   XXH3_state_t* hash_ = nullptr;
 };
 
+static_assert(sizeof(KILN_VERSION) <= sizeof(EngineHeader::kiln_version), "KILN_VERSION must fit the header");
+
 Status write_engine_impl(const std::string& path, const EngineWriteSpec& spec) {
   KILN_TRY(validate_spec(spec));
-  const EngineLayout layout = plan_layout(spec);
+  KILN_ASSIGN(const EngineLayout layout, plan_layout(spec));
 
   EngineHeader header{};
   std::memcpy(header.magic, kEngineMagic, sizeof(header.magic));

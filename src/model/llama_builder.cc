@@ -97,7 +97,7 @@ class Builder {
                 {"num_kv_heads", static_cast<double>(KVH)},
                 {"head_dim", static_cast<double>(hd)},
                 {"scale", 1.0 / std::sqrt(static_cast<double>(hd))}});
-      KILN_ASSIGN(const int32_t o, linear(n + "attn.o", g.ref(attn), p + "self_attn.o_proj", D, false));
+      KILN_ASSIGN(const int32_t o, linear(n + "attn.o", g.ref(attn), p + "self_attn.o_proj", D, c.o_proj_bias));
       add_node(OpKind::Add, n + "attn.residual", {g.ref(hidden), g.ref(o)}, hidden);
 
       KILN_ASSIGN(const int32_t h2, rms_norm(n + "post_attn_norm", g.ref(hidden), p + "post_attention_layernorm.weight", RowSpace::Tokens));

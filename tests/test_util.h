@@ -1,0 +1,81 @@
+// Helpers shared by the end-to-end tests: paths of shared data, temporary files, engine building.
+#pragma once
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "compiler/build_engine.h"
+#include "runtime/model.h"
+
+namespace kiln::testing {
+
+inline std::string shared_path(const std::string& rel) { return std::string(KILN_SHARED_DIR) + "/" + rel; }
+inline std::string source_path(const std::string& rel) { return std::string(KILN_SOURCE_DIR) + "/" + rel; }
+
+// A directory removed at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "kiln-test-XXXXXX").string();
+    path_ = ::mkdtemp(pattern.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+inline nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in.good()) << "cannot read " << path;
+  return nlohmann::json::parse(in);
+}
+
+// Builds `model_path` into an engine under `dir` and loads it; fails the test on error.
+inline std::unique_ptr<Model> build_and_load(const TempDir& dir, const std::string& model_path, const std::string& dtype,
+                                             bool fuse = true, int64_t max_seq_len = 512, int threads = 2,
+                                             int64_t max_tokens_per_step = 512) {
+  BuildOptions options;
+  options.model_path = model_path;
+  options.output_path = dir.file(std::to_string(std::hash<std::string>{}(model_path + dtype + (fuse ? "f" : "u"))) + ".kiln");
+  options.dtype = dtype;
+  options.fuse = fuse;
+  options.max_seq_len = max_seq_len;
+  auto report = build_engine(options);
+  EXPECT_TRUE(report.ok()) << (report.ok() ? "" : report.error().message);
+  if (!report.ok()) return nullptr;
+  RuntimeOptions runtime;
+  runtime.backend_options.num_threads = threads;
+  runtime.backend_options.max_tokens_per_step = max_tokens_per_step;
+  auto model = Model::load(options.output_path, runtime);
+  EXPECT_TRUE(model.ok()) << (model.ok() ? "" : model.error().message);
+  if (!model.ok()) return nullptr;
+  return std::move(model).value();
+}
+
+// ||a - b|| / ||b||
+inline double relative_l2(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+}  // namespace kiln::testing
