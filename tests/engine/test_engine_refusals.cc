@@ -145,6 +145,29 @@ TEST_F(EngineRefusal, MetadataNotJson) {
   EXPECT_THAT(refusal(image_), HasSubstr("engine metadata is not valid JSON"));
 }
 
+// nlohmann's parser and destructor are iterative, but dump() recurses: an error message must not
+// dump a hostile value nested a million levels deep (this would overflow the stack).
+TEST_F(EngineRefusal, DeeplyNestedValueIsNamedNotDumped) {
+  constexpr size_t kDepth = 1'000'000;
+  const std::string path = dir_.file("deep.engine");
+  ASSERT_TRUE(write_engine(path, make_spec(tensors_, {{"slack", std::string(2 * kDepth + 64, ' ')}})).ok());
+  std::string image = read_bytes(path);
+  const uint64_t n = get_field<uint64_t>(image, offsetof(EngineHeader, metadata_bytes));
+  std::string text = image.substr(kEngineHeaderSize, n);
+  const size_t slack = text.find("\"slack\":\"");
+  ASSERT_NE(slack, std::string::npos);
+  text.erase(slack + 9, 2 * kDepth + 64);  // keep "slack":""
+  const size_t offset = text.find("\"offset\":");
+  ASSERT_NE(offset, std::string::npos);
+  const size_t number_end = text.find_first_not_of("0123456789", offset + 9);
+  text.replace(offset + 9, number_end - (offset + 9), std::string(kDepth, '[') + std::string(kDepth, ']'));
+  ASSERT_LE(text.size(), n);
+  text.resize(n, ' ');
+  image.replace(kEngineHeaderSize, n, text);
+  reseal(image);
+  EXPECT_THAT(refusal(image), HasSubstr("'offset' must be a non-negative integer, found array"));
+}
+
 TEST_F(EngineRefusal, HeaderReservedByteSet) {
   image_[kEngineHeaderFieldBytes + 100] = 1;
   EXPECT_THAT(refusal(image_), HasSubstr("reserved byte 244"));
@@ -153,6 +176,16 @@ TEST_F(EngineRefusal, HeaderReservedByteSet) {
 TEST_F(EngineRefusal, BackendNotTerminated) {
   std::memset(image_.data() + offsetof(EngineHeader, backend), 'c', sizeof(EngineHeader::backend));
   EXPECT_THAT(refusal(image_), HasSubstr("'backend' is not NUL-terminated"));
+}
+
+TEST_F(EngineRefusal, OtherHeaderSize) {
+  put_field<uint32_t>(image_, offsetof(EngineHeader, header_size), 2 * kEngineHeaderSize);
+  EXPECT_THAT(refusal(image_), HasSubstr("engine header_size is 8192, expected 4096"));
+}
+
+TEST_F(EngineRefusal, MetadataOffsetMoved) {
+  put_field<uint64_t>(image_, offsetof(EngineHeader, metadata_offset), kEngineHeaderSize + 1);
+  EXPECT_THAT(refusal(image_), HasSubstr("engine metadata_offset is 4097, expected 4096"));
 }
 
 TEST_F(EngineRefusal, HugeMetadataSizeDoesNotOverflow) {
@@ -180,6 +213,8 @@ struct TableCase {
   std::function<void(nlohmann::json& table)> corrupt;  // table: metadata["tensors"]
   const char* expected;
 };
+
+void PrintTo(const TableCase& table_case, std::ostream* os) { *os << table_case.name; }
 
 class EngineTableRefusal : public EngineRefusal,
                            public ::testing::WithParamInterface<std::tuple<TableCase, bool>> {};

@@ -68,6 +68,15 @@ TEST(EngineWriter, RefusesMissingData) {
   expect_write_refused(dir.file("e"), spec, "tensor 'lm_hd': 64 bytes but no data");
 }
 
+// JSON strings must be UTF-8; nlohmann's dump() throws on anything else, and that must become an error.
+TEST(EngineWriter, RefusesInvalidUtf8) {
+  TempDir dir;
+  std::vector<SampleTensor> tensors = two_tensors();
+  tensors[0].name = "bad\xff";
+  expect_write_refused(dir.file("e"), make_spec(tensors), "cannot be serialized");
+  expect_write_refused(dir.file("e"), make_spec(two_tensors(), {{"note", "caf\xe9"}}), "cannot be serialized");
+}
+
 TEST(EngineWriter, UnwritableDirectoryNamesThePath) {
   TempDir dir;
   expect_write_refused(dir.file("no/such/dir/model.engine"), make_spec(two_tensors()), "cannot create");
