@@ -11,7 +11,8 @@
 #include "engine/engine_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto file = kiln::MappedFile::from_memory(std::string(reinterpret_cast<const char*>(data), size), "fuzz.engine");
+  auto file =
+      kiln::MappedFile::from_memory(std::string(reinterpret_cast<const char*>(data), size), "fuzz.engine");
   kiln::LoadOptions options;
   options.verify_checksum = false;
   kiln::Result<kiln::LoadedEngine> engine = kiln::parse_engine(file, options);

@@ -27,18 +27,18 @@ int main(int argc, char** argv) {
 
   std::vector<Seed> seeds;
   seeds.push_back({"empty.engine", {"cpu", "x86_64", nlohmann::json::object(), {}}});
-  seeds.push_back({"one_tensor.engine",
-                   {"cpu", "x86_64-avx2", {{"model", "seed"}}, {{"w", kiln::DType::F32, {2, 3}, weights.data(), 24}}}});
   seeds.push_back(
-      {"graph.engine",
-       {"cuda",
-        "sm_90",
-        {{"config", {{"dim", 3}, {"n_layers", 1}}},
-         {"graph", {{"nodes", {{{"op", "matmul"}, {"inputs", {"x", "w"}}, {"output", "y"}}}}}}},
-        {{"w", kiln::DType::F32, {3, 2}, weights.data(), 24},
-         {"scale", kiln::DType::F16, {3}, halves.data(), 6},
-         {"empty", kiln::DType::BF16, {0, 4}, nullptr, 0},
-         {"ids", kiln::DType::I32, {4}, ids.data(), 16}}}});
+      {"one_tensor.engine",
+       {"cpu", "x86_64-avx2", {{"model", "seed"}}, {{"w", kiln::DType::F32, {2, 3}, weights.data(), 24}}}});
+  seeds.push_back({"graph.engine",
+                   {"cuda",
+                    "sm_90",
+                    {{"config", {{"dim", 3}, {"n_layers", 1}}},
+                     {"graph", {{"nodes", {{{"op", "matmul"}, {"inputs", {"x", "w"}}, {"output", "y"}}}}}}},
+                    {{"w", kiln::DType::F32, {3, 2}, weights.data(), 24},
+                     {"scale", kiln::DType::F16, {3}, halves.data(), 6},
+                     {"empty", kiln::DType::BF16, {0, 4}, nullptr, 0},
+                     {"ids", kiln::DType::I32, {4}, ids.data(), 16}}}});
 
   for (const Seed& seed : seeds) {
     const kiln::Status status = kiln::write_engine(dir + "/" + seed.file, seed.spec);

@@ -88,10 +88,11 @@ EngineHeader decode_engine_header(std::span<const uint8_t, kEngineHeaderSize> in
 Status check_engine_header_encoding(std::span<const uint8_t, kEngineHeaderSize> in) {
   const uint8_t* p = in.data();
   KILN_TRY(check_nul_terminated<sizeof(EngineHeader::kiln_version)>(p + offsetof(EngineHeader, kiln_version),
-                                                                     "kiln_version"));
-  KILN_TRY(check_nul_terminated<sizeof(EngineHeader::backend)>(p + offsetof(EngineHeader, backend), "backend"));
+                                                                    "kiln_version"));
+  KILN_TRY(
+      check_nul_terminated<sizeof(EngineHeader::backend)>(p + offsetof(EngineHeader, backend), "backend"));
   KILN_TRY(check_nul_terminated<sizeof(EngineHeader::device_arch)>(p + offsetof(EngineHeader, device_arch),
-                                                                    "device_arch"));
+                                                                   "device_arch"));
   // Reserved bytes stay zero so that a field added later (with a version bump) can never be
   // mistaken for padding, and so that corruption of the unchecksummed header is caught.
   for (size_t i = kEngineHeaderFieldBytes; i < kEngineHeaderSize; ++i) {

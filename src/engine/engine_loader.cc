@@ -3,14 +3,14 @@
 // Every check runs before the first dependent read, and every size comparison is written as a
 // subtraction from a bound already known to hold, so no header or table value can overflow an
 // offset computation (this file is the fuzzer's target: fuzz/fuzz_engine.cc).
+#include <fmt/ranges.h>
+#include <xxhash.h>
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
 #include <optional>
 #include <set>
-
-#include <fmt/ranges.h>
-#include <xxhash.h>
 
 #include "engine/engine_file.h"
 #include "engine/engine_header.h"
@@ -21,7 +21,8 @@ namespace {
 std::string printable_magic(const uint8_t* p) {
   std::string out;
   for (size_t i = 0; i < sizeof(kEngineMagic); ++i) {
-    out += (p[i] >= 0x20 && p[i] < 0x7f) ? fmt::format("{:c}", static_cast<char>(p[i])) : fmt::format("\\x{:02x}", p[i]);
+    out += (p[i] >= 0x20 && p[i] < 0x7f) ? fmt::format("{:c}", static_cast<char>(p[i]))
+                                         : fmt::format("\\x{:02x}", p[i]);
   }
   return out;
 }
@@ -29,17 +30,20 @@ std::string printable_magic(const uint8_t* p) {
 Result<EngineHeader> parse_header(const MappedFile& file, const LoadOptions& options) {
   const uint64_t size = file.size();
   if (size < kEngineHeaderSize) {
-    return make_error("not a kiln engine: file is {} bytes, smaller than the {}-byte header", size, kEngineHeaderSize);
+    return make_error("not a kiln engine: file is {} bytes, smaller than the {}-byte header", size,
+                      kEngineHeaderSize);
   }
   const std::span<const uint8_t, kEngineHeaderSize> raw(file.data(), kEngineHeaderSize);
   if (std::memcmp(raw.data(), kEngineMagic, sizeof(kEngineMagic)) != 0) {
-    return make_error("not a kiln engine: bad magic (expected 'KILNENG\\x00', found '{}')", printable_magic(raw.data()));
+    return make_error("not a kiln engine: bad magic (expected 'KILNENG\\x00', found '{}')",
+                      printable_magic(raw.data()));
   }
   const EngineHeader h = decode_engine_header(raw);
   // The version comes before every other field: a file of another version may lay them out differently.
   if (h.format_version != kEngineFormatVersion) {
-    return make_error("engine format version {}, this kiln reads version {}: rebuild the engine with this kiln",
-                      h.format_version, kEngineFormatVersion);
+    return make_error(
+        "engine format version {}, this kiln reads version {}: rebuild the engine with this kiln",
+        h.format_version, kEngineFormatVersion);
   }
   if (h.header_size != kEngineHeaderSize) {
     return make_error("engine header_size is {}, expected {}", h.header_size, kEngineHeaderSize);
@@ -56,10 +60,11 @@ Result<EngineHeader> parse_header(const MappedFile& file, const LoadOptions& opt
                       options.expected_device_arch);
   }
 
-  if (h.file_bytes > size) return make_error("engine truncated: header says {} bytes, file has {}", h.file_bytes, size);
+  if (h.file_bytes > size)
+    return make_error("engine truncated: header says {} bytes, file has {}", h.file_bytes, size);
   if (h.file_bytes < size) {
-    return make_error("engine has {} bytes after its end: header says {} bytes, file has {}", size - h.file_bytes,
-                      h.file_bytes, size);
+    return make_error("engine has {} bytes after its end: header says {} bytes, file has {}",
+                      size - h.file_bytes, h.file_bytes, size);
   }
   // From here on file_bytes == size >= header_size.
   if (h.metadata_offset != kEngineHeaderSize) {
@@ -71,7 +76,8 @@ Result<EngineHeader> parse_header(const MappedFile& file, const LoadOptions& opt
   }
   const uint64_t metadata_end = h.metadata_offset + h.metadata_bytes;  // <= size
   // metadata_end <= size < 2^64 - 4096, so aligning up cannot wrap.
-  const uint64_t expected_data_offset = (metadata_end + kEngineAlignment - 1) / kEngineAlignment * kEngineAlignment;
+  const uint64_t expected_data_offset =
+      (metadata_end + kEngineAlignment - 1) / kEngineAlignment * kEngineAlignment;
   if (h.data_offset != expected_data_offset) {
     return make_error("engine data_offset is {}, expected {} (metadata end {} aligned to {})", h.data_offset,
                       expected_data_offset, metadata_end, kEngineAlignment);
@@ -84,9 +90,10 @@ Result<EngineHeader> parse_header(const MappedFile& file, const LoadOptions& opt
   if (options.verify_checksum) {
     const uint64_t actual = XXH3_64bits(file.data() + h.header_size, size - h.header_size);
     if (actual != h.checksum) {
-      return make_error("engine checksum mismatch: header says {:#018x}, bytes [{}, {}) hash to {:#018x}: the file "
-                        "is corrupt",
-                        h.checksum, h.header_size, size, actual);
+      return make_error(
+          "engine checksum mismatch: header says {:#018x}, bytes [{}, {}) hash to {:#018x}: the file "
+          "is corrupt",
+          h.checksum, h.header_size, size, actual);
     }
   }
   return h;
@@ -94,7 +101,9 @@ Result<EngineHeader> parse_header(const MappedFile& file, const LoadOptions& opt
 
 // A JSON value for an error message. Containers are named, not dumped: dump() recurses, and a
 // hostile file can nest a million levels deep (the parser and destructor are iterative).
-std::string describe(const nlohmann::json& value) { return value.is_primitive() ? value.dump() : value.type_name(); }
+std::string describe(const nlohmann::json& value) {
+  return value.is_primitive() ? value.dump() : value.type_name();
+}
 
 // Reads a non-negative JSON integer field of a tensor entry.
 Result<uint64_t> unsigned_field(const nlohmann::json& entry, const char* key, const std::string& what) {
@@ -126,7 +135,8 @@ Result<TensorView> parse_tensor_entry(const nlohmann::json& entry, size_t index,
   const auto shape = entry.find("shape");
   if (shape == entry.end() || !shape->is_array()) return make_error("{}: 'shape' must be an array", what);
   for (const nlohmann::json& d : *shape) {
-    if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    if (!d.is_number_unsigned() ||
+        d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
       return make_error("{}: shape has a dimension {} that is not a non-negative integer", what, describe(d));
     }
     view.shape.push_back(d.get<int64_t>());
@@ -191,7 +201,8 @@ Result<LoadedEngine> parse_engine_impl(std::shared_ptr<MappedFile> file, const L
     const std::string name = view.name;
     const auto [it, inserted] = engine.tensors.emplace(name, std::move(view));
     if (!inserted) return make_error("tensor '{}' appears twice in the tensor table", name);
-    if (it->second.nbytes > 0) extents.emplace_back(static_cast<uint64_t>(it->second.data - file->data()), &it->second);
+    if (it->second.nbytes > 0)
+      extents.emplace_back(static_cast<uint64_t>(it->second.data - file->data()), &it->second);
   }
   std::sort(extents.begin(), extents.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   for (size_t i = 1; i < extents.size(); ++i) {

@@ -1,4 +1,9 @@
 // write_engine: lays out header, metadata and tensors (engine_file.h) and writes them atomically.
+#include <fcntl.h>
+#include <fmt/ranges.h>
+#include <unistd.h>
+#include <xxhash.h>
+
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
@@ -6,11 +11,6 @@
 #include <limits>
 #include <optional>
 #include <set>
-
-#include <fmt/ranges.h>
-#include <fcntl.h>
-#include <unistd.h>
-#include <xxhash.h>
 
 #include "engine/engine_file.h"
 #include "engine/engine_header.h"
@@ -33,7 +33,9 @@ std::optional<uint64_t> expected_nbytes(const std::vector<int64_t>& shape, DType
   return n;
 }
 
-std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_string(const std::vector<int64_t>& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 Status validate_spec(const EngineWriteSpec& spec) {
   if (spec.backend.empty()) return make_error("engine spec has an empty backend, expected e.g. 'cpu'");
@@ -54,7 +56,8 @@ Status validate_spec(const EngineWriteSpec& spec) {
   std::set<std::string> names;
   for (const EngineTensorSource& t : spec.tensors) {
     if (t.name.empty()) return make_error("engine tensor with an empty name");
-    if (!names.insert(t.name).second) return make_error("tensor '{}' appears twice in the engine spec", t.name);
+    if (!names.insert(t.name).second)
+      return make_error("tensor '{}' appears twice in the engine spec", t.name);
     if (dtype_size(t.dtype) == 0) {
       return make_error("tensor '{}': unknown dtype code {}", t.name, static_cast<int>(t.dtype));
     }
@@ -64,7 +67,8 @@ Status validate_spec(const EngineWriteSpec& spec) {
       return make_error("tensor '{}': {} {} needs {} bytes, source has {}", t.name, dtype_name(t.dtype),
                         shape_string(t.shape), *nbytes, t.nbytes);
     }
-    if (t.nbytes > 0 && t.data == nullptr) return make_error("tensor '{}': {} bytes but no data", t.name, t.nbytes);
+    if (t.nbytes > 0 && t.data == nullptr)
+      return make_error("tensor '{}': {} bytes but no data", t.name, t.nbytes);
   }
   return {};
 }
@@ -125,7 +129,8 @@ class EngineFileWriter {
 
   Status open() {
     hash_ = XXH3_createState();
-    if (hash_ == nullptr || XXH3_64bits_reset(hash_) != XXH_OK) return make_error("cannot allocate XXH3 state");
+    if (hash_ == nullptr || XXH3_64bits_reset(hash_) != XXH_OK)
+      return make_error("cannot allocate XXH3 state");
     fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd_ < 0) return io_error("cannot create");
     return {};
@@ -148,7 +153,8 @@ class EngineFileWriter {
 
   Status pad_to(uint64_t offset) {
     static constexpr uint8_t kZeros[kEngineAlignment] = {};
-    while (position_ < offset) KILN_TRY(append(kZeros, std::min<uint64_t>(offset - position_, sizeof(kZeros))));
+    while (position_ < offset)
+      KILN_TRY(append(kZeros, std::min<uint64_t>(offset - position_, sizeof(kZeros))));
     return {};
   }
 
@@ -171,7 +177,9 @@ class EngineFileWriter {
   }
 
  private:
-  Error io_error(const char* what) const { return make_error("{}: {}: {}", what, tmp_path_, std::strerror(errno)); }
+  Error io_error(const char* what) const {
+    return make_error("{}: {}: {}", what, tmp_path_, std::strerror(errno));
+  }
 
   std::string tmp_path_;
   int fd_ = -1;

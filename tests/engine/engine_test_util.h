@@ -2,6 +2,9 @@
 // checksum valid so a test can reach the check it targets.
 #pragma once
 
+#include <gtest/gtest.h>
+#include <xxhash.h>
+
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -9,9 +12,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-#include <xxhash.h>
 
 #include "engine/engine_file.h"
 #include "engine/engine_header.h"
@@ -64,7 +64,8 @@ inline EngineWriteSpec make_spec(const std::vector<SampleTensor>& tensors, nlohm
   spec.device_arch = std::move(device_arch);
   spec.metadata = std::move(metadata);
   for (const SampleTensor& t : tensors) {
-    spec.tensors.push_back({t.name, t.dtype, t.shape, t.bytes.empty() ? nullptr : t.bytes.data(), t.bytes.size()});
+    spec.tensors.push_back(
+        {t.name, t.dtype, t.shape, t.bytes.empty() ? nullptr : t.bytes.data(), t.bytes.size()});
   }
   return spec;
 }
@@ -88,7 +89,8 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
 template <class T>
 T get_field(const std::string& image, size_t offset) {
   T value = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) value |= static_cast<T>(static_cast<uint8_t>(image[offset + i])) << (8 * i);
+  for (size_t i = 0; i < sizeof(T); ++i)
+    value |= static_cast<T>(static_cast<uint8_t>(image[offset + i])) << (8 * i);
   return value;
 }
 

@@ -1,11 +1,11 @@
 // Every way a loader must refuse an engine, produced by corrupting a file the writer made. Each
 // error must begin with the engine path and say what was expected and what was found.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <functional>
 #include <limits>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "engine/engine_file.h"
 #include "engine_test_util.h"
@@ -28,7 +28,9 @@ class EngineRefusal : public ::testing::Test {
  protected:
   void SetUp() override {
     path_ = dir_.file("model.engine");
-    const Status written = write_engine(path_, make_spec(tensors_, {{"model", "tiny"}, {"slack", std::string(256, ' ')}}, "cpu", "x86_64-avx2"));
+    const Status written = write_engine(
+        path_,
+        make_spec(tensors_, {{"model", "tiny"}, {"slack", std::string(256, ' ')}}, "cpu", "x86_64-avx2"));
     ASSERT_TRUE(written.ok()) << written.error().message;
     image_ = read_bytes(path_);
     ASSERT_GT(image_.size(), 3 * kEngineAlignment);
@@ -58,9 +60,10 @@ TEST_F(EngineRefusal, BadMagic) {
 
 TEST_F(EngineRefusal, OtherFormatVersion) {
   put_field<uint32_t>(image_, offsetof(EngineHeader, format_version), kEngineFormatVersion + 1);
-  EXPECT_THAT(refusal(image_), HasSubstr(fmt::format("engine format version {}, this kiln reads version {}: rebuild "
-                                                     "the engine with this kiln",
-                                                     kEngineFormatVersion + 1, kEngineFormatVersion)));
+  EXPECT_THAT(refusal(image_),
+              HasSubstr(fmt::format("engine format version {}, this kiln reads version {}: rebuild "
+                                    "the engine with this kiln",
+                                    kEngineFormatVersion + 1, kEngineFormatVersion)));
 }
 
 TEST_F(EngineRefusal, TruncatedByOneByte) {
@@ -99,7 +102,8 @@ TEST_F(EngineRefusal, FlippedDataByteFailsTheChecksum) {
 }
 
 TEST_F(EngineRefusal, FlippedMetadataPaddingByteFailsTheChecksum) {
-  const uint64_t metadata_end = kEngineHeaderSize + get_field<uint64_t>(image_, offsetof(EngineHeader, metadata_bytes));
+  const uint64_t metadata_end =
+      kEngineHeaderSize + get_field<uint64_t>(image_, offsetof(EngineHeader, metadata_bytes));
   ASSERT_LT(metadata_end, get_field<uint64_t>(image_, offsetof(EngineHeader, data_offset)));
   image_[metadata_end] = 'x';
   EXPECT_THAT(refusal(image_), HasSubstr("engine checksum mismatch"));
@@ -129,7 +133,9 @@ TEST_F(EngineRefusal, GarbageFile) {
   EXPECT_THAT(refusal("hello, world\n"), HasSubstr("not a kiln engine: file is 13 bytes"));
 }
 
-TEST_F(EngineRefusal, EmptyFile) { EXPECT_THAT(refusal(""), HasSubstr("not a kiln engine: file is 0 bytes")); }
+TEST_F(EngineRefusal, EmptyFile) {
+  EXPECT_THAT(refusal(""), HasSubstr("not a kiln engine: file is 0 bytes"));
+}
 
 TEST_F(EngineRefusal, MissingFile) {
   const std::string path = dir_.file("does-not-exist.engine");
@@ -189,15 +195,16 @@ TEST_F(EngineRefusal, MetadataOffsetMoved) {
 }
 
 TEST_F(EngineRefusal, HugeMetadataSizeDoesNotOverflow) {
-  put_field<uint64_t>(image_, offsetof(EngineHeader, metadata_bytes), std::numeric_limits<uint64_t>::max() - 100);
+  put_field<uint64_t>(image_, offsetof(EngineHeader, metadata_bytes),
+                      std::numeric_limits<uint64_t>::max() - 100);
   EXPECT_THAT(refusal(image_), HasSubstr("runs past the end of the file"));
 }
 
 TEST_F(EngineRefusal, DataOffsetMisplaced) {
   const uint64_t data_offset = get_field<uint64_t>(image_, offsetof(EngineHeader, data_offset));
   put_field<uint64_t>(image_, offsetof(EngineHeader, data_offset), data_offset + kEngineAlignment);
-  EXPECT_THAT(refusal(image_), HasSubstr(fmt::format("data_offset is {}, expected {}", data_offset + kEngineAlignment,
-                                                     data_offset)));
+  EXPECT_THAT(refusal(image_), HasSubstr(fmt::format("data_offset is {}, expected {}",
+                                                     data_offset + kEngineAlignment, data_offset)));
 }
 
 TEST_F(EngineRefusal, DataBytesInconsistent) {
@@ -238,10 +245,23 @@ const TableCase kTableCases[] = {
     {"HugeOffset", [](nlohmann::json& t) { t[0]["offset"] = std::numeric_limits<uint64_t>::max() - 4095; },
      "lie outside the data area"},
     {"UnknownDtype", [](nlohmann::json& t) { t[0]["dtype"] = "Q4"; }, "unknown dtype \"Q4\""},
-    {"NbytesDisagreesWithShape", [](nlohmann::json& t) { t[0]["shape"] = {4, 7}; }, "needs 112 bytes, table says 128"},
-    {"ShapeOverflows", [](nlohmann::json& t) { t[0]["shape"] = {1ull << 62, 1ull << 62}; }, "overflows"},
-    {"NegativeDimension", [](nlohmann::json& t) { t[0]["shape"] = {-4, -8}; }, "not a non-negative integer"},
-    {"FloatOffset", [](nlohmann::json& t) { t[0]["offset"] = 8192.0; }, "'offset' must be a non-negative integer"},
+    {"NbytesDisagreesWithShape",
+     [](nlohmann::json& t) {
+       t[0]["shape"] = {4, 7};
+     },
+     "needs 112 bytes, table says 128"},
+    {"ShapeOverflows",
+     [](nlohmann::json& t) {
+       t[0]["shape"] = {1ull << 62, 1ull << 62};
+     },
+     "overflows"},
+    {"NegativeDimension",
+     [](nlohmann::json& t) {
+       t[0]["shape"] = {-4, -8};
+     },
+     "not a non-negative integer"},
+    {"FloatOffset", [](nlohmann::json& t) { t[0]["offset"] = 8192.0; },
+     "'offset' must be a non-negative integer"},
     {"MissingNbytes", [](nlohmann::json& t) { t[0].erase("nbytes"); }, "missing 'nbytes'"},
     {"EmptyName", [](nlohmann::json& t) { t[0]["name"] = ""; }, "'name' must be a non-empty string"},
     {"EntryNotObject", [](nlohmann::json& t) { t[1] = 7; }, "tensor table entry 1: expected an object"},

@@ -1,8 +1,8 @@
 // Writing an engine and loading it back gives the same tensors, metadata and header fields.
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <set>
-
-#include <gtest/gtest.h>
 
 #include "engine/engine_file.h"
 #include "engine_test_util.h"
@@ -43,7 +43,7 @@ TEST(EngineRoundTrip, SeveralDtypesAndShapes) {
       random_tensor("positions", DType::I32, {1}, 4),
       random_tensor("ids", DType::I64, {2, 2}, 5),
       random_tensor("bytes_across_a_page", DType::U8, {4097}, 6),  // spans two alignment units
-      random_tensor("scalar", DType::F64, {}, 7),                   // rank 0: one element
+      random_tensor("scalar", DType::F64, {}, 7),                  // rank 0: one element
   };
   const nlohmann::json metadata = {{"model", "tiny"}, {"vocab_size", 32}};
   const std::string path = dir.file("model.engine");
@@ -115,7 +115,10 @@ TEST(EngineRoundTrip, NestedGraphMetadataIsPreserved) {
       {"graph",
        {{"nodes",
          {{{"op", "embedding"}, {"inputs", {"tokens", "tok_embeddings.weight"}}, {"output", "x0"}},
-          {{"op", "rmsnorm"}, {"inputs", {"x0", "norm.weight"}}, {"attrs", {{"eps", 1e-5}}}, {"output", "x1"}},
+          {{"op", "rmsnorm"},
+           {"inputs", {"x0", "norm.weight"}},
+           {"attrs", {{"eps", 1e-5}}},
+           {"output", "x1"}},
           {{"op", "matmul"}, {"inputs", {"x1", "wq"}}, {"attrs", nullptr}, {"output", "q"}}}},
         {"outputs", {"q"}}}},
       {"tokenizer", {{"kind", "bpe"}, {"special", {{"bos", 1}, {"eos", 2}}}, {"name", "caf\u00e9 \u2603"}}},
@@ -180,8 +183,9 @@ TEST(EngineRoundTrip, ParseFromMemoryMatchesLoad) {
   Result<LoadedEngine> engine = parse_engine(MappedFile::from_memory(read_bytes(path), "mem.engine"), {});
   ASSERT_TRUE(engine.ok()) << engine.error().message;
   ASSERT_NE(engine->find("lm_hd"), nullptr);
-  EXPECT_EQ(std::string(reinterpret_cast<const char*>(engine->find("lm_hd")->data), engine->find("lm_hd")->nbytes),
-            tensors[1].bytes);
+  EXPECT_EQ(
+      std::string(reinterpret_cast<const char*>(engine->find("lm_hd")->data), engine->find("lm_hd")->nbytes),
+      tensors[1].bytes);
   EXPECT_EQ(engine->find("missing"), nullptr);
 }
 

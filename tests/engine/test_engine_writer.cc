@@ -1,8 +1,8 @@
 // write_engine refuses invalid specs and unwritable paths without leaving files behind.
-#include <filesystem>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
 
 #include "engine/engine_file.h"
 #include "engine_test_util.h"
@@ -46,7 +46,8 @@ TEST(EngineWriter, RefusesNegativeDimension) {
 
 TEST(EngineWriter, RefusesTensorsKeyInMetadata) {
   TempDir dir;
-  expect_write_refused(dir.file("e"), make_spec(two_tensors(), {{"tensors", 1}}), "must not contain the key 'tensors'");
+  expect_write_refused(dir.file("e"), make_spec(two_tensors(), {{"tensors", 1}}),
+                       "must not contain the key 'tensors'");
 }
 
 TEST(EngineWriter, RefusesNonObjectMetadata) {
@@ -58,7 +59,8 @@ TEST(EngineWriter, RefusesEmptyOrOverlongBackend) {
   TempDir dir;
   expect_write_refused(dir.file("e"), make_spec(two_tensors(), {}, ""), "empty backend");
   expect_write_refused(dir.file("e"), make_spec(two_tensors(), {}, std::string(16, 'b')), "at most 15 fit");
-  expect_write_refused(dir.file("e"), make_spec(two_tensors(), {}, "cpu", std::string(32, 'a')), "at most 31 fit");
+  expect_write_refused(dir.file("e"), make_spec(two_tensors(), {}, "cpu", std::string(32, 'a')),
+                       "at most 31 fit");
 }
 
 TEST(EngineWriter, RefusesMissingData) {
@@ -74,7 +76,8 @@ TEST(EngineWriter, RefusesInvalidUtf8) {
   std::vector<SampleTensor> tensors = two_tensors();
   tensors[0].name = "bad\xff";
   expect_write_refused(dir.file("e"), make_spec(tensors), "cannot be serialized");
-  expect_write_refused(dir.file("e"), make_spec(two_tensors(), {{"note", "caf\xe9"}}), "cannot be serialized");
+  expect_write_refused(dir.file("e"), make_spec(two_tensors(), {{"note", "caf\xe9"}}),
+                       "cannot be serialized");
 }
 
 TEST(EngineWriter, UnwritableDirectoryNamesThePath) {
