@@ -1,0 +1,95 @@
+// CUDA kernels of the CUDA backend, behind plain C++ launchers (callers need only cuda_runtime.h).
+//
+// Conventions
+//   - Activations are row-major in the engine's activation dtype `act` (F16 or BF16): pointers are
+//     void* plus a DType. Accumulation is always f32. Norm weights, biases, RoPE tables are f32.
+//   - Every launcher checks its arguments (dtypes, sizes, alignment it relies on) and returns a
+//     Status naming the kernel and the shapes; after launching it checks cudaGetLastError().
+//   - Launchers never allocate and never synchronize: they are captured into CUDA graphs.
+//   - Row strides are in elements. "[M, N] stride ld" means element (m, n) is at m * ld + n.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "common/dtype.h"
+#include "common/error.h"
+
+namespace kiln::cuda {
+
+// Turns a CUDA error into a Status "<what>: <cudaGetErrorString>".
+Status check(cudaError_t error, const char* what);
+
+// ---- GEMV / small-batch GEMM for decode (weights streamed at memory bandwidth) ----
+// y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]),  M in [1, 8]
+//   x: [M, K] act dtype, stride K (16-byte aligned rows: K % 8 == 0);
+//   w: [N, K] same dtype as x;  bias: [N] f32 or null;
+//   y: [M, N] stride ldy, dtype y_dtype (act dtype, or F32 for logits).
+Status gemv(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
+            int64_t ldy, DType act, DType y_dtype, cudaStream_t stream);
+constexpr int64_t kGemvMaxRows = 8;
+
+// ---- normalization and elementwise ----
+// y = rms_norm(x) * weight  (HF LlamaRMSNorm: f32 math, cast at the end).  x, y: [M, D]; weight: [D] f32
+Status rms_norm(const void* x, const float* weight, int64_t M, int64_t D, float eps, void* y, DType act,
+                cudaStream_t stream);
+// Fused residual: x += r; y = rms_norm(x) * weight.  x (in/out), r, y: [M, D]
+Status add_rms_norm(void* x, const void* r, const float* weight, int64_t M, int64_t D, float eps, void* y,
+                    DType act, cudaStream_t stream);
+// x += r   [M, D]
+Status add(void* x, const void* r, int64_t M, int64_t D, DType act, cudaStream_t stream);
+// out[m, f] = silu(gate[m, f]) * up[m, f]; gate/up rows at stride gate_ld / up_ld (fused gate_up:
+// up = gate + F, both strides 2F).  out: [M, F]
+Status swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M, int64_t F, void* out,
+              DType act, cudaStream_t stream);
+// out[m, :] = table[ids[m], :]   table: [V, D] act dtype; ids: device int32 [M]
+Status embedding(const int32_t* ids, int64_t M, const void* table, int64_t V, int64_t D, void* out, DType act,
+                 cudaStream_t stream);
+// out[r, :] = in[rows[r], :]   in: [*, D]; rows: device int32 [R]
+Status gather_rows(const void* in, const int32_t* rows, int64_t R, int64_t D, void* out, DType act,
+                   cudaStream_t stream);
+
+// ---- rotary embedding, in place ----
+// Heads of x: row m, columns [col_offset + h * head_dim, ... + head_dim) for h < num_heads; row stride ld.
+// cos/sin: [max_position, head_dim / 2] f32; positions: device int32 [M].
+// interleaved = false: pairs (j, j + head_dim/2) (HF); true: pairs (2j, 2j+1) (llama2.c).
+Status rope(void* x, int64_t M, int64_t ld, int64_t col_offset, int64_t num_heads, int64_t head_dim,
+            const int32_t* positions, const float* cos, const float* sin, bool interleaved, DType act,
+            cudaStream_t stream);
+
+// ---- paged KV cache and attention ----
+// One layer's cache: k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim], act dtype.
+struct PagedKv {
+  void* k_cache;
+  void* v_cache;
+  int64_t num_blocks;
+  int64_t block_size;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+};
+
+// Writes token m's k/v (rows at k + m * ld, v + m * ld) into slot slot_mapping[m] (block * block_size
+// + offset); negative slots are skipped (padding).  slot_mapping: device int32 [M]
+Status kv_cache_write(const void* k, const void* v, int64_t M, int64_t ld, const int32_t* slot_mapping,
+                      const PagedKv& kv, DType act, cudaStream_t stream);
+
+// Device-side description of one attention step (all device pointers).
+struct AttentionBatch {
+  int64_t num_tokens;          // M
+  const int32_t* token_seq;    // [M] sequence row of each token
+  const int32_t* positions;    // [M] position of each token (attends to 0..position)
+  const int32_t* block_tables; // [num_seqs, max_blocks_per_seq]
+  int64_t max_blocks_per_seq;
+  int64_t max_position;        // upper bound of positions[] + 1 in this step (sizes split-K work)
+};
+
+// Causal GQA attention over the paged cache for M query tokens of many sequences (mixed prefill and
+// decode). q rows at q + m * q_ld (num_heads * head_dim wide); out: [M, num_heads * head_dim].
+// `workspace` of attention_workspace_bytes(...) bytes serves split-K partial results.
+Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch, const PagedKv& kv,
+                       int64_t num_heads, float scale, void* out, void* workspace, size_t workspace_bytes,
+                       DType act, cudaStream_t stream);
+size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_heads, int64_t head_dim, int64_t max_seq_len);
+
+}  // namespace kiln::cuda

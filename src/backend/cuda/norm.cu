@@ -1,0 +1,2 @@
+// placeholder: being implemented
+#include "backend/cuda/kernels.h"
