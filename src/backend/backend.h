@@ -47,6 +47,13 @@ struct BackendOptions {
   int64_t kv_block_size = 16;
 };
 
+// Time of one graph node in a profiled step.
+struct NodeTiming {
+  std::string name;  // graph node name, e.g. "layers.3.attn.qkv"
+  std::string op;    // op name, e.g. "linear"
+  double ms = 0;
+};
+
 struct KvGeometry {
   int64_t num_blocks;
   int64_t block_size;
@@ -63,6 +70,14 @@ class Backend {
   // Runs one step. logits: [batch.logit_rows.size(), vocab_size()] f32, host memory.
   // Errors: bad token ids, positions beyond the KV capacity, too many tokens: one line each.
   virtual Status forward(const Batch& batch, float* logits) = 0;
+  // forward() with a timing per graph node (CPU: wall clock; CUDA: events, no graph replay). Slower
+  // than forward(); for `kiln bench --verbose`.
+  virtual Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) = 0;
+  // Memory bandwidth of a large device-to-device copy (bytes read + written per second), measured
+  // once on first call: the ceiling against which bench reports achieved bandwidth.
+  virtual double copy_bandwidth_bytes_per_second() = 0;
+  // Peak bytes the backend has held on its device (CUDA: device allocations; CPU: 0, see RSS).
+  virtual int64_t peak_device_bytes() const = 0;
   // Bytes of memory the backend holds: weights (mapped or uploaded), arena, KV cache.
   virtual int64_t weight_bytes() const = 0;
   virtual int64_t arena_bytes() const = 0;

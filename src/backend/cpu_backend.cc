@@ -5,6 +5,7 @@
 // value lifetimes so values that are never live together share a buffer, and (4) allocates the
 // paged KV cache. forward() then allocates nothing.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -42,10 +43,16 @@ class CpuBackend final : public Backend {
   int64_t weight_bytes() const override { return weight_bytes_; }
   int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.size() * sizeof(float)); }
   int64_t kv_cache_bytes() const override { return static_cast<int64_t>(kv_storage_.size() * sizeof(float)); }
-  Status forward(const Batch& batch, float* logits) override;
+  Status forward(const Batch& batch, float* logits) override { return run(batch, logits, nullptr); }
+  Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) override {
+    return run(batch, logits, &timings);
+  }
+  double copy_bandwidth_bytes_per_second() override;
+  int64_t peak_device_bytes() const override { return 0; }
 
  private:
   Status init(const LoadedEngine& engine, const BackendOptions& options);
+  Status run(const Batch& batch, float* logits, std::vector<NodeTiming>* timings);
   Status plan_arena();
   Status check_batch(const Batch& batch) const;
   float* value_ptr(int32_t value) { return arena_.data() + value_offset_[value]; }
@@ -66,7 +73,24 @@ class CpuBackend final : public Backend {
   std::unique_ptr<cpu::ThreadPool> pool_;
   int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0;
   int64_t num_kv_blocks_ = 0, block_size_ = 0, weight_bytes_ = 0;
+  double copy_bandwidth_ = 0;
 };
+
+// Best of a few memcpy passes over 256 MiB (well beyond any cache), counting bytes read + written.
+double CpuBackend::copy_bandwidth_bytes_per_second() {
+  if (copy_bandwidth_ > 0) return copy_bandwidth_;
+  const size_t bytes = size_t{256} << 20;
+  std::vector<uint8_t> src(bytes, 1), dst(bytes, 0);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::memcpy(dst.data(), src.data(), bytes);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * static_cast<double>(bytes) / s);
+  }
+  copy_bandwidth_ = best;
+  return best;
+}
 
 std::string rope_key(const Node& n) {
   std::string key;
@@ -282,14 +306,16 @@ Status CpuBackend::check_batch(const Batch& batch) const {
   return Status::Ok();
 }
 
-Status CpuBackend::forward(const Batch& batch, float* logits) {
+Status CpuBackend::run(const Batch& batch, float* logits, std::vector<NodeTiming>* timings) {
   KILN_TRY(check_batch(batch));
+  if (timings) timings->clear();
   const int64_t T = batch.num_tokens();
   for (int64_t i = 0; i < T; ++i) {
     const int32_t block = batch.block_tables[batch.token_seq[i] * batch.max_blocks_per_seq + batch.positions[i] / block_size_];
     slot_mapping_[i] = static_cast<int32_t>(block * block_size_ + batch.positions[i] % block_size_);
   }
   for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    const auto node_start = std::chrono::steady_clock::now();
     const Node& n = graph_.nodes[i];
     const std::vector<BoundWeight>& w = node_weights_[i];
     float* out = value_ptr(n.output);
@@ -355,6 +381,10 @@ Status CpuBackend::forward(const Batch& batch, float* logits) {
         }
         break;
       }
+    }
+    if (timings) {
+      timings->push_back(NodeTiming{n.name, std::string(op_name(n.op)),
+                                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - node_start).count()});
     }
   }
   std::memcpy(logits, value_ptr(graph_.logits_value), batch.logit_rows.size() * vocab_size_ * sizeof(float));
