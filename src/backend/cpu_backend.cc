@@ -147,7 +147,7 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
     node_rope_.push_back(nullptr);
     // Ops whose kernels need whole, contiguous rows.
     const bool whole_inputs = n.op == OpKind::Linear || n.op == OpKind::RmsNorm || n.op == OpKind::Add ||
-                              n.op == OpKind::SelectLogitRows;
+                              n.op == OpKind::AddRmsNorm || n.op == OpKind::SelectLogitRows;
     for (const ValueRef& r : n.inputs) {
       if (whole_inputs && (r.col_offset != 0 || r.width != graph_.values[r.value].width)) {
         return make_error("cpu backend: node '{}' reads a column slice, which its kernel does not support", n.name);
@@ -373,6 +373,13 @@ Status CpuBackend::run(const Batch& batch, float* logits, std::vector<NodeTiming
       case OpKind::Add:
         cpu::add(out, value_ptr(n.inputs[1].value), rows, out_width);
         break;
+      case OpKind::AddRmsNorm: {
+        float* residual = value_ptr(n.inputs[0].value);
+        cpu::add(residual, value_ptr(n.inputs[1].value), rows, out_width);
+        cpu::rms_norm(residual, static_cast<const float*>(w[0].data), rows, out_width,
+                      static_cast<float>(n.attr("eps")), out);
+        break;
+      }
       case OpKind::SelectLogitRows: {
         const float* in = value_ptr(n.inputs[0].value);
         for (size_t r = 0; r < batch.logit_rows.size(); ++r) {

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/bench_command.h"
 #include "compiler/build_engine.h"
 #include "engine/engine_file.h"
 #include "graph/graph.h"
@@ -65,9 +66,9 @@ struct BuildArgs {
 int run_build(const BuildArgs& args) {
   auto report = build_engine(args.options);
   if (!report.ok()) return fail(report.error());
-  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up; tokenizer: {})\n",
+  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm; tokenizer: {})\n",
              args.options.output_path, report->num_tensors, report->weight_bytes / 1048576.0, report->fused_qkv,
-             report->fused_gate_up, report->tokenizer.empty() ? "none" : report->tokenizer);
+             report->fused_gate_up, report->fused_add_rms_norm, report->tokenizer.empty() ? "none" : report->tokenizer);
   return 0;
 }
 
@@ -286,6 +287,9 @@ int cli_main(int argc, char** argv) {
   tokenize_cmd->add_option("TEXT", tokenize_text, "text (read from stdin when absent)");
   tokenize_cmd->add_flag("--bos", tokenize_bos, "prepend BOS");
 
+  BenchArgs bench;
+  auto* bench_cmd = add_bench_command(app, bench);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -298,6 +302,7 @@ int cli_main(int argc, char** argv) {
   if (run_cmd->parsed()) return run_run(run);
   if (inspect_cmd->parsed()) return run_inspect(inspect_path);
   if (tokenize_cmd->parsed()) return run_tokenize(tokenize_source, tokenize_bos, tokenize_text);
+  if (bench_cmd->parsed()) return run_bench_command(bench);
   return 1;
 }
 

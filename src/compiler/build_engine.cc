@@ -94,6 +94,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
   if (options.fuse) {
     KILN_ASSIGN(report.fused_qkv, fuse_qkv(built.graph, built.weights));
     KILN_ASSIGN(report.fused_gate_up, fuse_gate_up(built.graph, built.weights));
+    KILN_ASSIGN(report.fused_add_rms_norm, fuse_add_rms_norm(built.graph));
   }
 
   // Tokenizer: stored verbatim so the run side parses exactly what the build side saw.
@@ -134,6 +135,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
         {"fuse", options.fuse},
         {"fused_qkv", report.fused_qkv},
         {"fused_gate_up", report.fused_gate_up},
+        {"fused_add_rms_norm", report.fused_add_rms_norm},
         {"kiln_version", KILN_VERSION}}},
       {"graph", built.graph.to_json()},
       {"tokenizer", nullptr},

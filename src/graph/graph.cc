@@ -11,6 +11,7 @@ constexpr std::pair<OpKind, std::string_view> kOpNames[] = {
     {OpKind::Linear, "linear"},       {OpKind::Rope, "rope"},
     {OpKind::Attention, "attention"}, {OpKind::SwiGlu, "swiglu"},
     {OpKind::Add, "add"},             {OpKind::SelectLogitRows, "select_logit_rows"},
+    {OpKind::AddRmsNorm, "add_rms_norm"},
 };
 
 // Expected input count per op.
@@ -19,7 +20,8 @@ size_t expected_inputs(OpKind op) {
     case OpKind::Embedding: return 0;
     case OpKind::Attention: return 3;
     case OpKind::SwiGlu:
-    case OpKind::Add: return 2;
+    case OpKind::Add:
+    case OpKind::AddRmsNorm: return 2;
     default: return 1;
   }
 }
@@ -78,6 +80,9 @@ Status Graph::validate() const {
     if (is_in_place(node.op) && node.output != node.inputs[0].value) {
       return make_error("{}: in-place op must write its first input", where);
     }
+    if (node.op == OpKind::AddRmsNorm && node.output == node.inputs[0].value) {
+      return make_error("{}: the normalized output must be a value other than the residual", where);
+    }
     for (const std::string& w : node.weights) {
       if (!weights.count(w)) return make_error("{}: weight '{}' not declared", where, w);
     }
@@ -90,6 +95,9 @@ Status Graph::validate() const {
         }
         break;
       }
+      case OpKind::AddRmsNorm:
+        if (node.inputs[0].width != node.inputs[1].width) return make_error("{}: operand widths differ", where);
+        [[fallthrough]];
       case OpKind::RmsNorm: {
         const WeightInfo* gamma = weight_of(node, 0);
         if (!gamma || gamma->shape != std::vector<int64_t>{node.inputs[0].width} ||

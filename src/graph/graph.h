@@ -33,6 +33,7 @@ enum class OpKind : uint8_t {
   SwiGlu,           // out[., F] = silu(in0) * in1
   Add,              // in place: in0 += in1
   SelectLogitRows,  // out[R, D] = in0[logit_rows]
+  AddRmsNorm,       // fused residual: in0 += in1 (in place), out = rms_norm(in0) * weights[0]   attrs: eps
 };
 
 std::string_view op_name(OpKind op);

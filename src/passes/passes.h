@@ -19,4 +19,8 @@ Result<int> fuse_qkv(Graph& graph, WeightStore& weights);
 // gate and up projections feeding one SwiGlu -> one Linear "<layer>.mlp.gate_up" [2F, D].
 Result<int> fuse_gate_up(Graph& graph, WeightStore& weights);
 
+// A residual Add immediately followed by the RmsNorm of its result -> one AddRmsNorm (one pass over
+// the residual stream instead of two). Returns how many pairs were fused.
+Result<int> fuse_add_rms_norm(Graph& graph);
+
 }  // namespace kiln

@@ -52,6 +52,14 @@ TEST(Passes, FusionMergesProjectionsAndConcatenatesWeights) {
   const std::vector<float> fused_up = tensor_to_f32(*m.weights.find("model.layers.0.mlp.gate_up_proj.weight"));
   EXPECT_TRUE(std::equal(up.begin(), up.end(), fused_up.begin() + static_cast<long>(up.size())));
   EXPECT_EQ(m.weights.find("model.layers.0.self_attn.q_proj.weight"), nullptr);  // originals dropped
+  // Residual adds followed by a norm: after attention (2 layers) and after the MLP of layer 0 (the
+  // last MLP residual feeds the logit-row selection, not a norm).
+  const int norms_before = count_ops(m.graph, OpKind::RmsNorm);
+  auto add_norm = fuse_add_rms_norm(m.graph);
+  ASSERT_TRUE(add_norm.ok());
+  EXPECT_EQ(*add_norm, 3);
+  EXPECT_EQ(count_ops(m.graph, OpKind::RmsNorm), norms_before - 3);
+  EXPECT_EQ(count_ops(m.graph, OpKind::AddRmsNorm), 3);
   // Round trip through JSON (the engine stores the graph this way).
   auto back = Graph::from_json(m.graph.to_json());
   ASSERT_TRUE(back.ok()) << back.error().message;
