@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import struct
 import subprocess
@@ -144,8 +145,15 @@ def kiln_run(kiln: Path, engine: Path, ids: list[int], new_tokens: int, threads:
     cmd = [str(kiln), "run", str(engine), "--prompt-ids", ",".join(map(str, ids)), "-n", str(new_tokens),
            "--temperature", "0", "--ignore-eos", "--json", "-t", str(threads)]
     load = load_average()
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     out = json.loads(run(cmd).stdout)
+    wall, after = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     stats = out["stats"]
+    # Share of its threads' wall time the process got on a core: well below 1 means other load on
+    # the machine took the cores and the tok/s understates the code (the workers spin, so an
+    # unloaded run is close to 1 at any thread count).
+    stats["cpu_share"] = cpu / (wall * threads)
     if stats["generated_tokens"] != new_tokens:
         raise SystemExit(f"cpu_e2e: {engine}: generated {stats['generated_tokens']} tokens, asked {new_tokens}")
     stats["load_before"] = load
@@ -242,17 +250,18 @@ def main() -> int:
             "decode_ceiling_tok_s": ceiling, "of_bound": decode / ceiling,
             "achieved_gbps": decode * tr["bytes_per_token"] / 1e9,
             "load_avg": [r["load_before"] for r in c["runs"]],
+            "cpu_share": med("cpu_share"),
         })
 
     header = (f"{'model':<12} {'dtype':<5} {'thr':>3} {'prompt tok/s':>12} {'decode tok/s':>12} {'ttft ms':>8} "
-              f"{'RSS MiB':>8} {'MB/token':>9} {'bound tok/s':>11} {'of bound':>8} {'GB/s':>6}")
+              f"{'RSS MiB':>8} {'MB/token':>9} {'bound tok/s':>11} {'of bound':>8} {'GB/s':>6} {'cpu share':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['model']:<12} {r['dtype']:<5} {r['threads']:>3} {r['prompt_tok_s']:>12.1f} {r['decode_tok_s']:>12.1f} "
               f"{r['ttft_ms']:>8.1f} {r['peak_rss_mib']:>8.1f} "
               f"{r['weight_mb_per_token'] + r['kv_mb_per_token']:>9.2f} {r['decode_ceiling_tok_s']:>11.1f} "
-              f"{100 * r['of_bound']:>7.1f}% {r['achieved_gbps']:>6.2f}")
+              f"{100 * r['of_bound']:>7.1f}% {r['achieved_gbps']:>6.2f} {r['cpu_share']:>9.2f}")
     by_t = {t: max(b["best_gbps_by_threads"][t] for b in bandwidth) for t in threads}
     print(f"\nbandwidth (stream_read, {args.stream_mib} MiB, best of patterns and repetitions): "
           + ", ".join(f"{t} thread(s) {v:.2f} GB/s" for t, v in by_t.items())

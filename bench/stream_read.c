@@ -33,6 +33,7 @@ typedef struct {
   int64_t prefetch_floats;
   pthread_barrier_t* start;
   float sum;            // keeps the reads observable
+  double t_begin, t_end;  // this thread's read, timed by itself
 } Slice;
 
 __attribute__((target("avx2"))) static float sum_streams(const float* p, int64_t n, int streams,
@@ -56,17 +57,21 @@ __attribute__((target("avx2"))) static float sum_streams(const float* p, int64_t
   return sum;
 }
 
-static void* worker(void* arg) {
-  Slice* s = (Slice*)arg;
-  pthread_barrier_wait(s->start);
-  s->sum = sum_streams(s->begin, s->count, s->streams, s->prefetch_floats);
-  return NULL;
-}
-
 static double now_seconds(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// Each thread times itself: on a loaded machine the main thread can be descheduled right after the
+// barrier, and a clock read there would miss the reads entirely.
+static void* worker(void* arg) {
+  Slice* s = (Slice*)arg;
+  pthread_barrier_wait(s->start);
+  s->t_begin = now_seconds();
+  s->sum = sum_streams(s->begin, s->count, s->streams, s->prefetch_floats);
+  s->t_end = now_seconds();
+  return NULL;
 }
 
 static int compare_double(const void* a, const void* b) {
@@ -101,22 +106,22 @@ int main(int argc, char** argv) {
     pthread_t tid[kMaxThreads];
     Slice slice[kMaxThreads];
     pthread_barrier_t start;
-    pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
+    pthread_barrier_init(&start, NULL, (unsigned)threads);
     for (int t = 0; t < threads; ++t) {
-      slice[t] = (Slice){data + t * per_thread, per_thread, streams, prefetch_bytes / 4, &start, 0};
+      slice[t] = (Slice){data + t * per_thread, per_thread, streams, prefetch_bytes / 4, &start, 0, 0, 0};
       pthread_create(&tid[t], NULL, worker, &slice[t]);
     }
-    pthread_barrier_wait(&start);
-    const double t0 = now_seconds();
     for (int t = 0; t < threads; ++t) pthread_join(tid[t], NULL);
-    const double seconds = now_seconds() - t0;
     pthread_barrier_destroy(&start);
+    double first_begin = slice[0].t_begin, last_end = slice[0].t_end;
     int64_t bytes = 0;
     for (int t = 0; t < threads; ++t) {
+      if (slice[t].t_begin < first_begin) first_begin = slice[t].t_begin;
+      if (slice[t].t_end > last_end) last_end = slice[t].t_end;
       checksum += slice[t].sum;
       bytes += per_thread / streams / (2 * kVector) * (2 * kVector) * streams * (int64_t)sizeof(float);
     }
-    gbps[r] = (double)bytes / seconds / 1e9;
+    gbps[r] = (double)bytes / (last_end - first_begin) / 1e9;
   }
   double sorted[kMaxReps];
   memcpy(sorted, gbps, (size_t)reps * sizeof(double));
