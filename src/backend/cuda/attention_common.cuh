@@ -1,0 +1,104 @@
+// Shared pieces of the paged-attention kernels (attention.cu dispatches, attention_decode.cu holds the
+// split-K flash-decoding kernels, attention_prefill.cu the tensor-core tiled kernel).
+//
+// Work split between the two kernels, decided on the device so that the launcher needs no host copy
+// of the batch: query rows are cut into tiles of kPrefillTileRows consecutive rows. A tile whose rows
+// all belong to one sequence and that has at least kPrefillMinRows rows (a prefill chunk) belongs to
+// the tiled kernel; every other row (decode tokens, short or mixed tiles) belongs to the split-K
+// kernel. Both kernels evaluate the same predicate, prefill_tile_owns_row(), so every row is written
+// exactly once whatever the mix.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "backend/cuda/kernels.h"
+
+namespace kiln::cuda::attention {
+
+constexpr int kPrefillTileRows = 64;  // query rows per tiled-kernel CTA
+constexpr int kPrefillMinRows = 16;   // fewer rows of one sequence in a tile: split-K kernel instead
+constexpr int kMaxHeadDim = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Everything both kernels read; all pointers are device pointers.
+struct Params {
+  const void* q;              // rows at q + m * q_ld, [num_heads * head_dim] wide
+  int64_t q_ld;
+  void* out;                  // [M, num_heads * head_dim]
+  const void* k_cache;        // [num_blocks, block_size, num_kv_heads, head_dim]
+  const void* v_cache;
+  const int32_t* token_seq;   // [M]
+  const int32_t* positions;   // [M]
+  const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq]
+  int64_t max_blocks_per_seq;
+  int num_tokens;
+  int num_heads;
+  int num_kv_heads;
+  int head_dim;
+  int block_size;
+  float scale_log2;           // softmax scale * log2(e): scores are kept in the exp2 domain
+  bool prefill_enabled;       // false: the split-K kernel owns every row
+};
+
+template <class T>
+struct Act;
+template <>
+struct Act<__half> {
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Act<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+
+// 16 bytes (8 activations) <-> 8 floats.
+template <class T>
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = Act<T>::to_float(e[i]);
+}
+template <class T>
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) e[i] = Act<T>::from_float(f[i]);
+  return raw;
+}
+
+// Cache row (slot * num_kv_heads + kv_head) of position p of a sequence, through its block table.
+__device__ __forceinline__ int64_t cache_row(const Params& p, const int32_t* table, int position, int kv_head) {
+  const int64_t block = table[position / p.block_size];
+  const int64_t slot = block * p.block_size + position % p.block_size;
+  return slot * p.num_kv_heads + kv_head;
+}
+
+// True if the tiled prefill kernel writes row m (see the top of this file). Called by a whole warp
+// (all 32 lanes, converged); every lane gets the same answer.
+__device__ __forceinline__ bool prefill_tile_owns_row(const Params& p, int m) {
+  if (!p.prefill_enabled) return false;
+  const int tile_begin = m / kPrefillTileRows * kPrefillTileRows;
+  const int rows = min(kPrefillTileRows, p.num_tokens - tile_begin);
+  if (rows < kPrefillMinRows) return false;
+  const int lane = threadIdx.x % 32;
+  const int seq0 = p.token_seq[tile_begin];
+  bool same = true;
+  for (int r = lane; r < rows; r += 32) same &= p.token_seq[tile_begin + r] == seq0;
+  return __all_sync(0xffffffffu, same);
+}
+
+// Launchers of the two paths (no argument checks: attention.cu validated them).
+// Split-K: `splits` chunks of `chunk` positions per (token, kv head); splits > 1 writes partial
+// results to `partials` ([M, num_heads, splits] x (head_dim + 2) floats) and combines them.
+cudaError_t launch_decode(const Params& p, DType act, int splits, int chunk, float* partials, cudaStream_t stream);
+cudaError_t launch_prefill(const Params& p, DType act, cudaStream_t stream);
+// Head dims the tiled kernel has instances for.
+inline bool prefill_supports_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+}  // namespace kiln::cuda::attention
