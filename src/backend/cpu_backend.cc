@@ -11,6 +11,7 @@
 #include <map>
 #include <thread>
 
+#include "backend/arena_plan.h"
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/thread_pool.h"
@@ -210,64 +211,16 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
   return Status::Ok();
 }
 
-// Greedy lifetime-based sharing: a value takes the smallest free buffer that fits, else grows the
-// largest free one, else opens a new one; buffers free up after their value's last use.
 Status CpuBackend::plan_arena() {
-  const size_t num_values = graph_.values.size();
-  std::vector<int> last_use(num_values, -1);
-  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
-    const Node& n = graph_.nodes[i];
-    for (const ValueRef& r : n.inputs) last_use[r.value] = static_cast<int>(i);
-    last_use[n.output] = std::max(last_use[n.output], static_cast<int>(i));
-  }
-  last_use[graph_.logits_value] = static_cast<int>(graph_.nodes.size());  // read after the last node
-  auto need_of = [&](size_t v) {
+  std::vector<int64_t> bytes(graph_.values.size());
+  for (size_t v = 0; v < bytes.size(); ++v) {
     const int64_t rows = graph_.values[v].rows == RowSpace::Tokens ? max_tokens_ : max_logit_rows_;
-    return rows * graph_.values[v].width;
-  };
-  std::vector<int64_t> buffer_size;
-  std::vector<int> value_buffer(num_values, -1);
-  std::vector<bool> buffer_free;
-  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
-    const int32_t out = graph_.nodes[i].output;
-    if (value_buffer[out] < 0) {
-      const int64_t need = need_of(out);
-      int best = -1;
-      for (size_t b = 0; b < buffer_size.size(); ++b) {
-        if (!buffer_free[b]) continue;
-        const bool fits = buffer_size[b] >= need;
-        if (best < 0) { best = static_cast<int>(b); continue; }
-        const bool best_fits = buffer_size[best] >= need;
-        if ((fits && (!best_fits || buffer_size[b] < buffer_size[best])) ||
-            (!fits && !best_fits && buffer_size[b] > buffer_size[best])) {
-          best = static_cast<int>(b);
-        }
-      }
-      if (best < 0) {
-        best = static_cast<int>(buffer_size.size());
-        buffer_size.push_back(0);
-        buffer_free.push_back(true);
-      }
-      buffer_size[best] = std::max(buffer_size[best], need);
-      buffer_free[best] = false;
-      value_buffer[out] = best;
-    }
-    for (size_t v = 0; v < num_values; ++v) {
-      if (value_buffer[v] >= 0 && last_use[v] == static_cast<int>(i)) buffer_free[value_buffer[v]] = true;
-    }
+    bytes[v] = rows * graph_.values[v].width * static_cast<int64_t>(sizeof(float));
   }
-  std::vector<int64_t> buffer_offset(buffer_size.size(), 0);
-  int64_t total = 0;
-  for (size_t b = 0; b < buffer_size.size(); ++b) {
-    buffer_offset[b] = total;
-    total += (buffer_size[b] + 15) / 16 * 16;  // 64-byte aligned starts
-  }
-  value_offset_.assign(num_values, 0);
-  for (size_t v = 0; v < num_values; ++v) {
-    if (value_buffer[v] < 0) return make_error("graph value '{}' is read but never written", graph_.values[v].name);
-    value_offset_[v] = buffer_offset[value_buffer[v]];
-  }
-  arena_.assign(static_cast<size_t>(total), 0.0f);
+  KILN_ASSIGN(const ArenaPlan plan, kiln::plan_arena(graph_, bytes, 64));
+  value_offset_.resize(plan.value_offset.size());
+  for (size_t v = 0; v < value_offset_.size(); ++v) value_offset_[v] = plan.value_offset[v] / static_cast<int64_t>(sizeof(float));
+  arena_.assign(static_cast<size_t>(plan.total_bytes / static_cast<int64_t>(sizeof(float))), 0.0f);
   return Status::Ok();
 }
 

@@ -11,10 +11,10 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int64_t kMinChunk = 128;          // fewest positions per split: below, merging costs more than it saves
+constexpr int64_t kMinChunk = 128;  // fewest positions per split: below, merging costs more than it saves
 constexpr int64_t kMaxSplits = 64;
-constexpr int64_t kMaxPartialRows = 1024;   // (token, split) pairs the workspace holds per head
-constexpr int64_t kCtasPerSm = 8;           // split-K aims at this many CTAs per multiprocessor
+constexpr int64_t kMaxPartialRows = 1024;  // (token, split) pairs the workspace holds per head
+constexpr int64_t kCtasPerSm = 8;          // split-K aims at this many CTAs per multiprocessor
 
 int64_t max_splits(int64_t max_seq_len) {
   return std::clamp<int64_t>((max_seq_len + kMinChunk - 1) / kMinChunk, 1, kMaxSplits);
@@ -32,7 +32,8 @@ int multiprocessor_count() {
 
 }  // namespace
 
-size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_heads, int64_t head_dim, int64_t max_seq_len) {
+size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_heads, int64_t head_dim,
+                                 int64_t max_seq_len) {
   const int64_t splits = max_splits(max_seq_len);
   if (splits <= 1 || max_tokens <= 0) return 0;
   const int64_t rows = std::min(max_tokens * splits, kMaxPartialRows);
@@ -43,19 +44,17 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
                        int64_t num_heads, float scale, void* out, void* workspace, size_t workspace_bytes,
                        DType act, cudaStream_t stream) {
   const int64_t M = batch.num_tokens, D = kv.head_dim;
-  const std::string what =
-      fmt::format("paged_attention [M={}, heads={}, kv_heads={}, head_dim={}, block_size={}, max_position={}, {}]",
-                  M, num_heads, kv.num_kv_heads, D, kv.block_size, batch.max_position, dtype_name(act));
-  if (act != DType::F16 && act != DType::BF16)
-    return make_error("{}: act dtype must be F16 or BF16", what);
+  const std::string what = fmt::format(
+      "paged_attention [M={}, heads={}, kv_heads={}, head_dim={}, block_size={}, max_position={}, {}]", M,
+      num_heads, kv.num_kv_heads, D, kv.block_size, batch.max_position, dtype_name(act));
+  if (act != DType::F16 && act != DType::BF16) return make_error("{}: act dtype must be F16 or BF16", what);
   if (D < 8 || D > attention::kMaxHeadDim || D % 8 != 0)
     return make_error("{}: head_dim must be a multiple of 8 in [8, {}]", what, attention::kMaxHeadDim);
   if (kv.num_kv_heads <= 0 || num_heads <= 0 || num_heads % kv.num_kv_heads != 0)
     return make_error("{}: num_heads must be a positive multiple of num_kv_heads", what);
   if (kv.block_size <= 0 || kv.num_blocks <= 0)
     return make_error("{}: empty cache (num_blocks={})", what, kv.num_blocks);
-  if (M < 0 || M > INT_MAX || num_heads * D > INT_MAX)
-    return make_error("{}: sizes out of range", what);
+  if (M < 0 || M > INT_MAX || num_heads * D > INT_MAX) return make_error("{}: sizes out of range", what);
   if (q_ld < num_heads * D || q_ld % 8 != 0)
     return make_error("{}: q_ld={} must be >= {} and a multiple of 8", what, q_ld, num_heads * D);
   if (M == 0) return Status::Ok();
@@ -89,7 +88,8 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
   const int64_t group = num_heads / kv.num_kv_heads;
   const int64_t base_ctas = M * kv.num_kv_heads * ((group + 7) / 8);
   const int64_t wanted = (kCtasPerSm * multiprocessor_count() + base_ctas - 1) / base_ctas;
-  const int64_t fits = workspace ? static_cast<int64_t>(workspace_bytes / ((D + 2) * sizeof(float))) / (M * num_heads) : 0;
+  const int64_t fits =
+      workspace ? static_cast<int64_t>(workspace_bytes / ((D + 2) * sizeof(float))) / (M * num_heads) : 0;
   int64_t splits = std::min({wanted, max_splits(batch.max_position), fits});
   int64_t chunk = INT_MAX;
   if (splits > 1) {

@@ -9,10 +9,10 @@
 // exactly once whatever the mix.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdint>
 
 #include "backend/cuda/kernels.h"
 
@@ -25,13 +25,13 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 // Everything both kernels read; all pointers are device pointers.
 struct Params {
-  const void* q;              // rows at q + m * q_ld, [num_heads * head_dim] wide
+  const void* q;  // rows at q + m * q_ld, [num_heads * head_dim] wide
   int64_t q_ld;
-  void* out;                  // [M, num_heads * head_dim]
-  const void* k_cache;        // [num_blocks, block_size, num_kv_heads, head_dim]
+  void* out;            // [M, num_heads * head_dim]
+  const void* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
   const void* v_cache;
-  const int32_t* token_seq;   // [M]
-  const int32_t* positions;   // [M]
+  const int32_t* token_seq;     // [M]
+  const int32_t* positions;     // [M]
   const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq]
   int64_t max_blocks_per_seq;
   int num_tokens;
@@ -39,8 +39,8 @@ struct Params {
   int num_kv_heads;
   int head_dim;
   int block_size;
-  float scale_log2;           // softmax scale * log2(e): scores are kept in the exp2 domain
-  bool prefill_enabled;       // false: the split-K kernel owns every row
+  float scale_log2;      // softmax scale * log2(e): scores are kept in the exp2 domain
+  bool prefill_enabled;  // false: the split-K kernel owns every row
 };
 
 template <class T>
@@ -73,7 +73,8 @@ __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
 }
 
 // Cache row (slot * num_kv_heads + kv_head) of position p of a sequence, through its block table.
-__device__ __forceinline__ int64_t cache_row(const Params& p, const int32_t* table, int position, int kv_head) {
+__device__ __forceinline__ int64_t cache_row(const Params& p, const int32_t* table, int position,
+                                             int kv_head) {
   const int64_t block = table[position / p.block_size];
   const int64_t slot = block * p.block_size + position % p.block_size;
   return slot * p.num_kv_heads + kv_head;
@@ -96,7 +97,8 @@ __device__ __forceinline__ bool prefill_tile_owns_row(const Params& p, int m) {
 // Launchers of the two paths (no argument checks: attention.cu validated them).
 // Split-K: `splits` chunks of `chunk` positions per (token, kv head); splits > 1 writes partial
 // results to `partials` ([M, num_heads, splits] x (head_dim + 2) floats) and combines them.
-cudaError_t launch_decode(const Params& p, DType act, int splits, int chunk, float* partials, cudaStream_t stream);
+cudaError_t launch_decode(const Params& p, DType act, int splits, int chunk, float* partials,
+                          cudaStream_t stream);
 cudaError_t launch_prefill(const Params& p, DType act, cudaStream_t stream);
 // Head dims the tiled kernel has instances for.
 inline bool prefill_supports_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }

@@ -33,8 +33,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 // region used as scores [8][kSubChunk] during the loop and as the cross-warp sum [4][8][D] after it.
 template <class T, int LANES>
 __global__ void __launch_bounds__(kThreads) decode_kernel(Params p, int splits, int chunk, float* partials) {
-  constexpr int kKeysPerWarp = 32 / LANES;  // positions one warp reads per step
-  constexpr int kUnroll = LANES >= 8 ? 4 : 2;   // independent 16-byte loads in flight per lane
+  constexpr int kKeysPerWarp = 32 / LANES;     // positions one warp reads per step
+  constexpr int kUnroll = LANES >= 8 ? 4 : 2;  // independent 16-byte loads in flight per lane
   constexpr int kStep = kWarps * kKeysPerWarp * kUnroll;
   const int m = blockIdx.x;
   const int split = blockIdx.y;
@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p, int splits, 
   const int D = p.head_dim;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   extern __shared__ __align__(16) float smem[];
-  float* q_s = smem;                     // [8][D]
+  float* q_s = smem;                         // [8][D]
   float* score_s = smem + kHeadsPerCta * D;  // [8][kSubChunk], later [kWarps][8][D]
   __shared__ float max_s[kHeadsPerCta], sum_s[kHeadsPerCta], alpha_s[kHeadsPerCta];
 
@@ -202,7 +202,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p, int splits, 
 
 // Grid: (token, head). Merges the partials of the splits that cover the token's context.
 template <class T>
-__global__ void __launch_bounds__(kThreads) combine_kernel(Params p, int splits, int chunk, const float* partials) {
+__global__ void __launch_bounds__(kThreads)
+    combine_kernel(Params p, int splits, int chunk, const float* partials) {
   const int m = blockIdx.x, head = blockIdx.y;
   if (prefill_tile_owns_row(p, m)) return;
   const int D = p.head_dim;
@@ -230,12 +231,24 @@ cudaError_t launch(const Params& p, int splits, int chunk, float* partials, cuda
   int lanes = 1;
   while (lanes * 8 < D) lanes *= 2;
   switch (lanes) {
-    case 1: decode_kernel<T, 1><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials); break;
-    case 2: decode_kernel<T, 2><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials); break;
-    case 4: decode_kernel<T, 4><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials); break;
-    case 8: decode_kernel<T, 8><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials); break;
-    case 16: decode_kernel<T, 16><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials); break;
-    default: decode_kernel<T, 32><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials); break;
+    case 1:
+      decode_kernel<T, 1><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
+      break;
+    case 2:
+      decode_kernel<T, 2><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
+      break;
+    case 4:
+      decode_kernel<T, 4><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
+      break;
+    case 8:
+      decode_kernel<T, 8><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
+      break;
+    case 16:
+      decode_kernel<T, 16><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
+      break;
+    default:
+      decode_kernel<T, 32><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
+      break;
   }
   if (splits > 1) {
     cudaError_t err = cudaGetLastError();
@@ -247,7 +260,8 @@ cudaError_t launch(const Params& p, int splits, int chunk, float* partials, cuda
 
 }  // namespace
 
-cudaError_t launch_decode(const Params& p, DType act, int splits, int chunk, float* partials, cudaStream_t stream) {
+cudaError_t launch_decode(const Params& p, DType act, int splits, int chunk, float* partials,
+                          cudaStream_t stream) {
   return act == DType::F16 ? launch<__half>(p, splits, chunk, partials, stream)
                            : launch<__nv_bfloat16>(p, splits, chunk, partials, stream);
 }

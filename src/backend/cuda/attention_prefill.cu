@@ -7,9 +7,9 @@
 // documented element layout, so the per-row rescale goes through shared memory).
 // FLOPs: 4 · head_dim · Σ_rows (position + 1) per head; the K/V tile of a block is read once per
 // (query tile, head) — from L2 for the other tiles and heads of a GQA group.
-#include <cfloat>
-
 #include <mma.h>
+
+#include <cfloat>
 
 #include "backend/cuda/attention_common.cuh"
 
@@ -24,7 +24,7 @@ constexpr int kKeys = 64;                // keys per block
 
 template <class T, int D>
 struct Smem {
-  static constexpr int kLdT = D + 8;    // activation tiles, padded by 16 bytes against bank conflicts
+  static constexpr int kLdT = D + 8;  // activation tiles, padded by 16 bytes against bank conflicts
   static constexpr int kLdS = kKeys + 4;
   static constexpr int kLdO = D + 4;
   static constexpr int kLdP = kKeys + 8;
@@ -189,7 +189,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
 template <class T, int D>
 cudaError_t launch(const Params& p, cudaStream_t stream) {
   constexpr size_t smem = Smem<T, D>::bytes;
-  cudaError_t err = cudaFuncSetAttribute(prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t err =
+      cudaFuncSetAttribute(prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const dim3 grid(p.num_heads, (p.num_tokens + kRows - 1) / kRows);
   prefill_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);

@@ -1,2 +1,236 @@
-// placeholder: being implemented
+// GEMV / skinny GEMM for decode: y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]), M in [1, 8].
+//
+// Decode is bound by streaming the weights once: a 7B layer's w is [N, K] f16/bf16, N*K*2 bytes, and
+// M <= 8 rows of x reuse each weight 8 times at most, i.e. at most 8 FLOP/byte against the H100's
+// ~300 FLOP/byte balance point. So the kernel is a bandwidth kernel: the goal is the fraction of HBM
+// bandwidth (a device-to-device copy measured in bench/cuda_gemv_bench.cu) reached reading w.
+//
+// Work split. A block of 8 warps owns 8 / k_split row groups of R consecutive rows; the k_split warps
+// of a group split K (interleaved 256-element steps) and combine their sums through shared memory.
+// Each lane reads w as 16-byte vectors (8 elements) for R rows and U steps before using any of them,
+// so R*U independent 16-byte loads are in flight per lane; the loads bypass L1
+// (ld.global.nc.L1::no_allocate) since every weight is read exactly once. x ([M, K], at most 256 KB)
+// is either copied to shared memory once per block (stage_x) or read through L1 where it stays
+// resident (weights do not evict it); R rows per warp cut the x traffic per weight byte to M / R.
+// Accumulation is f32 throughout; one warp-shuffle reduction per output at the end.
+// k_split is chosen so that the grid has about 32 warps per SM whatever N is.
+#include <algorithm>
+#include <atomic>
+
+#include "backend/cuda/act_traits.cuh"
+#include "backend/cuda/gemv_tuning.h"
 #include "backend/cuda/kernels.h"
+
+namespace kiln::cuda {
+namespace {
+
+using detail::Act;
+
+constexpr int kWarps = 8;             // warps per block
+constexpr int kThreads = kWarps * 32;
+constexpr int kStepVecs = 32;         // 16-byte vectors per warp per K step (256 elements)
+
+// Rows per warp and K steps in flight, by M: R * U = 8 loads of 16 bytes in flight per lane, and
+// R grows with M so that x reads per weight byte (M / R) stay within L1 / shared-memory bandwidth.
+constexpr int rows_per_warp(int M) { return M <= 4 ? 2 : 4; }
+constexpr int steps_in_flight(int M) { return 8 / rows_per_warp(M); }
+
+__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// x: [M, K]; w: [N, K]; y: [M, N] at stride ldy (T, or float when y_f32); bias: [N] or null.
+template <class T, int M, bool kStageX>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const T* __restrict__ x, int K,
+                                                        const T* __restrict__ w, int N,
+                                                        const float* __restrict__ bias, void* __restrict__ y,
+                                                        int64_t ldy, bool y_f32, int k_split) {
+  constexpr int R = rows_per_warp(M);
+  constexpr int U = steps_in_flight(M);
+  extern __shared__ uint4 x_staged[];          // [M, K / 8] when kStageX
+  __shared__ float partial[kWarps][R * M];     // per-warp sums before the k_split combine
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = warp / k_split, slice = warp % k_split;
+  const int row0 = (blockIdx.x * (kWarps / k_split) + group) * R;
+  const int kv = K / 8;  // 16-byte vectors per row
+
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  if constexpr (kStageX) {
+    for (int i = threadIdx.x; i < M * kv; i += kThreads) x_staged[i] = __ldg(xv + i);
+    __syncthreads();
+    xv = x_staged;
+  }
+  const uint4* wrow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    // Rows past N (last block only) re-read row N - 1 and are not stored: no divergence in the loop.
+    wrow[r] = reinterpret_cast<const uint4*>(w) + static_cast<int64_t>(min(row0 + r, N - 1)) * kv;
+  }
+
+  float acc[R][M];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[r][m] = 0.0f;
+
+  const int stride = k_split * kStepVecs;
+  for (int k0 = slice * kStepVecs + lane; k0 < kv; k0 += U * stride) {
+    uint4 wv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        wv[u][r] = k0 + u * stride < kv ? load_streaming(wrow[r] + k0 + u * stride) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * stride;
+      if (k >= kv) break;
+      float wf[R][8];
+#pragma unroll
+      for (int r = 0; r < R; ++r) detail::unpack8<T>(wv[u][r], wf[r]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xf[8];
+        detail::unpack8<T>(kStageX ? xv[m * kv + k] : __ldg(xv + m * kv + k), xf);
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(xf[e], wf[r][e], acc[r][m]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[r][m] = detail::warp_sum(acc[r][m]);
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int m = 0; m < M; ++m) partial[warp][r * M + m] = acc[r][m];
+  }
+  __syncthreads();
+  // Lane i of each group's first warp finishes output i = (row r, column m) of the group.
+  if (slice == 0 && lane < R * M) {
+    const int r = lane / M, m = lane % M, row = row0 + r;
+    if (row < N) {
+      float sum = 0.0f;
+      for (int s = 0; s < k_split; ++s) sum += partial[warp + s][lane];
+      if (bias != nullptr) sum += bias[row];
+      if (y_f32) {
+        static_cast<float*>(y)[m * ldy + row] = sum;
+      } else {
+        static_cast<T*>(y)[m * ldy + row] = Act<T>::from_float(sum);
+      }
+    }
+  }
+}
+
+int auto_k_split(int M, int64_t N, int64_t K, int sm_count) {
+  const int R = rows_per_warp(M), U = steps_in_flight(M);
+  const int64_t row_groups = (N + R - 1) / R;
+  const int64_t target_warps = int64_t{sm_count} * 32;
+  int k_split = 1;
+  // Split while the grid is short of warps and every warp keeps at least two rounds of U steps.
+  while (k_split < kWarps && row_groups * k_split < target_warps && K / 8 >= int64_t{2} * U * kStepVecs * k_split * 2)
+    k_split *= 2;
+  return k_split;
+}
+
+template <class T, int M, bool kStageX>
+Status launch(const void* x, int64_t K, const void* w, int64_t N, const float* bias, void* y, int64_t ldy,
+              bool y_f32, int k_split, cudaStream_t stream) {
+  constexpr int R = rows_per_warp(M);
+  const int groups_per_block = kWarps / k_split;
+  const int64_t blocks = ((N + R - 1) / R + groups_per_block - 1) / groups_per_block;
+  const size_t smem = kStageX ? static_cast<size_t>(M) * K * sizeof(T) : 0;
+  auto* kernel = gemv_kernel<T, M, kStageX>;
+  if constexpr (kStageX) {
+    // Above 48 KB, dynamic shared memory is opt-in; raised once per instantiation (and device: the
+    // engine runs on one).
+    static std::atomic<size_t> raised{48 * 1024};
+    if (smem > raised.load()) {
+      KILN_TRY(check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)),
+                     "gemv: raising the shared-memory limit"));
+      raised.store(smem);
+    }
+  }
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
+      static_cast<const T*>(x), static_cast<int>(K), static_cast<const T*>(w), static_cast<int>(N), bias, y, ldy,
+      y_f32, k_split);
+  return Status::Ok();
+}
+
+template <class T, bool kStageX>
+Status launch_m(int64_t M, const void* x, int64_t K, const void* w, int64_t N, const float* bias, void* y,
+                int64_t ldy, bool y_f32, int k_split, cudaStream_t stream) {
+  switch (M) {
+    case 1: return launch<T, 1, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 2: return launch<T, 2, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 3: return launch<T, 3, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 4: return launch<T, 4, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 5: return launch<T, 5, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 6: return launch<T, 6, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 7: return launch<T, 7, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    default: return launch<T, 8, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+  }
+}
+
+}  // namespace
+
+Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
+                  int64_t ldy, DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream) {
+  const auto shapes = [&] {
+    return fmt::format("gemv [M={} K={} N={} ldy={} act={} y={}]", M, K, N, ldy, dtype_name(act),
+                       dtype_name(y_dtype));
+  };
+  if (act != DType::F16 && act != DType::BF16)
+    return make_error("{}: activation dtype must be F16 or BF16", shapes());
+  if (y_dtype != act && y_dtype != DType::F32)
+    return make_error("{}: y dtype must be the activation dtype or F32", shapes());
+  if (M < 1 || M > kGemvMaxRows) return make_error("{}: M must be in [1, {}]", shapes(), kGemvMaxRows);
+  if (K <= 0 || N <= 0 || ldy < N) return make_error("{}: need K > 0, N > 0, ldy >= N", shapes());
+  if (K % 8 != 0) return make_error("{}: K must be a multiple of 8 (16-byte rows)", shapes());
+  if (K > (int64_t{1} << 30) || N > (int64_t{1} << 30))
+    return make_error("{}: K and N must be below 2^30", shapes());
+  if (x == nullptr || w == nullptr || y == nullptr) return make_error("{}: null pointer", shapes());
+  if (!detail::is_aligned16(x) || !detail::is_aligned16(w))
+    return make_error("{}: x and w must be 16-byte aligned", shapes());
+
+  int device = 0, sm_count = 0, smem_optin = 0;
+  KILN_TRY(check(cudaGetDevice(&device), "gemv: cudaGetDevice"));
+  KILN_TRY(check(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device), "gemv: SM count"));
+  KILN_TRY(check(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                 "gemv: shared-memory limit"));
+  int k_split = tuning.k_split;
+  if (k_split == 0) k_split = auto_k_split(static_cast<int>(M), N, K, sm_count);
+  if (k_split != 1 && k_split != 2 && k_split != 4 && k_split != 8)
+    return make_error("{}: k_split must be 1, 2, 4 or 8 (found {})", shapes(), k_split);
+  const int64_t x_bytes = M * K * 2;
+  // Staged x must leave room for the reduction buffer in the block's shared memory.
+  const bool stage_fits = x_bytes + 4096 <= smem_optin;
+  bool stage_x = tuning.stage_x < 0 ? false : tuning.stage_x == 1;
+  if (stage_x && !stage_fits) return make_error("{}: x ({} bytes) does not fit shared memory", shapes(), x_bytes);
+
+  const bool y_f32 = y_dtype == DType::F32;
+  Status status = KILN_DISPATCH_ACT(act, return stage_x ? launch_m<T, true>(M, x, K, w, N, bias, y, ldy, y_f32,
+                                                                            k_split, stream)
+                                                        : launch_m<T, false>(M, x, K, w, N, bias, y, ldy, y_f32,
+                                                                             k_split, stream));
+  if (!status.ok()) return status.error().with_context(shapes());
+  return check(cudaGetLastError(), shapes().c_str());
+}
+
+Status gemv(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
+            int64_t ldy, DType act, DType y_dtype, cudaStream_t stream) {
+  return gemv_tuned(x, M, K, w, N, bias, y, ldy, act, y_dtype, GemvTuning{}, stream);
+}
+
+}  // namespace kiln::cuda

@@ -15,7 +15,8 @@ __global__ void kv_cache_write_kernel(const uint4* k, const uint4* v, int64_t M,
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t m = i / vecs_per_row, c = i % vecs_per_row;
     const int64_t slot = slot_mapping[m];
-    if (slot < 0 || slot >= num_slots) continue;  // padding (or an out-of-range slot: never write past the cache)
+    if (slot < 0 || slot >= num_slots)
+      continue;  // padding (or an out-of-range slot: never write past the cache)
     k_cache[slot * vecs_per_row + c] = k[m * ld_vecs + c];
     v_cache[slot * vecs_per_row + c] = v[m * ld_vecs + c];
   }
@@ -30,22 +31,26 @@ Status kv_cache_write(const void* k, const void* v, int64_t M, int64_t ld, const
   const int64_t row = kv.num_kv_heads * kv.head_dim;
   if (act != DType::F16 && act != DType::BF16)
     return make_error("kv_cache_write: act dtype must be F16 or BF16, found {}", dtype_name(act));
-  if (kv.num_kv_heads <= 0 || kv.head_dim <= 0 || kv.head_dim % 8 != 0 || kv.num_blocks <= 0 || kv.block_size <= 0)
+  if (kv.num_kv_heads <= 0 || kv.head_dim <= 0 || kv.head_dim % 8 != 0 || kv.num_blocks <= 0 ||
+      kv.block_size <= 0)
     return make_error("kv_cache_write: bad cache shape [{}, {}, {}, {}] (head_dim must be a multiple of 8)",
                       kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim);
   if (M < 0 || ld < row || ld % 8 != 0)
-    return make_error("kv_cache_write: M={} ld={} (expected M >= 0, ld >= {} and a multiple of 8)", M, ld, row);
+    return make_error("kv_cache_write: M={} ld={} (expected M >= 0, ld >= {} and a multiple of 8)", M, ld,
+                      row);
   if (M == 0) return Status::Ok();
-  if (!aligned16(k) || !aligned16(v) || !aligned16(kv.k_cache) || !aligned16(kv.v_cache) || slot_mapping == nullptr)
-    return make_error("kv_cache_write: k, v and the caches must be 16-byte aligned and slot_mapping non-null");
+  if (!aligned16(k) || !aligned16(v) || !aligned16(kv.k_cache) || !aligned16(kv.v_cache) ||
+      slot_mapping == nullptr)
+    return make_error(
+        "kv_cache_write: k, v and the caches must be 16-byte aligned and slot_mapping non-null");
   const int64_t vecs = row / 8;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((M * vecs + threads - 1) / threads, 65536);
   kv_cache_write_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
       static_cast<const uint4*>(k), static_cast<const uint4*>(v), M, ld / 8, vecs, slot_mapping,
       kv.num_blocks * kv.block_size, static_cast<uint4*>(kv.k_cache), static_cast<uint4*>(kv.v_cache));
-  const std::string what = fmt::format("kv_cache_write [M={}, kv_heads={}, head_dim={}, {}]", M, kv.num_kv_heads,
-                                       kv.head_dim, dtype_name(act));
+  const std::string what = fmt::format("kv_cache_write [M={}, kv_heads={}, head_dim={}, {}]", M,
+                                       kv.num_kv_heads, kv.head_dim, dtype_name(act));
   return check(cudaGetLastError(), what.c_str());
 }
 

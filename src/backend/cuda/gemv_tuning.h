@@ -1,0 +1,17 @@
+// Tuning knobs of the CUDA GEMV (backend/cuda/gemv.cu), exposed for bench/cuda_gemv_bench.cu only:
+// the engine calls kiln::cuda::gemv, which picks them itself.
+#pragma once
+
+#include "backend/cuda/kernels.h"
+
+namespace kiln::cuda {
+
+struct GemvTuning {
+  int k_split = 0;      // warps of a block sharing one row group, splitting K: 1, 2, 4, 8; 0 = auto
+  int stage_x = -1;     // 1: x copied to shared memory per block; 0: x read through L1; -1 = auto
+};
+
+Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
+                  int64_t ldy, DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream);
+
+}  // namespace kiln::cuda
