@@ -5,6 +5,9 @@
 //   prefill: one prompt of 512/2048 tokens (causal): TFLOP/s of 4 · 32 · 128 · Σ(pos + 1) FLOPs.
 // Times are medians of 20 event-timed launches after 3 warm-up launches. The cache holds random
 // values (never zeros) in shuffled blocks. Prints a table and one JSON line.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
@@ -12,22 +15,19 @@
 #include <string>
 #include <vector>
 
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include "backend/cuda/kernels.h"
 
 namespace {
 
 constexpr int kHeads = 32, kKvHeads = 32, kHeadDim = 128, kBlockSize = 16;
 
-#define CHECK_CUDA(expr)                                                                     \
-  do {                                                                                       \
-    cudaError_t e_ = (expr);                                                                 \
-    if (e_ != cudaSuccess) {                                                                 \
+#define CHECK_CUDA(expr)                                                                         \
+  do {                                                                                           \
+    cudaError_t e_ = (expr);                                                                     \
+    if (e_ != cudaSuccess) {                                                                     \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
 __global__ void fill_random(__half* x, size_t n, uint32_t seed) {
@@ -128,8 +128,10 @@ int main() {
   std::vector<Result> results;
   for (int batch : {1, 8, 64})
     for (int context : {512, 4096})
-      results.push_back(run("decode b" + std::to_string(batch) + " ctx" + std::to_string(context), batch, context, 1));
-  for (int tokens : {512, 2048}) results.push_back(run("prefill " + std::to_string(tokens), 1, tokens, tokens));
+      results.push_back(
+          run("decode b" + std::to_string(batch) + " ctx" + std::to_string(context), batch, context, 1));
+  for (int tokens : {512, 2048})
+    results.push_back(run("prefill " + std::to_string(tokens), 1, tokens, tokens));
   std::printf("%-22s %10s %10s %10s\n", "case", "ms", "KV GB/s", "TFLOP/s");
   std::string json = "{\"bench\":\"cuda_attention\"";
   for (const Result& r : results) {

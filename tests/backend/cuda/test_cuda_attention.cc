@@ -3,6 +3,9 @@
 // and prefill chunks that start mid-sequence, in orders that put tile boundaries inside sequences,
 // so both the split-K and the tiled kernel run, alone and together. Unused cache slots and the
 // output are filled with NaN first: a read of an unwritten slot or an unwritten output fails.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -10,9 +13,6 @@
 #include <random>
 #include <thread>
 #include <vector>
-
-#include <cuda_runtime.h>
-#include <gtest/gtest.h>
 
 #include "backend/cuda/kernels.h"
 #include "common/dtype.h"
@@ -26,19 +26,23 @@ bool has_gpu() {
 }
 
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-#define STATUS_OK(expr)                                 \
-  do {                                                  \
-    const Status s_ = (expr);                           \
-    ASSERT_TRUE(s_.ok()) << s_.error().message;         \
+#define STATUS_OK(expr)                         \
+  do {                                          \
+    const Status s_ = (expr);                   \
+    ASSERT_TRUE(s_.ok()) << s_.error().message; \
   } while (0)
 
 // Device buffer freed at scope exit.
 struct DeviceBuffer {
   void* ptr = nullptr;
-  explicit DeviceBuffer(size_t bytes) { EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(bytes, 16)), cudaSuccess); }
+  explicit DeviceBuffer(size_t bytes) {
+    EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(bytes, 16)), cudaSuccess);
+  }
   ~DeviceBuffer() { cudaFree(ptr); }
   template <class T>
-  T* as() const { return static_cast<T*>(ptr); }
+  T* as() const {
+    return static_cast<T*>(ptr);
+  }
 };
 
 template <class T>
@@ -52,7 +56,7 @@ double from_bits(uint16_t b, DType act) { return act == DType::F16 ? f16_to_f32(
 struct Config {
   DType act;
   int head_dim;
-  int group;       // query heads per kv head
+  int group;  // query heads per kv head
   int block_size;
 };
 
@@ -131,7 +135,7 @@ class PagedAttentionTest : public testing::TestWithParam<Config> {
     const int D = c.head_dim, H = kKvHeads * c.group, M = int(seqs.size());
     const int q_ld = (H + 2 * kKvHeads) * D;  // q inside a fused qkv row, as the executor lays it out
     std::uniform_real_distribution<float> uni(-3.f, 3.f);  // scores with std ~1 after the 1/sqrt(D) scale
-    std::vector<uint16_t> q(size_t(M) * q_ld, 0x7fff);   // k/v part of the row: NaN, must not be read
+    std::vector<uint16_t> q(size_t(M) * q_ld, 0x7fff);     // k/v part of the row: NaN, must not be read
     for (int m = 0; m < M; ++m)
       for (int i = 0; i < H * D; ++i) q[size_t(m) * q_ld + i] = to_bits(uni(rng), c.act);
     const float scale = 1.f / std::sqrt(float(D));
@@ -147,10 +151,10 @@ class PagedAttentionTest : public testing::TestWithParam<Config> {
     upload(pos_dev, pos);
     upload(table_dev, tables_);
     CUDA_OK(cudaMemset(out_dev.ptr, 0xff, size_t(M) * H * D * 2));  // NaN: every element must be written
-    const AttentionBatch batch{M, seq_dev.as<int32_t>(), pos_dev.as<int32_t>(), table_dev.as<int32_t>(), max_blocks_,
-                               max_position};
-    STATUS_OK(paged_attention(q_dev.ptr, q_ld, batch, kv_, H, scale, out_dev.ptr, with_workspace ? ws.ptr : nullptr,
-                              ws_bytes, c.act, nullptr));
+    const AttentionBatch batch{
+        M, seq_dev.as<int32_t>(), pos_dev.as<int32_t>(), table_dev.as<int32_t>(), max_blocks_, max_position};
+    STATUS_OK(paged_attention(q_dev.ptr, q_ld, batch, kv_, H, scale, out_dev.ptr,
+                              with_workspace ? ws.ptr : nullptr, ws_bytes, c.act, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     std::vector<uint16_t> out(size_t(M) * H * D);
     CUDA_OK(cudaMemcpy(out.data(), out_dev.ptr, out.size() * 2, cudaMemcpyDeviceToHost));
@@ -169,7 +173,8 @@ class PagedAttentionTest : public testing::TestWithParam<Config> {
           for (int p = 0; p <= pos[m]; ++p) {
             double s = 0;
             for (int d = 0; d < D; ++d)
-              s += from_bits(q[size_t(m) * q_ld + h * D + d], c.act) * K[(size_t(p) * kKvHeads + kvh) * D + d];
+              s +=
+                  from_bits(q[size_t(m) * q_ld + h * D + d], c.act) * K[(size_t(p) * kKvHeads + kvh) * D + d];
             w[p] = s * double(scale);
             mx = std::max(mx, w[p]);
           }
@@ -248,9 +253,9 @@ TEST_P(PagedAttentionTest, MixedPrefillAndDecode) {
   append_range(seqs, pos, 1, 6, 6);
   append_range(seqs, pos, 3, 600, 699);  // chunk of a 700-token prompt
   append_range(seqs, pos, 4, 2999, 2999);
-  append_range(seqs, pos, 5, 0, 99);     // whole 100-token prompt
+  append_range(seqs, pos, 5, 0, 99);  // whole 100-token prompt
   append_range(seqs, pos, 2, 99, 99);
-  append_range(seqs, pos, 6, 0, 39);     // whole 40-token prompt
+  append_range(seqs, pos, 6, 0, 39);  // whole 40-token prompt
   run_step(seqs, pos, rng, true);
 }
 
@@ -335,9 +340,11 @@ TEST(CudaPagedAttention, RejectsBadArguments) {
   EXPECT_NE(message(good, 3, 256, DType::F16).find("multiple of num_kv_heads"), std::string::npos);
   EXPECT_NE(message(good, 4, 200, DType::F16).find("q_ld=200"), std::string::npos);
   const AttentionBatch past_table{1, ids, ids, ids, 1, 100};  // max_position beyond 1 block of 16
-  const Status s_table = paged_attention(buf, 256, past_table, good, 4, 1.f, buf, nullptr, 0, DType::F16, nullptr);
+  const Status s_table =
+      paged_attention(buf, 256, past_table, good, 4, 1.f, buf, nullptr, 0, DType::F16, nullptr);
   ASSERT_FALSE(s_table.ok());
-  EXPECT_NE(s_table.error().message.find("paged_attention [M=1, heads=4, kv_heads=2, head_dim=64"), std::string::npos)
+  EXPECT_NE(s_table.error().message.find("paged_attention [M=1, heads=4, kv_heads=2, head_dim=64"),
+            std::string::npos)
       << "errors name the kernel and shapes: " << s_table.error().message;
   const PagedKv bad_kv{buf, buf, 1, 16, 2, 60};
   const Status s = kv_cache_write(buf, buf, 1, 120, ids, bad_kv, DType::F16, nullptr);
