@@ -2,10 +2,10 @@
 // f32), 16-byte vector conversions, warp/block reductions and the dtype dispatch of the launchers.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdint>
 
 #include "common/dtype.h"
 
@@ -114,13 +114,13 @@ inline bool is_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) 
 }  // namespace kiln::cuda::detail
 
 // Calls BODY with `using T = __half` or `__nv_bfloat16` for act (F16 / BF16).
-#define KILN_DISPATCH_ACT(act, ...)             \
-  [&] {                                         \
-    if ((act) == ::kiln::DType::F16) {          \
-      using T = __half;                         \
-      __VA_ARGS__;                              \
-    } else {                                    \
-      using T = __nv_bfloat16;                  \
-      __VA_ARGS__;                              \
-    }                                           \
+#define KILN_DISPATCH_ACT(act, ...)    \
+  [&] {                                \
+    if ((act) == ::kiln::DType::F16) { \
+      using T = __half;                \
+      __VA_ARGS__;                     \
+    } else {                           \
+      using T = __nv_bfloat16;         \
+      __VA_ARGS__;                     \
+    }                                  \
   }()

@@ -63,8 +63,8 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, int64_t gate_ld, const
 // unbounded above) give a zero row instead of an out-of-bounds read: ids are validated on the host
 // before they reach the GPU, this only keeps a bug from reading foreign memory.
 template <int kBytes>
-__global__ void gather_rows_kernel(const char* __restrict__ in, const int32_t* __restrict__ rows, int64_t num_rows,
-                                   int64_t row_bytes, char* __restrict__ out) {
+__global__ void gather_rows_kernel(const char* __restrict__ in, const int32_t* __restrict__ rows,
+                                   int64_t num_rows, int64_t row_bytes, char* __restrict__ out) {
   using Word = std::conditional_t<kBytes == 16, uint4, uint16_t>;
   const int64_t row = rows[blockIdx.x];
   const bool valid = row >= 0 && (num_rows < 0 || row < num_rows);
@@ -77,9 +77,11 @@ Status launch_gather(const char* in, const int32_t* rows, int64_t R, int64_t num
                      cudaStream_t stream) {
   const int64_t row_bytes = D * 2;
   if (row_bytes % 16 == 0 && is_aligned16(in) && is_aligned16(out)) {
-    gather_rows_kernel<16><<<static_cast<unsigned>(R), kThreads, 0, stream>>>(in, rows, num_rows, row_bytes, out);
+    gather_rows_kernel<16>
+        <<<static_cast<unsigned>(R), kThreads, 0, stream>>>(in, rows, num_rows, row_bytes, out);
   } else {
-    gather_rows_kernel<2><<<static_cast<unsigned>(R), kThreads, 0, stream>>>(in, rows, num_rows, row_bytes, out);
+    gather_rows_kernel<2>
+        <<<static_cast<unsigned>(R), kThreads, 0, stream>>>(in, rows, num_rows, row_bytes, out);
   }
   return Status::Ok();
 }
@@ -95,24 +97,26 @@ Status add(void* x, const void* r, int64_t M, int64_t D, DType act, cudaStream_t
   const bool vec = n % 8 == 0 && is_aligned16(x) && is_aligned16(r);
   KILN_DISPATCH_ACT(act, {
     if (vec) {
-      add_kernel<T, 8><<<blocks_for(n / 8), kThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(r), n);
+      add_kernel<T, 8>
+          <<<blocks_for(n / 8), kThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(r), n);
     } else {
-      add_kernel<T, 1><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(r), n);
+      add_kernel<T, 1>
+          <<<blocks_for(n), kThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(r), n);
     }
   });
   return check(cudaGetLastError(), shapes.c_str());
 }
 
-Status swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M, int64_t F, void* out,
-              DType act, cudaStream_t stream) {
+Status swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M, int64_t F,
+              void* out, DType act, cudaStream_t stream) {
   const std::string shapes =
       fmt::format("swiglu [M={} F={} gate_ld={} up_ld={} act={}]", M, F, gate_ld, up_ld, dtype_name(act));
   KILN_TRY(check_act(shapes, act));
   if (M <= 0 || F <= 0 || gate_ld < F || up_ld < F)
     return make_error("{}: need M > 0, F > 0, strides >= F", shapes);
   if (gate == nullptr || up == nullptr || out == nullptr) return make_error("{}: null pointer", shapes);
-  const bool vec = F % 8 == 0 && gate_ld % 8 == 0 && up_ld % 8 == 0 && is_aligned16(gate) && is_aligned16(up) &&
-                   is_aligned16(out);
+  const bool vec = F % 8 == 0 && gate_ld % 8 == 0 && up_ld % 8 == 0 && is_aligned16(gate) &&
+                   is_aligned16(up) && is_aligned16(out);
   KILN_DISPATCH_ACT(act, {
     const auto* g = static_cast<const T*>(gate);
     const auto* u = static_cast<const T*>(up);

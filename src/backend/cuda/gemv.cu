@@ -13,8 +13,10 @@
 // is either copied to shared memory once per block (stage_x) or read through L1 where it stays
 // resident (weights do not evict it); R rows per warp cut the x traffic per weight byte to M / R.
 // Accumulation is f32 throughout; one warp-shuffle reduction per output at the end.
-// k_split is chosen so that the grid has about 32 warps per SM whatever N is.
-#include <algorithm>
+// k_split is chosen by M from measurements (auto_k_split).
+//
+// Measured on H100 SXM (README.md in this folder): K = 4096, N >= 12288 streams w at 89-99% of the
+// device-to-device copy bandwidth for M = 1-2 and 76-92% for M = 8; N = 4096 (16 us a call) ~75%.
 #include <atomic>
 
 #include "backend/cuda/act_traits.cuh"
@@ -26,9 +28,9 @@ namespace {
 
 using detail::Act;
 
-constexpr int kWarps = 8;             // warps per block
+constexpr int kWarps = 8;  // warps per block
 constexpr int kThreads = kWarps * 32;
-constexpr int kStepVecs = 32;         // 16-byte vectors per warp per K step (256 elements)
+constexpr int kStepVecs = 32;  // 16-byte vectors per warp per K step (256 elements)
 
 // Rows per warp and K steps in flight, by M: R * U = 8 loads of 16 bytes in flight per lane, and
 // R grows with M so that x reads per weight byte (M / R) stay within L1 / shared-memory bandwidth.
@@ -45,14 +47,13 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 
 // x: [M, K]; w: [N, K]; y: [M, N] at stride ldy (T, or float when y_f32); bias: [N] or null.
 template <class T, int M, bool kStageX>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const T* __restrict__ x, int K,
-                                                        const T* __restrict__ w, int N,
-                                                        const float* __restrict__ bias, void* __restrict__ y,
-                                                        int64_t ldy, bool y_f32, int k_split) {
+__global__ void __launch_bounds__(kThreads)
+    gemv_kernel(const T* __restrict__ x, int K, const T* __restrict__ w, int N,
+                const float* __restrict__ bias, void* __restrict__ y, int64_t ldy, bool y_f32, int k_split) {
   constexpr int R = rows_per_warp(M);
   constexpr int U = steps_in_flight(M);
-  extern __shared__ uint4 x_staged[];          // [M, K / 8] when kStageX
-  __shared__ float partial[kWarps][R * M];     // per-warp sums before the k_split combine
+  extern __shared__ uint4 x_staged[];       // [M, K / 8] when kStageX
+  __shared__ float partial[kWarps][R * M];  // per-warp sums before the k_split combine
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = warp / k_split, slice = warp % k_split;
@@ -132,14 +133,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const T* __restrict__ x,
   }
 }
 
-int auto_k_split(int M, int64_t N, int64_t K, int sm_count) {
-  const int R = rows_per_warp(M), U = steps_in_flight(M);
-  const int64_t row_groups = (N + R - 1) / R;
-  const int64_t target_warps = int64_t{sm_count} * 32;
-  int k_split = 1;
-  // Split while the grid is short of warps and every warp keeps at least two rounds of U steps.
-  while (k_split < kWarps && row_groups * k_split < target_warps && K / 8 >= int64_t{2} * U * kStepVecs * k_split * 2)
-    k_split *= 2;
+// K split by M, measured on H100 (bench/cuda_gemv_bench.cu, table in backend/cuda/README.md): few
+// rows want many warps per row group (more loads in flight; the x traffic is small), more rows want
+// fewer (their R * M accumulators and x conversions make each warp heavier, and k_split warps each
+// read all M rows of x). Halved while a warp would get no full 256-element step.
+int auto_k_split(int M, int64_t K) {
+  int k_split = M <= 2 ? 8 : M <= 4 ? 4 : 2;
+  while (k_split > 1 && K / 8 < int64_t{kStepVecs} * k_split) k_split /= 2;
   return k_split;
 }
 
@@ -156,15 +156,15 @@ Status launch(const void* x, int64_t K, const void* w, int64_t N, const float* b
     // engine runs on one).
     static std::atomic<size_t> raised{48 * 1024};
     if (smem > raised.load()) {
-      KILN_TRY(check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)),
-                     "gemv: raising the shared-memory limit"));
+      KILN_TRY(check(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+          "gemv: raising the shared-memory limit"));
       raised.store(smem);
     }
   }
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-      static_cast<const T*>(x), static_cast<int>(K), static_cast<const T*>(w), static_cast<int>(N), bias, y, ldy,
-      y_f32, k_split);
+      static_cast<const T*>(x), static_cast<int>(K), static_cast<const T*>(w), static_cast<int>(N), bias, y,
+      ldy, y_f32, k_split);
   return Status::Ok();
 }
 
@@ -172,14 +172,22 @@ template <class T, bool kStageX>
 Status launch_m(int64_t M, const void* x, int64_t K, const void* w, int64_t N, const float* bias, void* y,
                 int64_t ldy, bool y_f32, int k_split, cudaStream_t stream) {
   switch (M) {
-    case 1: return launch<T, 1, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
-    case 2: return launch<T, 2, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
-    case 3: return launch<T, 3, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
-    case 4: return launch<T, 4, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
-    case 5: return launch<T, 5, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
-    case 6: return launch<T, 6, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
-    case 7: return launch<T, 7, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
-    default: return launch<T, 8, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 1:
+      return launch<T, 1, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 2:
+      return launch<T, 2, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 3:
+      return launch<T, 3, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 4:
+      return launch<T, 4, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 5:
+      return launch<T, 5, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 6:
+      return launch<T, 6, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    case 7:
+      return launch<T, 7, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+    default:
+      return launch<T, 8, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
   }
 }
 
@@ -204,26 +212,28 @@ Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N,
   if (!detail::is_aligned16(x) || !detail::is_aligned16(w))
     return make_error("{}: x and w must be 16-byte aligned", shapes());
 
-  int device = 0, sm_count = 0, smem_optin = 0;
-  KILN_TRY(check(cudaGetDevice(&device), "gemv: cudaGetDevice"));
-  KILN_TRY(check(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device), "gemv: SM count"));
-  KILN_TRY(check(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-                 "gemv: shared-memory limit"));
   int k_split = tuning.k_split;
-  if (k_split == 0) k_split = auto_k_split(static_cast<int>(M), N, K, sm_count);
+  if (k_split == 0) k_split = auto_k_split(static_cast<int>(M), K);
   if (k_split != 1 && k_split != 2 && k_split != 4 && k_split != 8)
     return make_error("{}: k_split must be 1, 2, 4 or 8 (found {})", shapes(), k_split);
-  const int64_t x_bytes = M * K * 2;
-  // Staged x must leave room for the reduction buffer in the block's shared memory.
-  const bool stage_fits = x_bytes + 4096 <= smem_optin;
-  bool stage_x = tuning.stage_x < 0 ? false : tuning.stage_x == 1;
-  if (stage_x && !stage_fits) return make_error("{}: x ({} bytes) does not fit shared memory", shapes(), x_bytes);
+  // x through L1 by default: as fast as staging it in shared memory or faster in every measured
+  // shape (README), and free of the shared-memory limit on M * K.
+  const bool stage_x = tuning.stage_x == 1;
+  if (stage_x) {
+    int device = 0, smem_optin = 0;
+    KILN_TRY(check(cudaGetDevice(&device), "gemv: cudaGetDevice"));
+    KILN_TRY(check(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                   "gemv: shared-memory limit"));
+    // Staged x must leave room for the reduction buffer in the block's shared memory.
+    if (M * K * 2 + 4096 > smem_optin)
+      return make_error("{}: x ({} bytes) does not fit shared memory ({} bytes)", shapes(), M * K * 2,
+                        smem_optin);
+  }
 
   const bool y_f32 = y_dtype == DType::F32;
-  Status status = KILN_DISPATCH_ACT(act, return stage_x ? launch_m<T, true>(M, x, K, w, N, bias, y, ldy, y_f32,
-                                                                            k_split, stream)
-                                                        : launch_m<T, false>(M, x, K, w, N, bias, y, ldy, y_f32,
-                                                                             k_split, stream));
+  Status status = KILN_DISPATCH_ACT(
+      act, return stage_x ? launch_m<T, true>(M, x, K, w, N, bias, y, ldy, y_f32, k_split, stream)
+                          : launch_m<T, false>(M, x, K, w, N, bias, y, ldy, y_f32, k_split, stream));
   if (!status.ok()) return status.error().with_context(shapes());
   return check(cudaGetLastError(), shapes().c_str());
 }

@@ -7,8 +7,8 @@
 namespace kiln::cuda {
 
 struct GemvTuning {
-  int k_split = 0;      // warps of a block sharing one row group, splitting K: 1, 2, 4, 8; 0 = auto
-  int stage_x = -1;     // 1: x copied to shared memory per block; 0: x read through L1; -1 = auto
+  int k_split = 0;   // warps of a block sharing one row group, splitting K: 1, 2, 4, 8; 0 = auto
+  int stage_x = -1;  // 1: x copied to shared memory per block; 0: x read through L1; -1 = auto
 };
 
 Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,

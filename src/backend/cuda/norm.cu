@@ -26,9 +26,9 @@ constexpr int kThreads = 256;
 
 // x: [M, D] (written only when kAdd: x += r); r: [M, D] when kAdd; weight: [D]; y: [M, D].
 template <class T, int V, bool kAdd>
-__global__ void __launch_bounds__(kThreads) rms_norm_kernel(T* x, const T* __restrict__ r,
-                                                            const float* __restrict__ weight, int D, float eps,
-                                                            T* __restrict__ y) {
+__global__ void __launch_bounds__(kThreads)
+    rms_norm_kernel(T* x, const T* __restrict__ r, const float* __restrict__ weight, int D, float eps,
+                    T* __restrict__ y) {
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * D;
   T* xr = x + offset;
   float sum_squares = 0.0f;
@@ -65,16 +65,18 @@ Status launch(const char* name, void* x, const void* r, const float* weight, int
   if (M > INT32_MAX || D > INT32_MAX) return make_error("{}: M and D must fit in 32 bits", shapes);
   if (x == nullptr || weight == nullptr || y == nullptr || (kAdd && r == nullptr))
     return make_error("{}: null pointer", shapes);
-  const bool vec = D % 8 == 0 && detail::is_aligned16(x) && detail::is_aligned16(y) &&
-                   (!kAdd || detail::is_aligned16(r));
+  const bool vec =
+      D % 8 == 0 && detail::is_aligned16(x) && detail::is_aligned16(y) && (!kAdd || detail::is_aligned16(r));
   KILN_DISPATCH_ACT(act, {
     auto* xt = static_cast<T*>(x);
     auto* rt = static_cast<const T*>(r);
     auto* yt = static_cast<T*>(y);
     if (vec) {
-      rms_norm_kernel<T, 8, kAdd><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(xt, rt, weight, D, eps, yt);
+      rms_norm_kernel<T, 8, kAdd>
+          <<<static_cast<unsigned>(M), kThreads, 0, stream>>>(xt, rt, weight, D, eps, yt);
     } else {
-      rms_norm_kernel<T, 1, kAdd><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(xt, rt, weight, D, eps, yt);
+      rms_norm_kernel<T, 1, kAdd>
+          <<<static_cast<unsigned>(M), kThreads, 0, stream>>>(xt, rt, weight, D, eps, yt);
     }
   });
   return check(cudaGetLastError(), shapes.c_str());

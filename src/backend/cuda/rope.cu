@@ -19,8 +19,8 @@ constexpr int kThreads = 256;
 
 // x: rows at stride ld, heads from col_offset; cos/sin: [max_position, half]; positions: [M].
 template <class T, bool kInterleaved>
-__global__ void rope_kernel(T* __restrict__ x, int64_t M, int64_t ld, int64_t col_offset, int num_heads, int half,
-                            const int32_t* __restrict__ positions, const float* __restrict__ cos,
+__global__ void rope_kernel(T* __restrict__ x, int64_t M, int64_t ld, int64_t col_offset, int num_heads,
+                            int half, const int32_t* __restrict__ positions, const float* __restrict__ cos,
                             const float* __restrict__ sin) {
   const int64_t pairs_per_row = static_cast<int64_t>(num_heads) * half;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < M * pairs_per_row;
@@ -52,19 +52,23 @@ Status rope(void* x, int64_t M, int64_t ld, int64_t col_offset, int64_t num_head
   if (M <= 0 || num_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || col_offset < 0)
     return make_error("{}: need M, num_heads > 0, even head_dim > 0, col_offset >= 0", shapes);
   if (col_offset + num_heads * head_dim > ld)
-    return make_error("{}: heads end at column {} past the row stride", shapes, col_offset + num_heads * head_dim);
+    return make_error("{}: heads end at column {} past the row stride", shapes,
+                      col_offset + num_heads * head_dim);
   if (num_heads * head_dim > INT32_MAX) return make_error("{}: row too wide", shapes);
   if (x == nullptr || positions == nullptr || cos == nullptr || sin == nullptr)
     return make_error("{}: null pointer", shapes);
   const int64_t pairs = M * num_heads * (head_dim / 2);
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>((pairs + kThreads - 1) / kThreads, int64_t{1} << 20));
+  const auto blocks =
+      static_cast<unsigned>(std::min<int64_t>((pairs + kThreads - 1) / kThreads, int64_t{1} << 20));
   const int heads = static_cast<int>(num_heads), half = static_cast<int>(head_dim / 2);
   KILN_DISPATCH_ACT(act, {
     auto* xt = static_cast<T*>(x);
     if (interleaved) {
-      rope_kernel<T, true><<<blocks, kThreads, 0, stream>>>(xt, M, ld, col_offset, heads, half, positions, cos, sin);
+      rope_kernel<T, true>
+          <<<blocks, kThreads, 0, stream>>>(xt, M, ld, col_offset, heads, half, positions, cos, sin);
     } else {
-      rope_kernel<T, false><<<blocks, kThreads, 0, stream>>>(xt, M, ld, col_offset, heads, half, positions, cos, sin);
+      rope_kernel<T, false>
+          <<<blocks, kThreads, 0, stream>>>(xt, M, ld, col_offset, heads, half, positions, cos, sin);
     }
   });
   return check(cudaGetLastError(), shapes.c_str());

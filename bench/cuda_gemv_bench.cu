@@ -1,0 +1,181 @@
+// Decode GEMV bandwidth on the GPU: kiln::cuda::gemv for the weight shapes of a 7B Llama
+// (K = 4096: q/k/v/o 4096, fused qkv 12288, fused gate_up 2 * 11008, lm_head 32000; and down_proj
+// K = 11008, N = 4096), M = 1..8 rows, f16 and bf16, against the device's own copy bandwidth.
+//
+// Method: weights rotate among enough buffers (> 256 MB together) that L2 (50 MB on H100) cannot
+// serve them; each sample times a batch of launches with CUDA events after a warm-up; the median of
+// the samples is reported. Bandwidth counts the bytes the kernel must move: w + x + y. The ceiling is
+// a device-to-device cudaMemcpy of 1 GB measured in the same run (read + write bytes).
+// Besides the automatic choice, every tuning (k_split x stage_x) is timed, to keep the heuristic honest.
+//
+// usage: cuda_gemv_bench            (prints a table and one JSON line)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/gemv_tuning.h"
+#include "backend/cuda/kernels.h"
+
+namespace {
+
+#define CHECK_CUDA(expr)                                                                          \
+  do {                                                                                            \
+    cudaError_t e_ = (expr);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+// Random-looking values in [-1, 1) from a hash of the index (never zeros on purpose).
+__global__ void fill_random(uint16_t* p, int64_t n, uint32_t seed, bool bf16) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+    const float v = (h & 0xffffff) / 8388608.0f - 1.0f;
+    p[i] = bf16 ? __bfloat16_as_ushort(__float2bfloat16(v)) : __half_as_ushort(__float2half(v));
+  }
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median seconds per call of `launch(i)` over batches of `batch` calls, after `warmup` calls.
+template <class F>
+double time_per_call(F&& launch, int warmup = 20, int batch = 20, int samples = 9) {
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  int call = 0;
+  for (int i = 0; i < warmup; ++i) launch(call++);
+  std::vector<double> times;
+  for (int s = 0; s < samples; ++s) {
+    CHECK_CUDA(cudaEventRecord(start));
+    for (int i = 0; i < batch; ++i) launch(call++);
+    CHECK_CUDA(cudaEventRecord(stop));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms * 1e-3 / batch);
+  }
+  CHECK_CUDA(cudaEventDestroy(start));
+  CHECK_CUDA(cudaEventDestroy(stop));
+  return median(times);
+}
+
+double copy_bandwidth() {
+  const size_t bytes = size_t{1} << 30;
+  void *a, *b;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&b, bytes));
+  CHECK_CUDA(cudaMemset(a, 1, bytes));
+  const double t = time_per_call(
+      [&](int) { CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 3, 5, 5);
+  CHECK_CUDA(cudaFree(a));
+  CHECK_CUDA(cudaFree(b));
+  return 2.0 * bytes / t;
+}
+
+struct Shape {
+  const char* name;
+  int64_t N, K;
+};
+
+}  // namespace
+
+int main() {
+  using kiln::DType;
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  const double copy_bw = copy_bandwidth();
+  std::printf("device: %s, %d SMs, L2 %d MB; device-to-device copy %.0f GB/s (read + write)\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_bw / 1e9);
+
+  const Shape shapes[] = {{"q/o_proj", 4096, 4096},
+                          {"qkv", 12288, 4096},
+                          {"gate_up", 2 * 11008, 4096},
+                          {"lm_head", 32000, 4096},
+                          {"down_proj", 4096, 11008}};
+  const int rows[] = {1, 2, 4, 8};
+  struct Variant {
+    const char* name;
+    kiln::cuda::GemvTuning tuning;
+  };
+  std::vector<Variant> variants = {{"auto", {}}};
+  static const char* names[] = {"k1/L1",   "k2/L1",   "k4/L1",   "k8/L1",
+                                "k1/smem", "k2/smem", "k4/smem", "k8/smem"};
+  for (int stage = 0; stage < 2; ++stage)
+    for (int k = 0; k < 4; ++k) variants.push_back({names[stage * 4 + k], {1 << k, stage}});
+
+  std::printf("\n%-9s %-5s %-4s %1s | %8s %8s %6s | %-8s %8s | GB/s per tuning:", "shape", "N", "K", "M",
+              "auto us", "GB/s", "%copy", "best", "GB/s");
+  for (size_t v = 1; v < variants.size(); ++v) std::printf(" %7s", variants[v].name);
+  std::printf("\n");
+  std::string json = "{\"bench\":\"cuda_gemv\",\"device\":\"" + std::string(prop.name) +
+                     "\",\"copy_gbps\":" + std::to_string(copy_bw / 1e9) + ",\"results\":[";
+  for (DType act : {DType::BF16, DType::F16}) {
+    for (const Shape& shape : shapes) {
+      const size_t w_bytes = shape.N * shape.K * 2;
+      const int buffers = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / w_bytes + 1));
+      std::vector<uint16_t*> w(buffers);
+      for (int b = 0; b < buffers; ++b) {
+        CHECK_CUDA(cudaMalloc(&w[b], w_bytes));
+        fill_random<<<1024, 256>>>(w[b], shape.N * shape.K, 17 + b, act == DType::BF16);
+      }
+      uint16_t* x;
+      float* y;
+      CHECK_CUDA(cudaMalloc(&x, 8 * shape.K * 2));
+      CHECK_CUDA(cudaMalloc(&y, 8 * shape.N * 4));
+      fill_random<<<64, 256>>>(x, 8 * shape.K, 3, act == DType::BF16);
+      CHECK_CUDA(cudaDeviceSynchronize());
+      for (int M : rows) {
+        const double bytes = w_bytes + M * shape.K * 2.0 + M * shape.N * 2.0;
+        std::vector<double> gbps;
+        for (const Variant& v : variants) {
+          const bool fits = !v.tuning.stage_x || M * shape.K * 2 + 4096 <= prop.sharedMemPerBlockOptin;
+          if (!fits) {
+            gbps.push_back(0);
+            continue;
+          }
+          const double t = time_per_call([&](int call) {
+            const auto status = kiln::cuda::gemv_tuned(x, M, shape.K, w[call % buffers], shape.N, nullptr, y,
+                                                       shape.N, act, act, v.tuning, nullptr);
+            if (!status.ok()) {
+              std::fprintf(stderr, "%s\n", status.error().message.c_str());
+              std::exit(1);
+            }
+          });
+          gbps.push_back(bytes / t / 1e9);
+          if (gbps.size() == 1) {
+            std::printf("%-9s %-5lld %-5lld%d | %8.2f %8.0f %5.1f%% |", shape.name,
+                        static_cast<long long>(shape.N), static_cast<long long>(shape.K), M, t * 1e6,
+                        bytes / t / 1e9, 100.0 * bytes / t / copy_bw);
+            json += (json.back() == '[' ? "" : ",");
+            json += "{\"dtype\":\"" + std::string(kiln::dtype_name(act)) +
+                    "\",\"N\":" + std::to_string(shape.N) + ",\"K\":" + std::to_string(shape.K) +
+                    ",\"M\":" + std::to_string(M) + ",\"us\":" + std::to_string(t * 1e6) +
+                    ",\"gbps\":" + std::to_string(bytes / t / 1e9) + "}";
+          }
+        }
+        const size_t best = std::max_element(gbps.begin() + 1, gbps.end()) - gbps.begin();
+        std::printf(" %-8s %8.0f |", variants[best].name, gbps[best]);
+        for (size_t v = 1; v < gbps.size(); ++v) std::printf(" %7.0f", gbps[v]);
+        std::printf("\n");
+      }
+      for (auto* b : w) CHECK_CUDA(cudaFree(b));
+      CHECK_CUDA(cudaFree(x));
+      CHECK_CUDA(cudaFree(y));
+    }
+    std::printf("(above: %s)\n\n", std::string(kiln::dtype_name(act)).c_str());
+  }
+  std::printf("%s]}\n", json.c_str());
+  return 0;
+}
