@@ -48,10 +48,11 @@ inline nlohmann::json read_json(const std::string& path) {
 // Builds `model_path` into an engine under `dir` and loads it; fails the test on error.
 inline std::unique_ptr<Model> build_and_load(const TempDir& dir, const std::string& model_path, const std::string& dtype,
                                              bool fuse = true, int64_t max_seq_len = 512, int threads = 2,
-                                             int64_t max_tokens_per_step = 512) {
+                                             int64_t max_tokens_per_step = 512, const std::string& backend = "cpu") {
   BuildOptions options;
+  options.backend = backend;
   options.model_path = model_path;
-  options.output_path = dir.file(std::to_string(std::hash<std::string>{}(model_path + dtype + (fuse ? "f" : "u"))) + ".kiln");
+  options.output_path = dir.file(std::to_string(std::hash<std::string>{}(model_path + dtype + (fuse ? "f" : "u") + backend)) + ".kiln");
   options.dtype = dtype;
   options.fuse = fuse;
   options.max_seq_len = max_seq_len;

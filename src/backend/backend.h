@@ -45,6 +45,7 @@ struct BackendOptions {
   int64_t max_logit_rows = 64;
   int64_t num_kv_blocks = 0;     // 0: enough for max_batch sequences of max_seq_len
   int64_t kv_block_size = 16;
+  bool cuda_graphs = true;       // CUDA: replay captured graphs for decode steps
 };
 
 // Time of one graph node in a profiled step.
@@ -70,6 +71,9 @@ class Backend {
   // Runs one step. logits: [batch.logit_rows.size(), vocab_size()] f32, host memory.
   // Errors: bad token ids, positions beyond the KV capacity, too many tokens: one line each.
   virtual Status forward(const Batch& batch, float* logits) = 0;
+  // Greedy decoding step: ids[r] = argmax of logit row r. Backends that can do it on the device
+  // (CUDA) return only the ids; the default computes logits and takes the argmax on the host.
+  virtual Status forward_argmax(const Batch& batch, int32_t* ids);
   // forward() with a timing per graph node (CPU: wall clock; CUDA: events, no graph replay). Slower
   // than forward(); for `kiln bench --verbose`.
   virtual Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) = 0;
@@ -84,8 +88,17 @@ class Backend {
   virtual int64_t kv_cache_bytes() const = 0;
 };
 
+// Host argmax of each row of logits [rows, vocab] (lowest id on ties).
+void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids);
+
 // The CPU backend over an engine built for "cpu". The engine must outlive the backend (weights are
 // read in place from its mapping).
 Result<std::unique_ptr<Backend>> create_cpu_backend(const LoadedEngine& engine, const BackendOptions& options);
+
+// The CUDA backend over an engine built for "cuda" (compiled in when KILN_WITH_CUDA is defined;
+// otherwise returns an error saying this build has no CUDA backend). Weights are uploaded once.
+Result<std::unique_ptr<Backend>> create_cuda_backend(const LoadedEngine& engine, const BackendOptions& options);
+// "sm_90" for the current device, or an error when there is none.
+Result<std::string> cuda_device_arch();
 
 }  // namespace kiln

@@ -252,7 +252,10 @@ int cli_main(int argc, char** argv) {
   build_cmd->add_option("--tokenizer", build.options.tokenizer_path, "tokenizer.json, tokenizer.model or llama2.c tokenizer .bin");
   build_cmd->add_option("--max-seq-len", build.options.max_seq_len, "longest sequence the engine serves")->check(CLI::PositiveNumber);
   build_cmd->add_option("--max-batch", build.options.max_batch, "most sequences at once")->check(CLI::PositiveNumber);
-  build_cmd->add_option("--backend", build.options.backend, "target backend (cpu)");
+  build_cmd->add_option("--backend", build.options.backend, "target backend: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  build_cmd->add_option("--arch", build.options.device_arch, "cuda: target GPU architecture, e.g. sm_90 (default: the GPU present)");
+  build_cmd->add_option("--profile", build.options.profile, "shape profile, e.g. batch=1:8:64,seq=1:512:4096 (min:opt:max)");
   build_cmd->add_flag("--no-fuse{false}", build.options.fuse, "keep q/k/v and gate/up projections separate");
 
   RunArgs run;

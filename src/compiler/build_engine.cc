@@ -1,10 +1,12 @@
 #include "compiler/build_engine.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <optional>
 
+#include "backend/backend.h"
 #include "engine/engine_file.h"
 #include "format/hf_config.h"
 #include "format/llama2c.h"
@@ -76,17 +78,65 @@ std::string tokenizer_source_name(TokenizerSource source) {
 
 }  // namespace
 
+Result<ShapeProfile> parse_profile(const std::string& text) {
+  ShapeProfile p;
+  bool have_batch = false, have_seq = false;
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, end - at);
+    const size_t eq = item.find('=');
+    int64_t v[3] = {0, 0, 0};
+    char tail = 0;
+    if (eq == std::string::npos ||
+        std::sscanf(item.c_str() + eq + 1, "%ld:%ld:%ld%c", &v[0], &v[1], &v[2], &tail) != 3 || v[0] <= 0 ||
+        v[0] > v[1] || v[1] > v[2]) {
+      return make_error("--profile: '{}' is not NAME=min:opt:max with 0 < min <= opt <= max", item);
+    }
+    const std::string name = item.substr(0, eq);
+    if (name == "batch") {
+      p.min_batch = v[0], p.opt_batch = v[1], p.max_batch = v[2], have_batch = true;
+    } else if (name == "seq") {
+      p.min_seq = v[0], p.opt_seq = v[1], p.max_seq = v[2], have_seq = true;
+    } else {
+      return make_error("--profile: unknown dimension '{}' (expected batch and seq)", name);
+    }
+    at = end + 1;
+  }
+  if (!have_batch || !have_seq) return make_error("--profile: give both batch=min:opt:max and seq=min:opt:max");
+  return p;
+}
+
 Result<BuildReport> build_engine(const BuildOptions& options) {
-  if (options.backend != "cpu") {
-    return make_error("unknown --backend '{}': this build supports 'cpu'", options.backend);
+  if (options.backend != "cpu" && options.backend != "cuda") {
+    return make_error("unknown --backend '{}': expected cpu or cuda", options.backend);
   }
   if (options.max_batch <= 0) return make_error("--max-batch must be positive, got {}", options.max_batch);
   KILN_ASSIGN(ImportedModel imported, import_model(options.model_path));
-  KILN_ASSIGN(const DType dtype, parse_dtype(options.dtype, imported.source_dtype));
   const ModelConfig& config = imported.config;
-  int64_t max_seq_len = options.max_seq_len > 0 ? options.max_seq_len
-                                                : std::min<int64_t>(config.max_position_embeddings > 0 ? config.max_position_embeddings : 2048, 4096);
-  if (max_seq_len <= 0) return make_error("--max-seq-len must be positive");
+  ShapeProfile profile;
+  profile.max_batch = options.max_batch;
+  profile.opt_batch = std::min<int64_t>(profile.opt_batch, profile.max_batch);
+  profile.max_seq = options.max_seq_len > 0 ? options.max_seq_len
+                                            : std::min<int64_t>(config.max_position_embeddings > 0 ? config.max_position_embeddings : 2048, 4096);
+  profile.opt_seq = std::min(profile.opt_seq, profile.max_seq);
+  if (!options.profile.empty()) {
+    KILN_ASSIGN(profile, parse_profile(options.profile));
+  }
+  const int64_t max_seq_len = profile.max_seq;
+  // CUDA engines run fp16/bf16 (tensor cores, half the bytes); a float32 checkpoint becomes fp16.
+  DType source_dtype = imported.source_dtype;
+  if (options.backend == "cuda" && source_dtype == DType::F32) source_dtype = DType::F16;
+  KILN_ASSIGN(const DType dtype, parse_dtype(options.dtype, source_dtype));
+  if (options.backend == "cuda" && dtype == DType::F32) {
+    return make_error("--dtype fp32 is not supported by the cuda backend: use fp16 or bf16");
+  }
+  std::string device_arch = options.device_arch;
+  if (options.backend == "cuda" && device_arch.empty()) {
+    auto present = cuda_device_arch();
+    device_arch = present.ok() ? *present : "sm_90";
+  }
+  if (options.backend == "cpu") device_arch = "x86_64";
 
   KILN_ASSIGN(BuiltModel built, build_llama_graph(config, imported.tensors));
   KILN_TRY(convert_precision(built.graph, built.weights, dtype));
@@ -111,7 +161,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
 
   EngineWriteSpec spec;
   spec.backend = options.backend;
-  spec.device_arch = "x86_64";
+  spec.device_arch = device_arch;
   std::vector<int32_t> eos;
   for (int64_t e : config.eos_token_ids) eos.push_back(static_cast<int32_t>(e));
   int64_t bos = config.bos_token_id;
@@ -129,7 +179,11 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
         {"bos_token_id", bos},
         {"eos_token_ids", eos},
         {"source", options.model_path}}},
-      {"profile", {{"max_seq_len", max_seq_len}, {"max_batch", options.max_batch}}},
+      {"profile",
+       {{"max_seq_len", max_seq_len},
+        {"max_batch", profile.max_batch},
+        {"batch", {profile.min_batch, profile.opt_batch, profile.max_batch}},
+        {"seq", {profile.min_seq, profile.opt_seq, profile.max_seq}}}},
       {"build",
        {{"dtype", std::string(dtype_name(dtype))},
         {"fuse", options.fuse},

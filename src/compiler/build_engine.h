@@ -17,7 +17,9 @@ struct BuildOptions {
   std::string tokenizer_path;   // optional: overrides the one found beside the model
   int64_t max_seq_len = 0;      // 0: the model's max positions (capped at 4096)
   int64_t max_batch = 8;
-  std::string backend = "cpu";
+  std::string backend = "cpu";   // cpu | cuda
+  std::string device_arch;      // cuda: "sm_90" etc.; empty = the GPU present at build time, else sm_90
+  std::string profile;          // "batch=1:8:64,seq=1:512:4096" (min:opt:max); overrides max_batch/max_seq_len
   bool fuse = true;             // QKV and gate/up fusion
 };
 
@@ -29,6 +31,14 @@ struct BuildReport {
   int64_t weight_bytes = 0;
   std::string tokenizer;  // what was embedded ("" when none)
 };
+
+// Shape profile of an engine (TensorRT's optimization profile): the run side plans memory for the
+// max shapes; tactics are chosen at the opt shapes.
+struct ShapeProfile {
+  int64_t min_batch = 1, opt_batch = 1, max_batch = 8;
+  int64_t min_seq = 1, opt_seq = 512, max_seq = 2048;
+};
+Result<ShapeProfile> parse_profile(const std::string& text);
 
 Result<BuildReport> build_engine(const BuildOptions& options);
 

@@ -40,8 +40,20 @@ Result<std::unique_ptr<Model>> Model::load(const std::string& engine_path, const
   } catch (const nlohmann::json::exception& e) {
     return make_error("{}: engine metadata malformed: {}", engine_path, e.what());
   }
-  if (options.backend != "cpu") return make_error("backend '{}' is not available in this build", options.backend);
-  auto backend = create_cpu_backend(model->engine_, options.backend_options);
+  const std::string backend_name = model->engine_.header.backend;
+  Result<std::unique_ptr<Backend>> backend = make_error("engine backend '{}' is unknown to this kiln", backend_name);
+  if (backend_name == "cpu") {
+    backend = create_cpu_backend(model->engine_, options.backend_options);
+  } else if (backend_name == "cuda") {
+    // An engine is tuned for one GPU architecture: refuse others, naming both.
+    auto arch = cuda_device_arch();
+    if (!arch.ok()) return arch.error().with_context(engine_path + ": engine built for cuda");
+    const std::string built_for = model->engine_.header.device_arch;
+    if (built_for != *arch) {
+      return make_error("{}: engine built for {}, this GPU is {}: rebuild the engine on this GPU", engine_path, built_for, *arch);
+    }
+    backend = create_cuda_backend(model->engine_, options.backend_options);
+  }
   if (!backend.ok()) return backend.error().with_context(engine_path);
   model->backend_ = std::move(backend).value();
   KILN_ASSIGN(model->tokenizer_, tokenizer_from_engine(model->engine_));

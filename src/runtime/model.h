@@ -16,7 +16,7 @@
 namespace kiln {
 
 struct RuntimeOptions {
-  std::string backend = "cpu";
+  std::string backend;  // empty: the engine's own backend; else the engine must have been built for it
   BackendOptions backend_options;
   bool verify_checksum = true;
 };

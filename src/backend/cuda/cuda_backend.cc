@@ -1,0 +1,551 @@
+// The CUDA backend: runs the engine graph on one GPU.
+//
+// At load: weights are uploaded once into one allocation; the activation arena is planned from value
+// lifetimes for the largest step (max tokens per step, max logit rows); the paged KV cache, RoPE
+// tables, batch-metadata buffers and cuBLASLt workspace are allocated. A step then allocates nothing:
+// the host packs the batch metadata into one pinned buffer, one copy sends it, the nodes launch on
+// one stream, and either the logits (forward) or only the argmax ids (forward_argmax) come back.
+//
+// Decode steps (one token per sequence) replay a CUDA graph captured per batch-size bucket; the
+// batch is padded to the bucket with tokens that write no KV (slot -1) and whose rows are dropped.
+// Linear layers use the bandwidth-bound GEMV kernel up to kGemvMaxRows rows and cuBLASLt above.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "backend/arena_plan.h"
+#include "backend/backend.h"
+#include "backend/cuda/cublas_gemm.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/sampling.h"
+#include "engine/engine_file.h"
+#include "graph/graph.h"
+
+namespace kiln {
+
+using cuda::check;
+
+Result<std::string> cuda_device_arch() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return make_error("no CUDA device is available");
+  }
+  int device = 0;
+  cudaGetDevice(&device);
+  cudaDeviceProp prop{};
+  KILN_TRY(check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+  return fmt::format("sm_{}{}", prop.major, prop.minor);
+}
+
+namespace {
+
+struct NodeBinding {
+  std::vector<const void*> weights;  // device pointers, in node.weights order
+  const void* bias_act = nullptr;    // Linear bias in the activation dtype (cuBLASLt epilogue)
+  const float* rope_cos = nullptr;
+  const float* rope_sin = nullptr;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  ~CudaBackend() override;
+  Status init(const LoadedEngine& engine, const BackendOptions& options);
+
+  std::string name() const override { return "cuda"; }
+  KvGeometry kv_geometry() const override { return {num_kv_blocks_, block_size_}; }
+  int64_t vocab_size() const override { return vocab_size_; }
+  int64_t max_tokens_per_step() const override { return max_tokens_; }
+  int64_t max_logit_rows() const override { return max_logit_rows_; }
+  int64_t weight_bytes() const override { return weight_bytes_; }
+  int64_t arena_bytes() const override { return arena_bytes_; }
+  int64_t kv_cache_bytes() const override { return kv_bytes_; }
+  int64_t peak_device_bytes() const override { return device_bytes_; }
+  double copy_bandwidth_bytes_per_second() override;
+
+  Status forward(const Batch& batch, float* logits) override;
+  Status forward_argmax(const Batch& batch, int32_t* ids) override;
+  Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) override;
+
+ private:
+  Result<void*> device_alloc(size_t bytes, const char* what);
+  Status check_batch(const Batch& batch) const;
+  // Packs the batch (padded to `rows` tokens when a graph bucket is used) and uploads it.
+  Status upload_batch(const Batch& batch, int64_t padded_tokens);
+  Status launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings);
+  Status run(const Batch& batch, bool want_ids, float* logits, int32_t* ids, std::vector<NodeTiming>* timings);
+  char* value_ptr(int32_t v) const { return static_cast<char*>(arena_) + value_offset_[v]; }
+  size_t elem(int32_t v) const { return v == graph_.logits_value ? 4 : 2; }
+
+  Graph graph_;
+  DType act_ = DType::F16;
+  std::vector<NodeBinding> bindings_;
+  std::vector<void*> allocations_;
+  void* arena_ = nullptr;
+  std::vector<int64_t> value_offset_;
+  std::vector<cuda::PagedKv> kv_layers_;
+  std::unique_ptr<cuda::CublasGemm> gemm_;
+  cudaStream_t stream_ = nullptr;
+  void* attention_workspace_ = nullptr;
+  size_t attention_workspace_bytes_ = 0;
+
+  // Batch metadata: one int32 buffer on the device and its pinned host mirror, laid out as
+  // tokens[max_tokens] positions[max_tokens] token_seq[max_tokens] slots[max_tokens]
+  // logit_rows[max_logit_rows] block_tables[max_seqs * max_blocks_per_seq] ids[max_logit_rows]
+  int32_t* meta_device_ = nullptr;
+  int32_t* meta_host_ = nullptr;
+  int64_t meta_ints_ = 0;
+  int32_t *d_tokens_, *d_positions_, *d_token_seq_, *d_slots_, *d_logit_rows_, *d_block_tables_, *d_ids_;
+  float* logits_host_ = nullptr;  // pinned [max_logit_rows, vocab]
+
+  struct GraphEntry {
+    cudaGraphExec_t exec = nullptr;
+  };
+  std::map<int64_t, GraphEntry> decode_graphs_;  // by padded batch size
+  bool use_graphs_ = true;
+
+  int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0, max_seqs_ = 0;
+  int64_t max_blocks_per_seq_ = 0, num_kv_blocks_ = 0, block_size_ = 0;
+  int64_t weight_bytes_ = 0, arena_bytes_ = 0, kv_bytes_ = 0, device_bytes_ = 0;
+  double copy_bandwidth_ = 0;
+};
+
+CudaBackend::~CudaBackend() {
+  for (auto& [size, entry] : decode_graphs_) cudaGraphExecDestroy(entry.exec);
+  gemm_.reset();
+  for (void* p : allocations_) cudaFree(p);
+  if (meta_host_) cudaFreeHost(meta_host_);
+  if (logits_host_) cudaFreeHost(logits_host_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+Result<void*> CudaBackend::device_alloc(size_t bytes, const char* what) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    return make_error("cuda: cannot allocate {:.2f} GiB for {} ({:.2f} GiB free of {:.2f}): {}", bytes / 1073741824.0, what,
+                      free_bytes / 1073741824.0, total / 1073741824.0, cudaGetErrorString(err));
+  }
+  allocations_.push_back(p);
+  device_bytes_ += static_cast<int64_t>(bytes);
+  return p;
+}
+
+Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& options) {
+  KILN_ASSIGN(const std::string arch, cuda_device_arch());
+  if (!engine.metadata.contains("graph")) return make_error("engine has no graph");
+  KILN_ASSIGN(graph_, Graph::from_json(engine.metadata["graph"]));
+  try {
+    max_seq_len_ = engine.metadata.at("profile").at("max_seq_len").get<int64_t>();
+    max_seqs_ = engine.metadata.at("profile").at("max_batch").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return make_error("engine metadata: malformed profile: {}", e.what());
+  }
+  block_size_ = options.kv_block_size;
+  max_blocks_per_seq_ = (max_seq_len_ + block_size_ - 1) / block_size_;
+  num_kv_blocks_ = options.num_kv_blocks > 0 ? options.num_kv_blocks : max_seqs_ * max_blocks_per_seq_;
+  max_tokens_ = options.max_tokens_per_step;
+  max_logit_rows_ = std::max<int64_t>(options.max_logit_rows, max_seqs_);
+  vocab_size_ = graph_.values[graph_.logits_value].width;
+  use_graphs_ = options.cuda_graphs;
+  KILN_TRY(check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
+
+  // Activation dtype: the engine's matrix dtype (all matrices share it).
+  bool have_act = false;
+  for (const auto& [name, info] : graph_.weights) {
+    if (info.shape.size() != 2) continue;
+    if (info.dtype != DType::F16 && info.dtype != DType::BF16) {
+      return make_error("engine: tensor '{}' is {}: the cuda backend runs fp16 or bf16 engines (build with --dtype fp16|bf16)",
+                        name, dtype_name(info.dtype));
+    }
+    if (have_act && info.dtype != act_) return make_error("engine: matrices mix dtypes ({} and {})", dtype_name(act_), dtype_name(info.dtype));
+    act_ = info.dtype;
+    have_act = true;
+  }
+
+  // (1) weights: one allocation, each tensor 256-byte aligned.
+  std::map<std::string, size_t> weight_offset;
+  size_t total = 0;
+  for (const auto& [name, info] : graph_.weights) {
+    const TensorView* t = engine.find(name);
+    if (!t) return make_error("engine: graph weight '{}' has no tensor", name);
+    if (t->dtype != info.dtype || t->shape != info.shape) return make_error("engine: tensor '{}' disagrees with the graph", name);
+    if (info.shape.size() == 1 && info.dtype != DType::F32) return make_error("engine: vector '{}' must be F32", name);
+    weight_offset[name] = total;
+    total += (t->nbytes + 255) / 256 * 256;
+  }
+  KILN_ASSIGN(void* weights, device_alloc(total, "weights"));
+  weight_bytes_ = static_cast<int64_t>(total);
+  for (const auto& [name, offset] : weight_offset) {
+    const TensorView* t = engine.find(name);
+    KILN_TRY(check(cudaMemcpy(static_cast<char*>(weights) + offset, t->data, t->nbytes, cudaMemcpyHostToDevice),
+                   ("upload " + name).c_str()));
+  }
+  auto weight_ptr = [&](const std::string& name) { return static_cast<const void*>(static_cast<char*>(weights) + weight_offset[name]); };
+
+  // (2) per-node bindings: weights, biases in the activation dtype, RoPE tables.
+  std::map<std::string, std::pair<const float*, const float*>> rope_tables;
+  int64_t num_layers = 0;
+  std::vector<int64_t> layer_kv_heads, layer_head_dim;
+  for (const Node& n : graph_.nodes) {
+    NodeBinding b;
+    for (const std::string& w : n.weights) b.weights.push_back(weight_ptr(w));
+    if (n.op == OpKind::Linear && n.weights.size() > 1 && n.output != graph_.logits_value) {
+      const TensorView* bias = engine.find(n.weights[1]);
+      std::vector<uint16_t> converted(static_cast<size_t>(bias->numel()));
+      const float* src = reinterpret_cast<const float*>(bias->data);
+      for (size_t i = 0; i < converted.size(); ++i) converted[i] = act_ == DType::F16 ? f32_to_f16(src[i]) : f32_to_bf16(src[i]);
+      KILN_ASSIGN(void* d, device_alloc(converted.size() * 2, "bias"));
+      KILN_TRY(check(cudaMemcpy(d, converted.data(), converted.size() * 2, cudaMemcpyHostToDevice), "upload bias"));
+      b.bias_act = d;
+    }
+    if (n.op == OpKind::Rope) {
+      std::string key;
+      for (const auto& [k, v] : n.attrs) {
+        if (k != "num_heads") key += fmt::format("{}={};", k, v);
+      }
+      auto it = rope_tables.find(key);
+      if (it == rope_tables.end()) {
+        const std::vector<double> inv_freq = rope_inverse_frequencies(n);
+        const size_t half = inv_freq.size();
+        std::vector<float> cos(max_seq_len_ * half), sin(max_seq_len_ * half);
+        for (int64_t p = 0; p < max_seq_len_; ++p) {
+          for (size_t j = 0; j < half; ++j) {
+            cos[p * half + j] = static_cast<float>(std::cos(static_cast<double>(p) * inv_freq[j]));
+            sin[p * half + j] = static_cast<float>(std::sin(static_cast<double>(p) * inv_freq[j]));
+          }
+        }
+        KILN_ASSIGN(void* d, device_alloc(2 * cos.size() * sizeof(float), "rope tables"));
+        float* dc = static_cast<float*>(d);
+        KILN_TRY(check(cudaMemcpy(dc, cos.data(), cos.size() * 4, cudaMemcpyHostToDevice), "upload rope"));
+        KILN_TRY(check(cudaMemcpy(dc + cos.size(), sin.data(), sin.size() * 4, cudaMemcpyHostToDevice), "upload rope"));
+        it = rope_tables.emplace(key, std::make_pair(dc, dc + cos.size())).first;
+      }
+      b.rope_cos = it->second.first;
+      b.rope_sin = it->second.second;
+    }
+    if (n.op == OpKind::Attention) {
+      const int64_t l = static_cast<int64_t>(n.attr("layer"));
+      num_layers = std::max(num_layers, l + 1);
+      layer_kv_heads.resize(num_layers, 0);
+      layer_head_dim.resize(num_layers, 0);
+      layer_kv_heads[l] = static_cast<int64_t>(n.attr("num_kv_heads"));
+      layer_head_dim[l] = static_cast<int64_t>(n.attr("head_dim"));
+      if (graph_.values[n.inputs[1].value].width != graph_.values[n.inputs[2].value].width) {
+        return make_error("cuda backend: node '{}': k and v rows must have the same stride", n.name);
+      }
+    }
+    const bool whole_inputs = n.op == OpKind::Linear || n.op == OpKind::RmsNorm || n.op == OpKind::Add ||
+                              n.op == OpKind::AddRmsNorm || n.op == OpKind::SelectLogitRows;
+    for (const ValueRef& r : n.inputs) {
+      if (whole_inputs && (r.col_offset != 0 || r.width != graph_.values[r.value].width)) {
+        return make_error("cuda backend: node '{}' reads a column slice, which its kernel does not support", n.name);
+      }
+    }
+    bindings_.push_back(std::move(b));
+  }
+
+  // (3) KV cache, one [num_blocks, block_size, kv_heads, head_dim] pair per layer.
+  kv_layers_.resize(num_layers);
+  int64_t max_heads = 1, max_head_dim = 1;
+  for (const Node& n : graph_.nodes) {
+    if (n.op == OpKind::Attention) {
+      max_heads = std::max(max_heads, static_cast<int64_t>(n.attr("num_heads")));
+      max_head_dim = std::max(max_head_dim, static_cast<int64_t>(n.attr("head_dim")));
+    }
+  }
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const size_t bytes = static_cast<size_t>(num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l] * 2);
+    if (bytes == 0) return make_error("cuda backend: layer {} has no attention node", l);
+    KILN_ASSIGN(void* k, device_alloc(bytes, "KV cache"));
+    KILN_ASSIGN(void* v, device_alloc(bytes, "KV cache"));
+    kv_layers_[l] = cuda::PagedKv{k, v, num_kv_blocks_, block_size_, layer_kv_heads[l], layer_head_dim[l]};
+    kv_bytes_ += static_cast<int64_t>(2 * bytes);
+  }
+  attention_workspace_bytes_ = cuda::attention_workspace_bytes(std::max(max_tokens_, max_seqs_), max_heads, max_head_dim, max_seq_len_);
+  KILN_ASSIGN(attention_workspace_, device_alloc(attention_workspace_bytes_, "attention workspace"));
+
+  // (4) activation arena
+  std::vector<int64_t> bytes(graph_.values.size());
+  for (size_t v = 0; v < bytes.size(); ++v) {
+    const int64_t rows = graph_.values[v].rows == RowSpace::Tokens ? std::max(max_tokens_, max_seqs_) : max_logit_rows_;
+    bytes[v] = rows * graph_.values[v].width * static_cast<int64_t>(elem(static_cast<int32_t>(v)));
+  }
+  KILN_ASSIGN(const ArenaPlan plan, plan_arena(graph_, bytes, 256));
+  value_offset_ = plan.value_offset;
+  arena_bytes_ = plan.total_bytes;
+  KILN_ASSIGN(arena_, device_alloc(static_cast<size_t>(plan.total_bytes), "activations"));
+
+  // (5) batch metadata and host staging
+  const int64_t token_rows = std::max(max_tokens_, max_seqs_);
+  meta_ints_ = 4 * token_rows + 2 * max_logit_rows_ + max_seqs_ * max_blocks_per_seq_;
+  KILN_ASSIGN(void* meta, device_alloc(static_cast<size_t>(meta_ints_) * 4, "batch metadata"));
+  meta_device_ = static_cast<int32_t*>(meta);
+  KILN_TRY(check(cudaMallocHost(&meta_host_, static_cast<size_t>(meta_ints_) * 4), "cudaMallocHost(metadata)"));
+  KILN_TRY(check(cudaMallocHost(&logits_host_, static_cast<size_t>(max_logit_rows_ * vocab_size_) * 4), "cudaMallocHost(logits)"));
+  d_tokens_ = meta_device_;
+  d_positions_ = d_tokens_ + token_rows;
+  d_token_seq_ = d_positions_ + token_rows;
+  d_slots_ = d_token_seq_ + token_rows;
+  d_logit_rows_ = d_slots_ + token_rows;
+  d_block_tables_ = d_logit_rows_ + max_logit_rows_;
+  d_ids_ = d_block_tables_ + max_seqs_ * max_blocks_per_seq_;
+
+  KILN_ASSIGN(gemm_, cuda::CublasGemm::create(size_t{32} << 20));
+  device_bytes_ += 32 << 20;
+  (void)arch;
+  return Status::Ok();
+}
+
+Status CudaBackend::check_batch(const Batch& batch) const {
+  const int64_t T = batch.num_tokens();
+  if (T <= 0) return make_error("forward: empty batch");
+  if (T > max_tokens_) return make_error("forward: {} tokens in one step, the limit is {}", T, max_tokens_);
+  if (batch.positions.size() != static_cast<size_t>(T) || batch.token_seq.size() != static_cast<size_t>(T)) {
+    return make_error("forward: tokens, positions and token_seq differ in length");
+  }
+  if (static_cast<int64_t>(batch.logit_rows.size()) > max_logit_rows_) {
+    return make_error("forward: {} logit rows requested, the limit is {}", batch.logit_rows.size(), max_logit_rows_);
+  }
+  if (batch.num_seqs() > max_seqs_) return make_error("forward: {} sequences, the engine's max batch is {}", batch.num_seqs(), max_seqs_);
+  for (int64_t i = 0; i < T; ++i) {
+    if (batch.tokens[i] < 0 || batch.tokens[i] >= vocab_size_) {
+      return make_error("token id {} out of range: vocabulary has {} tokens", batch.tokens[i], vocab_size_);
+    }
+    if (batch.positions[i] < 0 || batch.positions[i] >= max_seq_len_) {
+      return make_error("position {} beyond the engine's max sequence length {}", batch.positions[i], max_seq_len_);
+    }
+    if (batch.token_seq[i] < 0 || batch.token_seq[i] >= batch.num_seqs()) return make_error("forward: bad sequence index");
+    const int64_t block_index = batch.positions[i] / block_size_;
+    if (block_index >= batch.max_blocks_per_seq) return make_error("forward: block table too short for position {}", batch.positions[i]);
+    for (int64_t b = 0; b <= block_index; ++b) {
+      const int32_t block = batch.block_tables[batch.token_seq[i] * batch.max_blocks_per_seq + b];
+      if (block < 0 || block >= num_kv_blocks_) return make_error("forward: invalid KV block id {}", block);
+    }
+  }
+  for (int32_t r : batch.logit_rows) {
+    if (r < 0 || r >= T) return make_error("forward: logit row {} out of range", r);
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::upload_batch(const Batch& batch, int64_t padded) {
+  const int64_t T = batch.num_tokens();
+  const int64_t token_rows = std::max(max_tokens_, max_seqs_);
+  int32_t* tokens = meta_host_;
+  int32_t* positions = tokens + token_rows;
+  int32_t* token_seq = positions + token_rows;
+  int32_t* slots = token_seq + token_rows;
+  int32_t* logit_rows = slots + token_rows;
+  int32_t* tables = logit_rows + max_logit_rows_;
+  for (int64_t i = 0; i < padded; ++i) {
+    if (i < T) {
+      tokens[i] = batch.tokens[i];
+      positions[i] = batch.positions[i];
+      token_seq[i] = batch.token_seq[i];
+      const int32_t block = batch.block_tables[batch.token_seq[i] * batch.max_blocks_per_seq + batch.positions[i] / block_size_];
+      slots[i] = static_cast<int32_t>(block * block_size_ + batch.positions[i] % block_size_);
+    } else {  // padding: reads block 0 at position 0 of a spare table row, writes nothing
+      tokens[i] = 0;
+      positions[i] = 0;
+      token_seq[i] = static_cast<int32_t>(std::min<int64_t>(i, max_seqs_ - 1));
+      slots[i] = -1;
+    }
+  }
+  const int64_t R = padded > T ? padded : static_cast<int64_t>(batch.logit_rows.size());
+  for (int64_t r = 0; r < R; ++r) logit_rows[r] = r < static_cast<int64_t>(batch.logit_rows.size()) ? batch.logit_rows[r] : static_cast<int32_t>(r);
+  const int64_t seqs = padded > T ? std::max<int64_t>(batch.num_seqs(), std::min(padded, max_seqs_)) : batch.num_seqs();
+  const int64_t copy_blocks = std::min<int64_t>(batch.max_blocks_per_seq, max_blocks_per_seq_);
+  for (int64_t s = 0; s < seqs; ++s) {
+    int32_t* row = tables + s * max_blocks_per_seq_;
+    std::fill(row, row + max_blocks_per_seq_, 0);
+    if (s < batch.num_seqs()) std::copy_n(batch.block_tables.begin() + s * batch.max_blocks_per_seq, copy_blocks, row);
+  }
+  // One copy of the whole metadata region (small: a few KB).
+  return check(cudaMemcpyAsync(meta_device_, meta_host_, static_cast<size_t>(meta_ints_ - max_logit_rows_) * 4,
+                               cudaMemcpyHostToDevice, stream_),
+               "upload batch metadata");
+}
+
+Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  if (timings) {
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+  }
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    const Node& n = graph_.nodes[i];
+    const NodeBinding& b = bindings_[i];
+    if (timings) cudaEventRecord(start, stream_);
+    void* out = value_ptr(n.output);
+    const int64_t width = graph_.values[n.output].width;
+    const int64_t rows = graph_.values[n.output].rows == RowSpace::Tokens ? T : R;
+    const float eps = static_cast<float>(n.attr("eps"));
+    switch (n.op) {
+      case OpKind::Embedding:
+        KILN_TRY(cuda::embedding(d_tokens_, T, b.weights[0], graph_.weights.at(n.weights[0]).shape[0], width, out, act_, stream_));
+        break;
+      case OpKind::RmsNorm:
+        KILN_TRY(cuda::rms_norm(value_ptr(n.inputs[0].value), static_cast<const float*>(b.weights[0]), rows, width, eps, out, act_, stream_));
+        break;
+      case OpKind::AddRmsNorm:
+        KILN_TRY(cuda::add_rms_norm(value_ptr(n.inputs[0].value), value_ptr(n.inputs[1].value),
+                                    static_cast<const float*>(b.weights[0]), rows, width, eps, out, act_, stream_));
+        break;
+      case OpKind::Linear: {
+        const int64_t K = n.inputs[0].width;
+        const DType y_dtype = n.output == graph_.logits_value ? DType::F32 : act_;
+        const bool has_bias = n.weights.size() > 1;
+        if (rows <= cuda::kGemvMaxRows && K % 8 == 0) {
+          KILN_TRY(cuda::gemv(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width,
+                              has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, out, width, act_, y_dtype, stream_));
+        } else {
+          const void* bias = has_bias ? (y_dtype == DType::F32 ? b.weights[1] : b.bias_act) : nullptr;
+          KILN_TRY(gemm_->run(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width, bias, out, width, act_, y_dtype, stream_));
+        }
+        break;
+      }
+      case OpKind::Rope:
+        KILN_TRY(cuda::rope(out, rows, width, n.inputs[0].col_offset, static_cast<int64_t>(n.attr("num_heads")),
+                            static_cast<int64_t>(n.attr("head_dim")), d_positions_, b.rope_cos, b.rope_sin,
+                            n.attr("interleaved") != 0.0, act_, stream_));
+        break;
+      case OpKind::Attention: {
+        const ValueRef &q = n.inputs[0], &k = n.inputs[1], &v = n.inputs[2];
+        const cuda::PagedKv& kv = kv_layers_[static_cast<size_t>(n.attr("layer"))];
+        KILN_TRY(cuda::kv_cache_write(value_ptr(k.value) + k.col_offset * 2, value_ptr(v.value) + v.col_offset * 2, T,
+                                      graph_.values[k.value].width, d_slots_, kv, act_, stream_));
+        const cuda::AttentionBatch ab{T, d_token_seq_, d_positions_, d_block_tables_, max_blocks_per_seq_, max_position};
+        KILN_TRY(cuda::paged_attention(value_ptr(q.value) + q.col_offset * 2, graph_.values[q.value].width, ab, kv,
+                                       static_cast<int64_t>(n.attr("num_heads")), static_cast<float>(n.attr("scale")), out,
+                                       attention_workspace_, attention_workspace_bytes_, act_, stream_));
+        break;
+      }
+      case OpKind::SwiGlu: {
+        const ValueRef &gate = n.inputs[0], &up = n.inputs[1];
+        KILN_TRY(cuda::swiglu(value_ptr(gate.value) + gate.col_offset * 2, graph_.values[gate.value].width,
+                              value_ptr(up.value) + up.col_offset * 2, graph_.values[up.value].width, rows, width, out, act_, stream_));
+        break;
+      }
+      case OpKind::Add:
+        KILN_TRY(cuda::add(out, value_ptr(n.inputs[1].value), rows, width, act_, stream_));
+        break;
+      case OpKind::SelectLogitRows:
+        KILN_TRY(cuda::gather_rows(value_ptr(n.inputs[0].value), d_logit_rows_, R, width, out, act_, stream_));
+        break;
+    }
+    if (timings) {
+      cudaEventRecord(stop, stream_);
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      timings->push_back(NodeTiming{n.name, std::string(op_name(n.op)), ms});
+    }
+  }
+  if (timings) {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_t* ids, std::vector<NodeTiming>* timings) {
+  KILN_TRY(check_batch(batch));
+  const int64_t T = batch.num_tokens();
+  const int64_t R_real = static_cast<int64_t>(batch.logit_rows.size());
+  // A pure decode step: one token per sequence, logits for every token.
+  bool decode = !timings && use_graphs_ && T == batch.num_seqs() && R_real == T;
+  for (int64_t i = 0; decode && i < T; ++i) decode = batch.token_seq[i] == i && batch.logit_rows[i] == i;
+  int64_t bucket = 1;
+  while (bucket < T) bucket *= 2;
+  if (bucket > max_seqs_) bucket = T;  // beyond the largest bucket: exact size
+  if (decode) {
+    KILN_TRY(upload_batch(batch, bucket));
+    auto it = decode_graphs_.find(bucket);
+    if (it == decode_graphs_.end()) {
+      // First use of this bucket: run eagerly (creates the GEMM plans), then capture for next time.
+      KILN_TRY(launch_nodes(bucket, bucket, max_seq_len_, nullptr));
+      cudaGraph_t graph;
+      KILN_TRY(check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture"));
+      const Status launched = launch_nodes(bucket, bucket, max_seq_len_, nullptr);
+      const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+      KILN_TRY(launched);
+      KILN_TRY(check(ended, "cudaStreamEndCapture"));
+      GraphEntry entry;
+      KILN_TRY(check(cudaGraphInstantiate(&entry.exec, graph, 0), "cudaGraphInstantiate"));
+      cudaGraphDestroy(graph);
+      decode_graphs_[bucket] = entry;
+    } else {
+      KILN_TRY(check(cudaGraphLaunch(it->second.exec, stream_), "cudaGraphLaunch (decode step)"));
+    }
+  } else {
+    KILN_TRY(upload_batch(batch, T));
+    int32_t max_position = 0;
+    for (int32_t p : batch.positions) max_position = std::max(max_position, p);
+    KILN_TRY(launch_nodes(T, R_real, max_position + 1, timings));
+  }
+  const float* d_logits = reinterpret_cast<const float*>(value_ptr(graph_.logits_value));
+  if (want_ids) {
+    KILN_TRY(cuda::argmax(d_logits, R_real, vocab_size_, d_ids_, stream_));
+    KILN_TRY(check(cudaMemcpyAsync(ids, d_ids_, static_cast<size_t>(R_real) * 4, cudaMemcpyDeviceToHost, stream_), "copy ids"));
+    return check(cudaStreamSynchronize(stream_), "forward (argmax)");
+  }
+  const size_t bytes = static_cast<size_t>(R_real * vocab_size_) * 4;
+  KILN_TRY(check(cudaMemcpyAsync(logits_host_, d_logits, bytes, cudaMemcpyDeviceToHost, stream_), "copy logits"));
+  KILN_TRY(check(cudaStreamSynchronize(stream_), "forward"));
+  std::memcpy(logits, logits_host_, bytes);
+  return Status::Ok();
+}
+
+Status CudaBackend::forward(const Batch& batch, float* logits) { return run(batch, false, logits, nullptr, nullptr); }
+Status CudaBackend::forward_argmax(const Batch& batch, int32_t* ids) { return run(batch, true, nullptr, ids, nullptr); }
+Status CudaBackend::forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) {
+  timings.clear();
+  return run(batch, false, logits, nullptr, &timings);
+}
+
+double CudaBackend::copy_bandwidth_bytes_per_second() {
+  if (copy_bandwidth_ > 0) return copy_bandwidth_;
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    if (a) cudaFree(a);
+    return 0;
+  }
+  cudaMemset(a, 1, bytes);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  float best_ms = 1e30f;
+  for (int rep = 0; rep < 6; ++rep) {
+    cudaEventRecord(start, stream_);
+    cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream_);
+    cudaEventRecord(stop, stream_);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (rep > 0) best_ms = std::min(best_ms, ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(a);
+  cudaFree(b);
+  copy_bandwidth_ = 2.0 * static_cast<double>(bytes) / (best_ms * 1e-3);
+  return copy_bandwidth_;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> create_cuda_backend(const LoadedEngine& engine, const BackendOptions& options) {
+  auto backend = std::make_unique<CudaBackend>();
+  KILN_TRY(backend->init(engine, options));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace kiln
