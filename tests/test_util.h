@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -18,8 +19,14 @@
 
 namespace kiln::testing {
 
-inline std::string shared_path(const std::string& rel) { return std::string(KILN_SHARED_DIR) + "/" + rel; }
-inline std::string source_path(const std::string& rel) { return std::string(KILN_SOURCE_DIR) + "/" + rel; }
+// The compiled-in locations can be overridden at run time (KILN_SHARED_DIR, KILN_SOURCE_DIR), so test
+// binaries built on one machine run on another (the GPU machine) over a copy of the data.
+inline std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+inline std::string shared_path(const std::string& rel) { return env_or("KILN_SHARED_DIR", KILN_SHARED_DIR) + "/" + rel; }
+inline std::string source_path(const std::string& rel) { return env_or("KILN_SOURCE_DIR", KILN_SOURCE_DIR) + "/" + rel; }
 
 // A directory removed at scope exit.
 class TempDir {

@@ -45,6 +45,11 @@ class CpuBackend final : public Backend {
   int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.size() * sizeof(float)); }
   int64_t kv_cache_bytes() const override { return static_cast<int64_t>(kv_storage_.size() * sizeof(float)); }
   Status forward(const Batch& batch, float* logits) override { return run(batch, logits, nullptr); }
+  Status forward_argmax(const Batch& batch, int32_t* ids) override {
+    KILN_TRY(run(batch, argmax_logits_.data(), nullptr));
+    argmax_rows(argmax_logits_.data(), static_cast<int64_t>(batch.logit_rows.size()), vocab_size_, ids);
+    return Status::Ok();
+  }
   Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) override {
     return run(batch, logits, &timings);
   }
@@ -71,6 +76,7 @@ class CpuBackend final : public Backend {
   std::vector<float> kv_storage_;
   std::vector<cpu::PagedKv> kv_layers_;                 // [layer]
   std::vector<int32_t> slot_mapping_;                   // [max_tokens] scratch
+  std::vector<float> argmax_logits_;                    // [max_logit_rows, vocab] scratch of forward_argmax
   std::unique_ptr<cpu::ThreadPool> pool_;
   int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0;
   int64_t num_kv_blocks_ = 0, block_size_ = 0, weight_bytes_ = 0;
@@ -204,6 +210,7 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
     at += 2 * per;
   }
   slot_mapping_.assign(static_cast<size_t>(max_tokens_), 0);
+  argmax_logits_.assign(static_cast<size_t>(max_logit_rows_ * vocab_size_), 0.0f);
   KILN_TRY(plan_arena());
   const int threads = options.num_threads > 0 ? options.num_threads
                                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -51,6 +51,7 @@ class Workload {
     batch_.block_tables.assign(static_cast<size_t>(o.batch) * blocks_per_seq_, -1);
     logit_seq_.reserve(o.batch);
     logits_.resize(static_cast<size_t>(o.batch) * backend_.vocab_size());
+    ids_.resize(static_cast<size_t>(o.batch));
     next_.assign(o.batch, 0);
   }
   ~Workload() { release(); }
@@ -98,11 +99,12 @@ class Workload {
       if (profiled && first_step) {
         *profiled_tokens = batch_.num_tokens();
         KILN_TRY(backend_.forward_profiled(batch_, logits_.data(), *profiled));
+        sample();
       } else {
-        KILN_TRY(backend_.forward(batch_, logits_.data()));
+        KILN_TRY(backend_.forward_argmax(batch_, ids_.data()));
+        take_ids();
       }
       first_step = false;
-      sample();
     }
     return Status::Ok();
   }
@@ -117,10 +119,11 @@ class Workload {
     }
     if (profiled) {
       KILN_TRY(backend_.forward_profiled(batch_, logits_.data(), *profiled));
+      sample();
     } else {
-      KILN_TRY(backend_.forward(batch_, logits_.data()));
+      KILN_TRY(backend_.forward_argmax(batch_, ids_.data()));
+      take_ids();
     }
-    sample();
     return Status::Ok();
   }
 
@@ -137,7 +140,11 @@ class Workload {
     batch_.positions.push_back(position);
     batch_.token_seq.push_back(seq);
   }
-  // Greedy on the host, as a server without on-device sampling would do.
+  // Greedy on the device where the backend can (only ids cross to the host).
+  void take_ids() {
+    for (size_t r = 0; r < logit_seq_.size(); ++r) next_[logit_seq_[r]] = ids_[r];
+  }
+  // Greedy on the host from full logits (profiled steps).
   void sample() {
     const int64_t vocab = backend_.vocab_size();
     for (size_t r = 0; r < logit_seq_.size(); ++r) next_[logit_seq_[r]] = argmax(logits_.data() + r * vocab, vocab);
@@ -151,6 +158,7 @@ class Workload {
   Batch batch_;                          // block_tables: [B, blocks_per_seq_], fixed per iteration
   std::vector<int32_t> logit_seq_;       // [R] sequence of each logit row
   std::vector<float> logits_;            // [B, vocab]
+  std::vector<int32_t> ids_;             // [B] greedy ids of a step
   std::vector<int32_t> next_;            // [B] last sampled token per sequence
   bool held_ = false;
 };

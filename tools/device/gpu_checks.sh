@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine over binaries packed by tools/device/pack.sh gpu ... and data copied to
+# .dev/shared: the GPU tests, then (optionally) a random Llama-2-7B-shape engine through kiln bench.
+# usage: tools/device/gpu_checks.sh [tests] [7b]
+set -uo pipefail
+here=$PWD
+export LD_LIBRARY_PATH=$here/.dev/gpu/lib:${LD_LIBRARY_PATH:-}
+export KILN_SHARED_DIR=$here/.dev/shared KILN_SOURCE_DIR=$here
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+for what in "$@"; do
+  case $what in
+    tests)
+      for t in test_cuda_kernels test_cuda_attention test_parity_cuda; do
+        .dev/gpu/$t > "$out/$t.log" 2>&1
+        echo "$t: exit $? $(grep -E '^\[  (PASSED|FAILED)' "$out/$t.log" | tr '\n' ' ')"
+        grep -E "Failure|FAILED|Expected|actual|error" "$out/$t.log" | head -20
+      done ;;
+    7b)
+      python3 tools/make_random_hf_model.py llama2-7b /tmp/l7b --dtype fp16 --device cuda > "$out/make7b.log" 2>&1 || { tail "$out/make7b.log"; exit 1; }
+      .dev/gpu/kiln build /tmp/l7b -o /tmp/l7b.kiln --backend cuda --profile batch=1:8:64,seq=1:512:4096 2>&1 | tail -2
+      for b in 1 8 64; do
+        .dev/gpu/kiln bench /tmp/l7b.kiln --batch $b --prompt-len 512 --gen-len 128 --iterations 3 --warmup 1 --json --no-verify \
+          > "$out/bench_b$b.json" 2> "$out/bench_b$b.err"; echo "batch $b: exit $?"; tail -c 1500 "$out/bench_b$b.json"; tail -3 "$out/bench_b$b.err"
+      done ;;
+  esac
+done
