@@ -13,6 +13,7 @@ for what in "$@"; do
   case $what in
     tests)
       for t in test_cuda_kernels test_cuda_attention test_parity_cuda; do
+        [ -x .dev/gpu/$t ] || continue
         .dev/gpu/$t > "$out/$t.log" 2>&1
         echo "$t: exit $? $(grep -E '^\[  (PASSED|FAILED)' "$out/$t.log" | tr '\n' ' ')"
         grep -E "Failure|FAILED|Expected|actual|error" "$out/$t.log" | head -20
@@ -24,5 +25,10 @@ for what in "$@"; do
         .dev/gpu/kiln bench /tmp/l7b.kiln --batch $b --prompt-len 512 --gen-len 128 --iterations 3 --warmup 1 --json --no-verify \
           > "$out/bench_b$b.json" 2> "$out/bench_b$b.err"; echo "batch $b: exit $?"; tail -c 1500 "$out/bench_b$b.json"; tail -3 "$out/bench_b$b.err"
       done ;;
+    parity7b)
+      python3 bench/check_7b_parity.py /tmp/l7b --kiln .dev/gpu/kiln --engine /tmp/l7b.kiln 2>&1 | tee "$out/parity7b.log" | tail -12 ;;
+    profile7b)
+      .dev/gpu/kiln bench /tmp/l7b.kiln --batch 1 --prompt-len 512 --gen-len 16 --iterations 1 --warmup 1 --verbose --no-verify \
+        > "$out/profile7b.txt" 2>&1; tail -60 "$out/profile7b.txt" ;;
   esac
 done
