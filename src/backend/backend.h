@@ -43,7 +43,9 @@ struct BackendOptions {
   int num_threads = 0;           // CPU: 0 = hardware concurrency
   int64_t max_tokens_per_step = 512;
   int64_t max_logit_rows = 64;
-  int64_t num_kv_blocks = 0;     // 0: enough for max_batch sequences of max_seq_len
+  int64_t num_kv_blocks = 0;     // 0: enough for max_sequences sequences of max_seq_len (CUDA: capped
+                                 //    by the device memory left after weights and activations)
+  int64_t max_sequences = 0;     // 0: the engine profile's max batch
   int64_t kv_block_size = 16;
   bool cuda_graphs = true;       // CUDA: replay captured graphs for decode steps
 };

@@ -114,9 +114,10 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
     max_seq_len_ = engine.metadata.at("profile").at("max_seq_len").get<int64_t>();
     const int64_t max_batch = engine.metadata.at("profile").at("max_batch").get<int64_t>();
     block_size_ = options.kv_block_size;
+    const int64_t sequences = options.max_sequences > 0 ? std::min(options.max_sequences, max_batch) : max_batch;
     num_kv_blocks_ = options.num_kv_blocks > 0
                          ? options.num_kv_blocks
-                         : max_batch * ((max_seq_len_ + block_size_ - 1) / block_size_);
+                         : sequences * ((max_seq_len_ + block_size_ - 1) / block_size_);
   } catch (const nlohmann::json::exception& e) {
     return make_error("engine metadata: malformed profile: {}", e.what());
   }

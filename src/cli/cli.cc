@@ -95,6 +95,7 @@ struct RunArgs {
 int run_run(const RunArgs& args) {
   RuntimeOptions options;
   options.backend_options.num_threads = args.threads;
+  options.backend_options.max_sequences = 1;  // one sequence: KV cache for one max-length sequence
   options.verify_checksum = !args.no_verify;
   auto model = Model::load(args.engine, options);
   if (!model.ok()) return fail(model.error());

@@ -148,7 +148,9 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   }
   block_size_ = options.kv_block_size;
   max_blocks_per_seq_ = (max_seq_len_ + block_size_ - 1) / block_size_;
-  num_kv_blocks_ = options.num_kv_blocks > 0 ? options.num_kv_blocks : max_seqs_ * max_blocks_per_seq_;
+  const int64_t sequences = options.max_sequences > 0 ? std::min(options.max_sequences, max_seqs_) : max_seqs_;
+  num_kv_blocks_ = options.num_kv_blocks > 0 ? options.num_kv_blocks : sequences * max_blocks_per_seq_;
+  const bool cap_kv_by_memory = options.num_kv_blocks <= 0;
   max_tokens_ = options.max_tokens_per_step;
   max_logit_rows_ = std::max<int64_t>(options.max_logit_rows, max_seqs_);
   vocab_size_ = graph_.values[graph_.logits_value].width;
@@ -250,7 +252,22 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
     bindings_.push_back(std::move(b));
   }
 
-  // (3) KV cache, one [num_blocks, block_size, kv_heads, head_dim] pair per layer.
+  // (3) KV cache, one [num_blocks, block_size, kv_heads, head_dim] pair per layer. Without an explicit
+  // block count, the cache takes at most 90% of what is free after the weights, less 1.5 GiB kept for
+  // the activations, workspaces and the CUDA context (vLLM's gpu_memory_utilization, in spirit).
+  int64_t bytes_per_block = 0;
+  for (int64_t l = 0; l < num_layers; ++l) bytes_per_block += 2 * block_size_ * layer_kv_heads[l] * layer_head_dim[l] * 2;
+  if (cap_kv_by_memory && bytes_per_block > 0) {
+    size_t free_bytes = 0, total_bytes = 0;
+    KILN_TRY(check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo"));
+    const double usable = std::max(0.0, 0.9 * static_cast<double>(free_bytes) - 1.5 * 1073741824.0);
+    const int64_t fit = static_cast<int64_t>(usable / static_cast<double>(bytes_per_block));
+    if (fit < max_blocks_per_seq_) {
+      return make_error("cuda: not enough device memory for the KV cache of one {}-token sequence ({:.2f} GiB free)",
+                        max_seq_len_, free_bytes / 1073741824.0);
+    }
+    num_kv_blocks_ = std::min(num_kv_blocks_, fit);
+  }
   kv_layers_.resize(num_layers);
   int64_t max_heads = 1, max_head_dim = 1;
   for (const Node& n : graph_.nodes) {
