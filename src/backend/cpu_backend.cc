@@ -99,13 +99,6 @@ double CpuBackend::copy_bandwidth_bytes_per_second() {
   return best;
 }
 
-std::string rope_key(const Node& n) {
-  std::string key;
-  for (const auto& [k, v] : n.attrs) {
-    if (k != "num_heads") key += fmt::format("{}={};", k, v);
-  }
-  return key;
-}
 
 Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& options) {
   if (!engine.metadata.contains("graph")) return make_error("engine has no graph");
@@ -170,12 +163,12 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
   }
   // (2) RoPE tables, shared between nodes with equal attributes (q and k of every layer).
   for (size_t i = 0; i < graph_.nodes.size(); ++i) {
-    const Node& n = graph_.nodes[i];
-    if (n.op != OpKind::Rope) continue;
-    const std::string key = rope_key(n);
+    const std::optional<Node> rope = rope_of(graph_.nodes[i]);
+    if (!rope) continue;
+    const std::string key = rope_table_key(*rope);
     auto it = rope_tables_.find(key);
     if (it == rope_tables_.end()) {
-      const std::vector<double> inv_freq = rope_inverse_frequencies(n);
+      const std::vector<double> inv_freq = rope_inverse_frequencies(*rope);
       const size_t half = inv_freq.size();
       RopeTable table{std::vector<float>(max_seq_len_ * half), std::vector<float>(max_seq_len_ * half)};
       for (int64_t p = 0; p < max_seq_len_; ++p) {
@@ -304,6 +297,15 @@ Status CpuBackend::run(const Batch& batch, float* logits, std::vector<NodeTiming
       case OpKind::Attention: {
         const ValueRef &q = n.inputs[0], &k = n.inputs[1], &v = n.inputs[2];
         const cpu::PagedKv& kv = kv_layers_[static_cast<size_t>(n.attr("layer"))];
+        if (node_rope_[i]) {  // fused RoPE: rotate q and k in place first
+          const RopeTable& table = *node_rope_[i];
+          const int64_t head_dim = static_cast<int64_t>(n.attr("head_dim"));
+          const bool interleaved = n.attr("rope_interleaved") != 0.0;
+          cpu::rope(value_ptr(q.value), T, graph_.values[q.value].width, q.col_offset, static_cast<int64_t>(n.attr("num_heads")),
+                    head_dim, batch.positions.data(), table.cos.data(), table.sin.data(), interleaved);
+          cpu::rope(value_ptr(k.value), T, graph_.values[k.value].width, k.col_offset, static_cast<int64_t>(n.attr("num_kv_heads")),
+                    head_dim, batch.positions.data(), table.cos.data(), table.sin.data(), interleaved);
+        }
         cpu::kv_cache_write(value_ptr(k.value) + k.col_offset, value_ptr(v.value) + v.col_offset, T,
                             graph_.values[k.value].width, slot_mapping_.data(), kv);
         cpu::paged_attention(value_ptr(q.value) + q.col_offset, T, graph_.values[q.value].width,

@@ -66,9 +66,9 @@ struct BuildArgs {
 int run_build(const BuildArgs& args) {
   auto report = build_engine(args.options);
   if (!report.ok()) return fail(report.error());
-  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm; tokenizer: {})\n",
+  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm, {} rope into attention; tokenizer: {})\n",
              args.options.output_path, report->num_tensors, report->weight_bytes / 1048576.0, report->fused_qkv,
-             report->fused_gate_up, report->fused_add_rms_norm, report->tokenizer.empty() ? "none" : report->tokenizer);
+             report->fused_gate_up, report->fused_add_rms_norm, report->fused_rope, report->tokenizer.empty() ? "none" : report->tokenizer);
   return 0;
 }
 

@@ -145,6 +145,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     KILN_ASSIGN(report.fused_qkv, fuse_qkv(built.graph, built.weights));
     KILN_ASSIGN(report.fused_gate_up, fuse_gate_up(built.graph, built.weights));
     KILN_ASSIGN(report.fused_add_rms_norm, fuse_add_rms_norm(built.graph));
+    KILN_ASSIGN(report.fused_rope, fuse_rope_into_attention(built.graph));
   }
 
   // Tokenizer: stored verbatim so the run side parses exactly what the build side saw.
@@ -190,6 +191,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
         {"fused_qkv", report.fused_qkv},
         {"fused_gate_up", report.fused_gate_up},
         {"fused_add_rms_norm", report.fused_add_rms_norm},
+        {"fused_rope_into_attention", report.fused_rope},
         {"kiln_version", KILN_VERSION}}},
       {"graph", built.graph.to_json()},
       {"tokenizer", nullptr},

@@ -27,6 +27,7 @@ struct BuildReport {
   int fused_qkv = 0;
   int fused_gate_up = 0;
   int fused_add_rms_norm = 0;
+  int fused_rope = 0;
   int64_t num_tensors = 0;
   int64_t weight_bytes = 0;
   std::string tokenizer;  // what was embedded ("" when none)

@@ -133,7 +133,7 @@ Status Graph::validate() const {
         if (heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || head_dim <= 0 ||
             node.inputs[0].width != heads * head_dim || node.inputs[1].width != kv_heads * head_dim ||
             node.inputs[2].width != kv_heads * head_dim || out_width != heads * head_dim ||
-            node.attr("layer", -1) < 0) {
+            node.attr("layer", -1) < 0 || (node.attr("rope") != 0.0 && head_dim % 2 != 0)) {
           return make_error("{}: inconsistent heads/head_dim/widths", where);
         }
         break;
@@ -223,6 +223,25 @@ Result<Graph> Graph::from_json(const nlohmann::json& j) {
   }
   KILN_TRY(g.validate());
   return g;
+}
+
+std::optional<Node> rope_of(const Node& node) {
+  if (node.op == OpKind::Rope) return node;
+  if (node.op != OpKind::Attention || node.attr("rope") == 0.0) return std::nullopt;
+  Node rope{OpKind::Rope, node.name + ".rope", {}, -1, {}, {}};
+  for (const auto& [key, value] : node.attrs) {
+    if (key.rfind("rope_", 0) == 0) rope.attrs[key.substr(5)] = value;
+  }
+  rope.attrs["head_dim"] = node.attr("head_dim");
+  return rope;
+}
+
+std::string rope_table_key(const Node& rope_node) {
+  std::string key;
+  for (const auto& [k, v] : rope_node.attrs) {
+    if (k != "num_heads") key += fmt::format("{}={};", k, v);
+  }
+  return key;
 }
 
 std::vector<double> rope_inverse_frequencies(const Node& node) {

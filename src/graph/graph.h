@@ -30,6 +30,8 @@ enum class OpKind : uint8_t {
   Rope,             // in place on in0's heads                              attrs: see rope_attrs below
   Attention,        // out[T, H*hd] = causal paged attention(q=in0, k=in1, v=in2)  attrs: layer, num_heads,
                     //   num_kv_heads, head_dim, scale. Writes k/v of the step into the layer's cache first.
+                    //   With attr rope = 1 (pass fuse_rope_into_attention) it first applies the rotary
+                    //   embedding described by its rope_* attrs to q and k in place.
   SwiGlu,           // out[., F] = silu(in0) * in1
   Add,              // in place: in0 += in1
   SelectLogitRows,  // out[R, D] = in0[logit_rows]
@@ -92,5 +94,11 @@ struct Graph {
 // Inverse frequencies for head_dim/2 rotation pairs, with HF's linear / llama3 scaling applied
 // (transformers modeling_rope_utils: _compute_linear_scaling_rope_parameters, _compute_llama3_parameters).
 std::vector<double> rope_inverse_frequencies(const Node& rope_node);
+
+// The rotary embedding a node applies, as a Rope node (head_dim, theta, ... attrs): the node itself
+// for Rope, one rebuilt from the rope_* attrs for an Attention with rope = 1, else nullopt.
+std::optional<Node> rope_of(const Node& node);
+// A key equal for nodes whose RoPE tables are equal (every attribute but num_heads).
+std::string rope_table_key(const Node& rope_node);
 
 }  // namespace kiln

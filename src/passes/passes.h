@@ -23,4 +23,8 @@ Result<int> fuse_gate_up(Graph& graph, WeightStore& weights);
 // the residual stream instead of two). Returns how many pairs were fused.
 Result<int> fuse_add_rms_norm(Graph& graph);
 
+// Rope nodes on the q and k slices that feed an Attention node move into that node (attrs rope = 1,
+// rope_*): backends then rotate q and k as they write the cache (one kernel instead of three on CUDA).
+Result<int> fuse_rope_into_attention(Graph& graph);
+
 }  // namespace kiln

@@ -60,6 +60,19 @@ TEST(Passes, FusionMergesProjectionsAndConcatenatesWeights) {
   EXPECT_EQ(*add_norm, 3);
   EXPECT_EQ(count_ops(m.graph, OpKind::RmsNorm), norms_before - 3);
   EXPECT_EQ(count_ops(m.graph, OpKind::AddRmsNorm), 3);
+  // RoPE of q and k moves into each layer's attention.
+  auto rope = fuse_rope_into_attention(m.graph);
+  ASSERT_TRUE(rope.ok());
+  EXPECT_EQ(*rope, 2);
+  EXPECT_EQ(count_ops(m.graph, OpKind::Rope), 0);
+  for (const Node& n : m.graph.nodes) {
+    if (n.op == OpKind::Attention) {
+      EXPECT_EQ(n.attr("rope"), 1.0);
+      EXPECT_EQ(n.attr("rope_theta"), 1e6);  // tiny-qwen2's theta
+      ASSERT_TRUE(rope_of(n).has_value());
+      EXPECT_EQ(rope_of(n)->attr("head_dim"), 16);
+    }
+  }
   // Round trip through JSON (the engine stores the graph this way).
   auto back = Graph::from_json(m.graph.to_json());
   ASSERT_TRUE(back.ok()) << back.error().message;

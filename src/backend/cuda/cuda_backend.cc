@@ -206,14 +206,11 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
       KILN_TRY(check(cudaMemcpy(d, converted.data(), converted.size() * 2, cudaMemcpyHostToDevice), "upload bias"));
       b.bias_act = d;
     }
-    if (n.op == OpKind::Rope) {
-      std::string key;
-      for (const auto& [k, v] : n.attrs) {
-        if (k != "num_heads") key += fmt::format("{}={};", k, v);
-      }
+    if (const std::optional<Node> rope = rope_of(n)) {
+      const std::string key = rope_table_key(*rope);
       auto it = rope_tables.find(key);
       if (it == rope_tables.end()) {
-        const std::vector<double> inv_freq = rope_inverse_frequencies(n);
+        const std::vector<double> inv_freq = rope_inverse_frequencies(*rope);
         const size_t half = inv_freq.size();
         std::vector<float> cos(max_seq_len_ * half), sin(max_seq_len_ * half);
         for (int64_t p = 0; p < max_seq_len_; ++p) {
@@ -435,6 +432,16 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
       case OpKind::Attention: {
         const ValueRef &q = n.inputs[0], &k = n.inputs[1], &v = n.inputs[2];
         const cuda::PagedKv& kv = kv_layers_[static_cast<size_t>(n.attr("layer"))];
+        if (b.rope_cos) {  // fused RoPE: rotate q and k in place as the step's k/v enter the cache
+          const int64_t head_dim = static_cast<int64_t>(n.attr("head_dim"));
+          const bool interleaved = n.attr("rope_interleaved") != 0.0;
+          KILN_TRY(cuda::rope(value_ptr(q.value), T, graph_.values[q.value].width, q.col_offset,
+                              static_cast<int64_t>(n.attr("num_heads")), head_dim, d_positions_, b.rope_cos, b.rope_sin,
+                              interleaved, act_, stream_));
+          KILN_TRY(cuda::rope(value_ptr(k.value), T, graph_.values[k.value].width, k.col_offset,
+                              static_cast<int64_t>(n.attr("num_kv_heads")), head_dim, d_positions_, b.rope_cos, b.rope_sin,
+                              interleaved, act_, stream_));
+        }
         KILN_TRY(cuda::kv_cache_write(value_ptr(k.value) + k.col_offset * 2, value_ptr(v.value) + v.col_offset * 2, T,
                                       graph_.values[k.value].width, d_slots_, kv, act_, stream_));
         const cuda::AttentionBatch ab{T, d_token_seq_, d_positions_, d_block_tables_, max_blocks_per_seq_, max_position};
