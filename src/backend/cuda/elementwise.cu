@@ -1,4 +1,5 @@
 // Elementwise and copy kernels: residual add, SwiGLU, embedding lookup, row gather.
+// Every kernel waits for its producer on entry (programmatic dependent launch, launch.cuh).
 // All are bandwidth-bound one-pass kernels: 16-byte accesses (8 elements) whenever sizes, strides and
 // pointers allow, scalar otherwise; f32 math, one rounding to the activation dtype per output.
 #include <algorithm>
@@ -6,6 +7,7 @@
 
 #include "backend/cuda/act_traits.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace kiln::cuda {
 namespace {
@@ -30,6 +32,8 @@ Status check_act(const std::string& shapes, DType act) {
 // x[i] += r[i] for i < n (n counted in elements; vectors of V).
 template <class T, int V>
 __global__ void add_kernel(T* __restrict__ x, const T* __restrict__ r, int64_t n) {
+  detail::allow_dependents();
+  detail::wait_for_producer();
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V; i < n;
        i += static_cast<int64_t>(gridDim.x) * kThreads * V) {
     float a[V], b[V];
@@ -46,6 +50,8 @@ __global__ void add_kernel(T* __restrict__ x, const T* __restrict__ r, int64_t n
 template <class T, int V>
 __global__ void swiglu_kernel(const T* __restrict__ gate, int64_t gate_ld, const T* __restrict__ up,
                               int64_t up_ld, int64_t M, int64_t F, T* __restrict__ out) {
+  detail::allow_dependents();
+  detail::wait_for_producer();
   const int64_t vecs_per_row = F / V;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < M * vecs_per_row;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -65,6 +71,8 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, int64_t gate_ld, const
 template <int kBytes>
 __global__ void gather_rows_kernel(const char* __restrict__ in, const int32_t* __restrict__ rows,
                                    int64_t num_rows, int64_t row_bytes, char* __restrict__ out) {
+  detail::allow_dependents();
+  detail::wait_for_producer();
   using Word = std::conditional_t<kBytes == 16, uint4, uint16_t>;
   const int64_t row = rows[blockIdx.x];
   const bool valid = row >= 0 && (num_rows < 0 || row < num_rows);
@@ -76,14 +84,11 @@ __global__ void gather_rows_kernel(const char* __restrict__ in, const int32_t* _
 Status launch_gather(const char* in, const int32_t* rows, int64_t R, int64_t num_rows, int64_t D, char* out,
                      cudaStream_t stream) {
   const int64_t row_bytes = D * 2;
-  if (row_bytes % 16 == 0 && is_aligned16(in) && is_aligned16(out)) {
-    gather_rows_kernel<16>
-        <<<static_cast<unsigned>(R), kThreads, 0, stream>>>(in, rows, num_rows, row_bytes, out);
-  } else {
-    gather_rows_kernel<2>
-        <<<static_cast<unsigned>(R), kThreads, 0, stream>>>(in, rows, num_rows, row_bytes, out);
-  }
-  return Status::Ok();
+  auto* kernel = row_bytes % 16 == 0 && is_aligned16(in) && is_aligned16(out) ? gather_rows_kernel<16>
+                                                                              : gather_rows_kernel<2>;
+  return check(detail::launch_kernel(kernel, static_cast<unsigned>(R), kThreads, 0, stream, in, rows, num_rows,
+                                     row_bytes, out),
+               "gather_rows launch");
 }
 
 }  // namespace
@@ -96,13 +101,8 @@ Status add(void* x, const void* r, int64_t M, int64_t D, DType act, cudaStream_t
   const int64_t n = M * D;
   const bool vec = n % 8 == 0 && is_aligned16(x) && is_aligned16(r);
   KILN_DISPATCH_ACT(act, {
-    if (vec) {
-      add_kernel<T, 8>
-          <<<blocks_for(n / 8), kThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(r), n);
-    } else {
-      add_kernel<T, 1>
-          <<<blocks_for(n), kThreads, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(r), n);
-    }
+    detail::launch_kernel(vec ? add_kernel<T, 8> : add_kernel<T, 1>, blocks_for(vec ? n / 8 : n), kThreads, 0,
+                          stream, static_cast<T*>(x), static_cast<const T*>(r), n);
   });
   return check(cudaGetLastError(), shapes.c_str());
 }
@@ -121,11 +121,8 @@ Status swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, 
     const auto* g = static_cast<const T*>(gate);
     const auto* u = static_cast<const T*>(up);
     auto* o = static_cast<T*>(out);
-    if (vec) {
-      swiglu_kernel<T, 8><<<blocks_for(M * F / 8), kThreads, 0, stream>>>(g, gate_ld, u, up_ld, M, F, o);
-    } else {
-      swiglu_kernel<T, 1><<<blocks_for(M * F), kThreads, 0, stream>>>(g, gate_ld, u, up_ld, M, F, o);
-    }
+    detail::launch_kernel(vec ? swiglu_kernel<T, 8> : swiglu_kernel<T, 1>, blocks_for(vec ? M * F / 8 : M * F),
+                          kThreads, 0, stream, g, gate_ld, u, up_ld, M, F, o);
   });
   return check(cudaGetLastError(), shapes.c_str());
 }

@@ -2,6 +2,7 @@
 // (vLLM reshape_and_cache). One thread moves 16 bytes of K and 16 bytes of V; negative slots are
 // padding tokens and are skipped. Bytes: 4 · M · num_kv_heads · head_dim · sizeof(act) (read + write).
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace kiln::cuda {
 namespace {
@@ -10,6 +11,8 @@ namespace {
 __global__ void kv_cache_write_kernel(const uint4* k, const uint4* v, int64_t M, int64_t ld_vecs,
                                       int64_t vecs_per_row, const int32_t* slot_mapping, int64_t num_slots,
                                       uint4* k_cache, uint4* v_cache) {
+  detail::allow_dependents();
+  detail::wait_for_producer();  // k, v and slots come from earlier kernels (launch.cuh)
   const int64_t total = M * vecs_per_row;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -46,9 +49,10 @@ Status kv_cache_write(const void* k, const void* v, int64_t M, int64_t ld, const
   const int64_t vecs = row / 8;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((M * vecs + threads - 1) / threads, 65536);
-  kv_cache_write_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-      static_cast<const uint4*>(k), static_cast<const uint4*>(v), M, ld / 8, vecs, slot_mapping,
-      kv.num_blocks * kv.block_size, static_cast<uint4*>(kv.k_cache), static_cast<uint4*>(kv.v_cache));
+  detail::launch_kernel(kv_cache_write_kernel, static_cast<unsigned>(blocks), threads, 0, stream,
+                        static_cast<const uint4*>(k), static_cast<const uint4*>(v), M, ld / 8, vecs, slot_mapping,
+                        kv.num_blocks * kv.block_size, static_cast<uint4*>(kv.k_cache),
+                        static_cast<uint4*>(kv.v_cache));
   const std::string what = fmt::format("kv_cache_write [M={}, kv_heads={}, head_dim={}, {}]", M,
                                        kv.num_kv_heads, kv.head_dim, dtype_name(act));
   return check(cudaGetLastError(), what.c_str());

@@ -14,6 +14,7 @@
 // from L1/L2, not HBM, for the D of LLMs (<= 16 K elements = 32 KB per row).
 #include "backend/cuda/act_traits.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace kiln::cuda {
 namespace {
@@ -29,6 +30,8 @@ template <class T, int V, bool kAdd>
 __global__ void __launch_bounds__(kThreads)
     rms_norm_kernel(T* x, const T* __restrict__ r, const float* __restrict__ weight, int D, float eps,
                     T* __restrict__ y) {
+  detail::allow_dependents();
+  detail::wait_for_producer();  // x and r come from earlier kernels (launch.cuh)
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * D;
   T* xr = x + offset;
   float sum_squares = 0.0f;
@@ -71,13 +74,9 @@ Status launch(const char* name, void* x, const void* r, const float* weight, int
     auto* xt = static_cast<T*>(x);
     auto* rt = static_cast<const T*>(r);
     auto* yt = static_cast<T*>(y);
-    if (vec) {
-      rms_norm_kernel<T, 8, kAdd>
-          <<<static_cast<unsigned>(M), kThreads, 0, stream>>>(xt, rt, weight, D, eps, yt);
-    } else {
-      rms_norm_kernel<T, 1, kAdd>
-          <<<static_cast<unsigned>(M), kThreads, 0, stream>>>(xt, rt, weight, D, eps, yt);
-    }
+    auto* kernel = vec ? rms_norm_kernel<T, 8, kAdd> : rms_norm_kernel<T, 1, kAdd>;
+    detail::launch_kernel(kernel, static_cast<unsigned>(M), kThreads, 0, stream, xt, rt, weight,
+                          static_cast<int>(D), eps, yt);
   });
   return check(cudaGetLastError(), shapes.c_str());
 }

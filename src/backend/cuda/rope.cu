@@ -9,6 +9,7 @@
 
 #include "backend/cuda/act_traits.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace kiln::cuda {
 namespace {
@@ -22,6 +23,8 @@ template <class T, bool kInterleaved>
 __global__ void rope_kernel(T* __restrict__ x, int64_t M, int64_t ld, int64_t col_offset, int num_heads,
                             int half, const int32_t* __restrict__ positions, const float* __restrict__ cos,
                             const float* __restrict__ sin) {
+  detail::allow_dependents();
+  detail::wait_for_producer();  // x and positions may come from earlier kernels (launch.cuh)
   const int64_t pairs_per_row = static_cast<int64_t>(num_heads) * half;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < M * pairs_per_row;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -63,13 +66,8 @@ Status rope(void* x, int64_t M, int64_t ld, int64_t col_offset, int64_t num_head
   const int heads = static_cast<int>(num_heads), half = static_cast<int>(head_dim / 2);
   KILN_DISPATCH_ACT(act, {
     auto* xt = static_cast<T*>(x);
-    if (interleaved) {
-      rope_kernel<T, true>
-          <<<blocks, kThreads, 0, stream>>>(xt, M, ld, col_offset, heads, half, positions, cos, sin);
-    } else {
-      rope_kernel<T, false>
-          <<<blocks, kThreads, 0, stream>>>(xt, M, ld, col_offset, heads, half, positions, cos, sin);
-    }
+    detail::launch_kernel(interleaved ? rope_kernel<T, true> : rope_kernel<T, false>, blocks, kThreads, 0, stream,
+                          xt, M, ld, col_offset, heads, half, positions, cos, sin);
   });
   return check(cudaGetLastError(), shapes.c_str());
 }
