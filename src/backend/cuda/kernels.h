@@ -74,6 +74,16 @@ struct PagedKv {
 Status kv_cache_write(const void* k, const void* v, int64_t M, int64_t ld, const int32_t* slot_mapping,
                       const PagedKv& kv, DType act, cudaStream_t stream);
 
+// Fused rope(q) + rope(k) + kv_cache_write for one attention layer, same result as the composition:
+// rotates the num_heads q heads (rows at q + m * q_ld) and the kv.num_kv_heads k heads (k + m * k_ld)
+// in place (head_dim = kv.head_dim, pairing as in rope()), then writes token m's roped k and its v
+// (v + m * v_ld) into slot slot_mapping[m]; negative slots are skipped (padding), rows still rotated.
+// q/k/v may be slices of one fused QKV row (q_ld = k_ld = v_ld). Needs head_dim % 8 == 0, strides
+// % 8 == 0, 16-byte aligned pointers and tables.  positions, slot_mapping: device int32 [M]
+Status rope_kv_write(void* q, int64_t q_ld, int64_t num_heads, void* k, int64_t k_ld, const void* v, int64_t v_ld,
+                     int64_t M, const int32_t* positions, const float* cos, const float* sin, bool interleaved,
+                     const int32_t* slot_mapping, const PagedKv& kv, DType act, cudaStream_t stream);
+
 // Device-side description of one attention step (all device pointers).
 struct AttentionBatch {
   int64_t num_tokens;          // M

@@ -1,0 +1,240 @@
+// Decode layer chain on the GPU: the per-layer kernel sequence of a Llama-2-7B decode step at M = 1
+// (attention itself left out), captured in one CUDA graph over `layers` layers with distinct weights,
+// with and without programmatic dependent launch (backend/cuda/launch.cuh), and with the RoPE + KV
+// write fused (rope_kv_write) or not (rope, rope, kv_cache_write). This measures what the GEMV bench
+// cannot: the gaps between back-to-back small and large kernels.
+//
+// Per layer (f16; 404 MB of weights):
+//   add_rms_norm 4096 -> gemv qkv 12288x4096 -> [rope_kv_write | rope q, rope k, kv_cache_write]
+//   -> gemv o 4096x4096 (on q's columns, standing in for attention's output) -> add_rms_norm
+//   -> gemv gate_up 22016x4096 -> swiglu 11008 -> gemv down 4096x11008
+// Modes: "gemv only" (the 4 GEMVs, no small kernels: the floor the small kernels add to), "unfused"
+// (12 launches a layer, as the executor does today minus attention), "fused" (10 launches).
+// Method: each mode's graph is replayed after a warm-up; median of 7 samples of 5 replays. Weights
+// of 32 layers (12.9 GB) exceed L2 250 times, so every replay streams them from HBM. GB/s counts
+// weight bytes only; the ceiling is a device-to-device cudaMemcpy of 1 GB in the same run.
+// Correctness: every configuration's final residual stream and KV caches after one replay from the
+// same start must equal the serialized unfused chain's, bit for bit (printed as "same").
+//
+// usage: cuda_layer_bench [layers=32]     (prints a table and one JSON line)
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.h"
+
+namespace {
+
+#define CHECK_CUDA(expr)                                                                          \
+  do {                                                                                            \
+    cudaError_t e_ = (expr);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+void check_ok(const kiln::Status& status) {
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s\n", status.error().message.c_str());
+    std::exit(1);
+  }
+}
+
+// Random-looking f16 values in [-scale, scale) from a hash of the index.
+__global__ void fill_random(__half* p, int64_t n, uint32_t seed, float scale) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+    p[i] = __float2half(((h & 0xffffff) / 8388608.0f - 1.0f) * scale);
+  }
+}
+__global__ void fill_f32(float* p, int64_t n, float value) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    p[i] = value;
+}
+
+constexpr int64_t D = 4096, F = 11008, H = 32, HD = 128, QKV = 3 * D;
+constexpr int64_t kLayerWeights = QKV * D + D * D + 2 * F * D + D * F;  // elements
+constexpr int64_t kBlocks = 4, kBlockSize = 16, kCacheElems = kBlocks * kBlockSize * H * HD, kMaxPos = 4096;
+
+enum class Mode { kGemvOnly, kUnfused, kFused };
+const char* mode_name(Mode m) { return m == Mode::kGemvOnly ? "gemv only" : m == Mode::kUnfused ? "unfused" : "fused"; }
+int launches_per_layer(Mode m) { return m == Mode::kGemvOnly ? 4 : m == Mode::kUnfused ? 10 : 8; }
+
+struct Buffers {
+  __half *weights, *residual, *residual0, *normed, *qkv, *h, *gate_up, *act, *k_cache, *v_cache;
+  float *norm_w, *cos, *sin;
+  int32_t *position, *slot;
+};
+
+void enqueue_chain(const Buffers& b, int layers, Mode mode, cudaStream_t s) {
+  using kiln::DType;
+  using namespace kiln::cuda;
+  const DType f16 = DType::F16;
+  CHECK_CUDA(cudaMemsetAsync(b.h, 0, D * 2, s));
+  for (int l = 0; l < layers; ++l) {
+    const __half* w_qkv = b.weights + l * kLayerWeights;
+    const __half* w_o = w_qkv + QKV * D;
+    const __half* w_gate_up = w_o + D * D;
+    const __half* w_down = w_gate_up + 2 * F * D;
+    const PagedKv kv{b.k_cache + l * kCacheElems, b.v_cache + l * kCacheElems, kBlocks, kBlockSize, H, HD};
+    if (mode != Mode::kGemvOnly) check_ok(add_rms_norm(b.residual, b.h, b.norm_w, 1, D, 1e-5f, b.normed, f16, s));
+    check_ok(gemv(b.normed, 1, D, w_qkv, QKV, nullptr, b.qkv, QKV, f16, f16, s));
+    if (mode == Mode::kFused) {
+      check_ok(rope_kv_write(b.qkv, QKV, H, b.qkv + D, QKV, b.qkv + 2 * D, QKV, 1, b.position, b.cos, b.sin, false,
+                             b.slot, kv, f16, s));
+    } else if (mode == Mode::kUnfused) {
+      check_ok(rope(b.qkv, 1, QKV, 0, H, HD, b.position, b.cos, b.sin, false, f16, s));
+      check_ok(rope(b.qkv, 1, QKV, D, H, HD, b.position, b.cos, b.sin, false, f16, s));
+      check_ok(kv_cache_write(b.qkv + D, b.qkv + 2 * D, 1, QKV, b.slot, kv, f16, s));
+    }
+    check_ok(gemv(b.qkv, 1, D, w_o, D, nullptr, b.h, D, f16, f16, s));
+    if (mode != Mode::kGemvOnly) check_ok(add_rms_norm(b.residual, b.h, b.norm_w, 1, D, 1e-5f, b.normed, f16, s));
+    check_ok(gemv(b.normed, 1, D, w_gate_up, 2 * F, nullptr, b.gate_up, 2 * F, f16, f16, s));
+    if (mode != Mode::kGemvOnly) check_ok(swiglu(b.gate_up, 2 * F, b.gate_up + F, 2 * F, 1, F, b.act, f16, s));
+    check_ok(gemv(b.act, 1, F, w_down, D, nullptr, b.h, D, f16, f16, s));
+  }
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double copy_bandwidth() {
+  const size_t bytes = size_t{1} << 30;
+  void *a, *b;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&b, bytes));
+  CHECK_CUDA(cudaMemset(a, 1, bytes));
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  std::vector<double> t;
+  for (int i = 0; i < 6; ++i) {
+    CHECK_CUDA(cudaEventRecord(start));
+    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+    CHECK_CUDA(cudaEventRecord(stop));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    float ms;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    if (i > 0) t.push_back(ms * 1e-3);
+  }
+  CHECK_CUDA(cudaFree(a));
+  CHECK_CUDA(cudaFree(b));
+  return 2.0 * bytes / median(t);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int layers = argc > 1 ? std::atoi(argv[1]) : 32;
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  const double copy_bw = copy_bandwidth();
+  std::printf("device: %s, %d SMs; device-to-device copy %.0f GB/s; %d layers, %.2f GB of distinct weights\n",
+              prop.name, prop.multiProcessorCount, copy_bw / 1e9, layers, layers * kLayerWeights * 2e-9);
+  const bool pdl_supported = kiln::cuda::programmatic_launch_enabled();
+  if (!pdl_supported) std::printf("note: programmatic dependent launch unavailable (or KILN_CUDA_PDL=0)\n");
+
+  Buffers b{};
+  CHECK_CUDA(cudaMalloc(&b.weights, layers * kLayerWeights * 2));
+  fill_random<<<4096, 256>>>(b.weights, layers * kLayerWeights, 7, 0.03f);
+  for (__half** p : {&b.residual, &b.residual0, &b.normed, &b.h}) CHECK_CUDA(cudaMalloc(p, D * 2));
+  CHECK_CUDA(cudaMalloc(&b.qkv, QKV * 2));
+  CHECK_CUDA(cudaMalloc(&b.gate_up, 2 * F * 2));
+  CHECK_CUDA(cudaMalloc(&b.act, F * 2));
+  CHECK_CUDA(cudaMalloc(&b.k_cache, layers * kCacheElems * 2));
+  CHECK_CUDA(cudaMalloc(&b.v_cache, layers * kCacheElems * 2));
+  CHECK_CUDA(cudaMalloc(&b.norm_w, D * 4));
+  CHECK_CUDA(cudaMalloc(&b.cos, kMaxPos * HD / 2 * 4));
+  CHECK_CUDA(cudaMalloc(&b.sin, kMaxPos * HD / 2 * 4));
+  fill_random<<<64, 256>>>(b.residual0, D, 11, 1.0f);
+  fill_f32<<<64, 256>>>(b.norm_w, D, 1.0f);
+  fill_f32<<<256, 256>>>(b.cos, kMaxPos * HD / 2, 0.6f);
+  fill_f32<<<256, 256>>>(b.sin, kMaxPos * HD / 2, 0.8f);
+  const int32_t position = 100, slot = 37;
+  CHECK_CUDA(cudaMalloc(&b.position, 4));
+  CHECK_CUDA(cudaMalloc(&b.slot, 4));
+  CHECK_CUDA(cudaMemcpy(b.position, &position, 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(b.slot, &slot, 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaDeviceSynchronize());
+
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  const double weight_bytes = layers * kLayerWeights * 2.0;
+
+  std::printf("\n%-10s %-4s %9s %9s %9s %7s %6s  %s\n", "mode", "PDL", "ms/chain", "us/layer", "GB/s", "%copy",
+              "launch", "result vs serialized unfused");
+  std::string json = "{\"bench\":\"cuda_layer_chain\",\"device\":\"" + std::string(prop.name) +
+                     "\",\"layers\":" + std::to_string(layers) + ",\"copy_gbps\":" + std::to_string(copy_bw / 1e9) +
+                     ",\"results\":[";
+  std::vector<__half> reference;
+  for (Mode mode : {Mode::kUnfused, Mode::kFused, Mode::kGemvOnly}) {
+    for (bool pdl : {false, true}) {
+      if (pdl && !pdl_supported) continue;
+      kiln::cuda::set_programmatic_launch(pdl);
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      enqueue_chain(b, layers, mode, stream);
+      CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+      CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+
+      // One replay from a fixed start: the result every configuration must reproduce.
+      CHECK_CUDA(cudaMemcpyAsync(b.residual, b.residual0, D * 2, cudaMemcpyDeviceToDevice, stream));
+      CHECK_CUDA(cudaMemsetAsync(b.k_cache, 0, layers * kCacheElems * 2, stream));
+      CHECK_CUDA(cudaMemsetAsync(b.v_cache, 0, layers * kCacheElems * 2, stream));
+      CHECK_CUDA(cudaGraphLaunch(exec, stream));
+      std::vector<__half> result(D + layers * kCacheElems);
+      CHECK_CUDA(cudaMemcpyAsync(result.data(), b.residual, D * 2, cudaMemcpyDeviceToHost, stream));
+      CHECK_CUDA(cudaMemcpyAsync(result.data() + D, b.k_cache, layers * kCacheElems * 2, cudaMemcpyDeviceToHost,
+                                 stream));
+      CHECK_CUDA(cudaStreamSynchronize(stream));
+      const char* verdict = "(reference)";
+      if (mode == Mode::kGemvOnly) {
+        verdict = "(different chain)";
+      } else if (reference.empty()) {
+        reference = result;
+      } else {
+        verdict = std::equal(reference.begin(), reference.end(), result.begin(), [](__half x, __half y) {
+          return __half_as_ushort(x) == __half_as_ushort(y);
+        }) ? "same" : "DIFFERENT";
+      }
+
+      for (int i = 0; i < 3; ++i) CHECK_CUDA(cudaGraphLaunch(exec, stream));
+      std::vector<double> samples;
+      for (int s = 0; s < 7; ++s) {
+        CHECK_CUDA(cudaEventRecord(start, stream));
+        for (int i = 0; i < 5; ++i) CHECK_CUDA(cudaGraphLaunch(exec, stream));
+        CHECK_CUDA(cudaEventRecord(stop, stream));
+        CHECK_CUDA(cudaEventSynchronize(stop));
+        float ms;
+        CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+        samples.push_back(ms / 5);
+      }
+      const double ms = median(samples), gbps = weight_bytes / (ms * 1e-3) / 1e9;
+      std::printf("%-10s %-4s %9.3f %9.2f %9.0f %6.1f%% %6d  %s\n", mode_name(mode), pdl ? "on" : "off", ms,
+                  ms * 1e3 / layers, gbps, 100.0 * gbps * 1e9 / copy_bw, launches_per_layer(mode), verdict);
+      json += std::string(json.back() == '[' ? "" : ",") + "{\"mode\":\"" + mode_name(mode) + "\",\"pdl\":" +
+              (pdl ? "true" : "false") + ",\"ms\":" + std::to_string(ms) + ",\"gbps\":" + std::to_string(gbps) + "}";
+      CHECK_CUDA(cudaGraphExecDestroy(exec));
+      CHECK_CUDA(cudaGraphDestroy(graph));
+    }
+  }
+  std::printf("(weights at the copy bandwidth would take %.3f ms per chain; the add_rms_norm of the chain starts "
+              "the layer, so the residual update of the last layer is not included)\n",
+              weight_bytes / copy_bw * 1e3);
+  std::printf("%s]}\n", json.c_str());
+  return 0;
+}

@@ -1,0 +1,305 @@
+// The decode fast path against its plain form: rope_kv_write against rope(q) + rope(k) +
+// kv_cache_write, and a chain of decode-layer kernels with programmatic dependent launch against the
+// same chain fully serialized (eagerly and captured in a CUDA graph). Kernels are deterministic, so
+// both comparisons are bit for bit; a kernel that consumed its input before griddepcontrol.wait, or
+// wrote before it, would read a stale row and differ.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.h"
+#include "cuda_test_util.h"
+
+namespace kiln::cuda::testing {
+namespace {
+
+const DType kActs[] = {DType::F16, DType::BF16};
+
+#define STATUS_OK(expr)                                      \
+  do {                                                       \
+    const Status status_ = (expr);                           \
+    ASSERT_TRUE(status_.ok()) << status_.error().message;    \
+  } while (0)
+
+struct RopeTables {
+  std::vector<float> cos, sin;
+};
+RopeTables rope_tables(int64_t max_position, int64_t head_dim) {
+  const int64_t half = head_dim / 2;
+  RopeTables t{std::vector<float>(max_position * half), std::vector<float>(max_position * half)};
+  for (int64_t p = 0; p < max_position; ++p)
+    for (int64_t j = 0; j < half; ++j) {
+      const double angle = p * std::pow(10000.0, -2.0 * j / head_dim);
+      t.cos[p * half + j] = static_cast<float>(std::cos(angle));
+      t.sin[p * half + j] = static_cast<float>(std::sin(angle));
+    }
+  return t;
+}
+
+// Distance in units in the last place between two activations of the same sign (0 = identical bits).
+int ulp_distance(uint16_t a, uint16_t b) {
+  if (a == b) return 0;
+  if ((a ^ b) & 0x8000) return 1 << 16;  // different signs: treat as far apart
+  return std::abs(int(a) - int(b));
+}
+
+// ---------------------------------------------------------------- rope_kv_write
+
+struct RopeKvCase {
+  int64_t M, num_heads, num_kv_heads, head_dim;
+  bool fused_row;  // q, k, v slices of one [M, (H + 2 KV) * head_dim + pad] row; else three buffers
+};
+
+// Both paths start from the same q/k/v bits and NaN-poisoned caches. The fused kernel does the same
+// f32 operations per pair as rope.cu and copies the rounded k, so the expected difference is none;
+// the bound is 1 ulp in case the compiler contracts a * c - b * s into an FMA differently in the two
+// kernels (one rounding of the product), and the count of non-identical elements is reported.
+void run_rope_kv_write(std::mt19937& rng, DType act, bool interleaved, const RopeKvCase& c) {
+  SCOPED_TRACE(::testing::Message() << dtype_name(act) << " interleaved=" << interleaved << " M=" << c.M
+                                    << " heads=" << c.num_heads << " kv_heads=" << c.num_kv_heads
+                                    << " head_dim=" << c.head_dim << " fused_row=" << c.fused_row);
+  const int64_t q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+  const int64_t ld_q = c.fused_row ? q_width + 2 * kv_width + 8 : q_width;
+  const int64_t ld_kv = c.fused_row ? ld_q : kv_width;
+  const int64_t max_position = 97, block_size = 4, num_blocks = (c.M + block_size - 1) / block_size + 2;
+  const RopeTables t = rope_tables(max_position, c.head_dim);
+  std::vector<int32_t> positions(c.M), slots(c.M);
+  std::vector<int32_t> free_slots(num_blocks * block_size);
+  for (size_t i = 0; i < free_slots.size(); ++i) free_slots[i] = int32_t(i);
+  std::shuffle(free_slots.begin(), free_slots.end(), rng);
+  for (int64_t m = 0; m < c.M; ++m) {
+    positions[m] = std::uniform_int_distribution<int32_t>(0, max_position - 1)(rng);
+    slots[m] = m % 5 == 3 ? -1 : free_slots[m];  // some padding tokens
+  }
+  // One buffer holds q, k, v (fused row) or three separate ones laid end to end.
+  const int64_t q_elems = c.M * ld_q, kv_elems = c.M * ld_kv;
+  const int64_t total = c.fused_row ? q_elems : q_elems + 2 * kv_elems;
+  const HostAct x = random_act(rng, total, act, -3.0, 3.0);
+  const int64_t k_offset = c.fused_row ? q_width : q_elems, v_offset = c.fused_row ? q_width + kv_width
+                                                                                   : q_elems + kv_elems;
+  DeviceBuffer dcos(t.cos), dsin(t.sin), dpos(positions), dslots(slots);
+  const size_t cache_bytes = num_blocks * block_size * kv_width * 2;
+
+  // Composition: rope(q), rope(k), kv_cache_write.
+  DeviceBuffer ux(x.bits), uk_cache(cache_bytes), uv_cache(cache_bytes);
+  auto* ubase = ux.get<uint16_t>();
+  const PagedKv ukv{uk_cache.get(), uv_cache.get(), num_blocks, block_size, c.num_kv_heads, c.head_dim};
+  STATUS_OK(rope(ubase, c.M, ld_q, 0, c.num_heads, c.head_dim, dpos.get<int32_t>(), dcos.get<float>(),
+                 dsin.get<float>(), interleaved, act, nullptr));
+  STATUS_OK(rope(ubase + k_offset, c.M, ld_kv, 0, c.num_kv_heads, c.head_dim, dpos.get<int32_t>(),
+                 dcos.get<float>(), dsin.get<float>(), interleaved, act, nullptr));
+  STATUS_OK(kv_cache_write(ubase + k_offset, ubase + v_offset, c.M, ld_kv, dslots.get<int32_t>(), ukv, act,
+                           nullptr));
+
+  // Fused.
+  DeviceBuffer fx(x.bits), fk_cache(cache_bytes), fv_cache(cache_bytes);
+  auto* fbase = fx.get<uint16_t>();
+  const PagedKv fkv{fk_cache.get(), fv_cache.get(), num_blocks, block_size, c.num_kv_heads, c.head_dim};
+  STATUS_OK(rope_kv_write(fbase, ld_q, c.num_heads, fbase + k_offset, ld_kv, fbase + v_offset, ld_kv, c.M,
+                          dpos.get<int32_t>(), dcos.get<float>(), dsin.get<float>(), interleaved,
+                          dslots.get<int32_t>(), fkv, act, nullptr));
+
+  int64_t differing = 0, written_slots = 0;
+  const auto compare = [&](const std::vector<uint16_t>& want, const std::vector<uint16_t>& got, const char* what) {
+    ASSERT_EQ(want.size(), got.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      const int d = ulp_distance(want[i], got[i]);
+      ASSERT_LE(d, 1) << what << "[" << i << "]: composition " << want[i] << ", fused " << got[i];
+      differing += d != 0;
+    }
+  };
+  compare(ux.download<uint16_t>(), fx.download<uint16_t>(), "q/k/v rows");
+  const auto k_cache = fk_cache.download<uint16_t>();
+  compare(uk_cache.download<uint16_t>(), k_cache, "k_cache");
+  compare(uv_cache.download<uint16_t>(), fv_cache.download<uint16_t>(), "v_cache");
+  // The composition is only a reference if it wrote something: every non-padding slot is filled.
+  for (int64_t m = 0; m < c.M; ++m) {
+    if (slots[m] < 0) continue;
+    ++written_slots;
+    for (int64_t i = 0; i < kv_width; ++i) ASSERT_NE(k_cache[slots[m] * kv_width + i], 0xFFFF) << "slot " << slots[m];
+  }
+  EXPECT_EQ(differing, 0) << "elements 1 ulp apart (allowed, reported)";
+  ::testing::Test::RecordProperty("differing_" + std::to_string(c.M) + "_" + std::to_string(c.head_dim),
+                                  std::to_string(differing));
+  EXPECT_GT(written_slots, 0);  // token 0 is never padding
+}
+
+TEST(CudaRopeKvWrite, MatchesRopeRopeKvCacheWrite) {
+  GPU_OR_SKIP();
+  std::mt19937 rng(21);
+  const RopeKvCase cases[] = {
+      {1, 32, 32, 128, true},   // Llama-2-7B decode, fused QKV row
+      {1, 32, 8, 128, true},    // GQA 4
+      {7, 8, 2, 64, false},     // separate q/k/v buffers
+      {13, 4, 1, 8, true},      // head_dim 8: one thread per head
+      {33, 6, 3, 16, false},    // GQA 2, odd M
+  };
+  for (DType act : kActs)
+    for (bool interleaved : {false, true})
+      for (const RopeKvCase& c : cases) run_rope_kv_write(rng, act, interleaved, c);
+}
+
+TEST(CudaRopeKvWrite, RejectsBadArguments) {
+  GPU_OR_SKIP();
+  DeviceBuffer buf(1 << 16);
+  auto* p = buf.get<uint16_t>();
+  const int32_t* ids = buf.get<int32_t>();
+  const float* table = buf.get<float>();
+  const PagedKv kv{buf.get(), buf.get(), 4, 4, 2, 64};
+  // k row narrower than its heads.
+  const Status narrow = rope_kv_write(p, 256, 4, p, 64, p, 128, 1, ids, table, table, false, ids, kv, DType::F16, nullptr);
+  ASSERT_FALSE(narrow.ok());
+  EXPECT_NE(narrow.error().message.find("rope_kv_write [M=1 heads=4 kv_heads=2 head_dim=64"), std::string::npos)
+      << narrow.error().message;
+  // head_dim not a multiple of 8, misaligned q, f32 activations.
+  const PagedKv odd{buf.get(), buf.get(), 4, 4, 2, 12};
+  EXPECT_FALSE(rope_kv_write(p, 48, 4, p, 24, p, 24, 1, ids, table, table, false, ids, odd, DType::F16, nullptr).ok());
+  EXPECT_FALSE(rope_kv_write(p + 1, 256, 4, p, 128, p, 128, 1, ids, table, table, false, ids, kv, DType::F16, nullptr).ok());
+  EXPECT_FALSE(rope_kv_write(p, 256, 4, p, 128, p, 128, 1, ids, table, table, false, ids, kv, DType::F32, nullptr).ok());
+}
+
+// ---------------------------------------------------------------- programmatic dependent launch
+
+// A Llama-like decode layer chain at small sizes (D = 512, 8 heads of 64, F = 1408), several layers,
+// M = 1 and 3. Every kernel consumes its predecessor's output, so an early read shows up as a
+// different residual stream.
+struct Chain {
+  static constexpr int64_t D = 512, H = 8, KV = 2, HD = 64, F = 1408, QKV = (H + 2 * KV) * HD, L = 6;
+  static constexpr int64_t kBlocks = 8, kBlockSize = 4;
+  DType act;
+  int64_t M;
+  std::unique_ptr<DeviceBuffer> residual, normed, qkv, h, gate_up, swiglu_out, norm_w, w, k_cache, v_cache;
+  std::unique_ptr<DeviceBuffer> cos, sin, positions, slots;
+  std::vector<uint16_t> residual0;
+
+  Chain(std::mt19937& rng, DType act_, int64_t M_) : act(act_), M(M_) {
+    const int64_t per_layer = QKV * D + D * D + 2 * F * D + D * F;
+    residual0 = random_act(rng, M * D, act, -1.0, 1.0).bits;
+    residual = std::make_unique<DeviceBuffer>(residual0);
+    normed = std::make_unique<DeviceBuffer>(M * D * 2);
+    qkv = std::make_unique<DeviceBuffer>(M * QKV * 2);
+    h = std::make_unique<DeviceBuffer>(M * D * 2);
+    gate_up = std::make_unique<DeviceBuffer>(M * 2 * F * 2);
+    swiglu_out = std::make_unique<DeviceBuffer>(M * F * 2);
+    norm_w = std::make_unique<DeviceBuffer>(random_f32(rng, D, 0.5f, 1.5f));
+    w = std::make_unique<DeviceBuffer>(random_act(rng, L * per_layer, act, -0.06, 0.06).bits);
+    k_cache = std::make_unique<DeviceBuffer>(L * kBlocks * kBlockSize * KV * HD * 2);
+    v_cache = std::make_unique<DeviceBuffer>(L * kBlocks * kBlockSize * KV * HD * 2);
+    const RopeTables t = rope_tables(64, HD);
+    cos = std::make_unique<DeviceBuffer>(t.cos);
+    sin = std::make_unique<DeviceBuffer>(t.sin);
+    std::vector<int32_t> pos(M), slot(M);
+    for (int64_t m = 0; m < M; ++m) pos[m] = int32_t(5 + 7 * m), slot[m] = int32_t(3 * m + 1);
+    positions = std::make_unique<DeviceBuffer>(pos);
+    slots = std::make_unique<DeviceBuffer>(slot);
+    ::testing::Test::RecordProperty("chain_weights", std::to_string(L * per_layer));
+  }
+
+  // Enqueues L layers; h starts as zeros so the first add_rms_norm is a plain norm.
+  Status enqueue(cudaStream_t stream) const {
+    const int64_t per_layer = QKV * D + D * D + 2 * F * D + D * F;
+    KILN_TRY(check(cudaMemsetAsync(h->get(), 0, M * D * 2, stream), "zero h"));
+    auto* weights = w->get<uint16_t>();
+    for (int64_t l = 0; l < L; ++l) {
+      const uint16_t* w_qkv = weights + l * per_layer;
+      const uint16_t* w_o = w_qkv + QKV * D;
+      const uint16_t* w_gate_up = w_o + D * D;
+      const uint16_t* w_down = w_gate_up + 2 * F * D;
+      const int64_t cache_elems = kBlocks * kBlockSize * KV * HD;
+      const PagedKv kv{k_cache->get<uint16_t>() + l * cache_elems, v_cache->get<uint16_t>() + l * cache_elems,
+                       kBlocks, kBlockSize, KV, HD};
+      auto* q = qkv->get<uint16_t>();
+      KILN_TRY(add_rms_norm(residual->get(), h->get(), norm_w->get<float>(), M, D, 1e-5f, normed->get(), act, stream));
+      KILN_TRY(gemv(normed->get(), M, D, w_qkv, QKV, nullptr, q, QKV, act, act, stream));
+      KILN_TRY(rope_kv_write(q, QKV, H, q + H * HD, QKV, q + (H + KV) * HD, QKV, M, positions->get<int32_t>(),
+                             cos->get<float>(), sin->get<float>(), false, slots->get<int32_t>(), kv, act, stream));
+      // Stand-in for attention: o_proj reads q's columns through rows of stride QKV, one token at a time.
+      for (int64_t m = 0; m < M; ++m)
+        KILN_TRY(gemv(q + m * QKV, 1, D, w_o, D, nullptr, h->get<uint16_t>() + m * D, D, act, act, stream));
+      KILN_TRY(add_rms_norm(residual->get(), h->get(), norm_w->get<float>(), M, D, 1e-5f, normed->get(), act, stream));
+      KILN_TRY(gemv(normed->get(), M, D, w_gate_up, 2 * F, nullptr, gate_up->get(), 2 * F, act, act, stream));
+      auto* g = gate_up->get<uint16_t>();
+      KILN_TRY(swiglu(g, 2 * F, g + F, 2 * F, M, F, swiglu_out->get(), act, stream));
+      KILN_TRY(gemv(swiglu_out->get(), M, F, w_down, D, nullptr, h->get(), D, act, act, stream));
+    }
+    return add(residual->get(), h->get(), M, D, act, stream);
+  }
+
+  void reset() {
+    residual->upload(residual0);
+    k_cache->poison();
+    v_cache->poison();
+  }
+  std::vector<uint16_t> result() const {
+    std::vector<uint16_t> out = residual->download<uint16_t>();
+    const auto k = k_cache->download<uint16_t>();
+    out.insert(out.end(), k.begin(), k.end());
+    return out;
+  }
+};
+
+// Runs the chain eagerly (repeat times) or as a graph (captured once, replayed repeat times).
+std::vector<uint16_t> run_chain(Chain& chain, bool pdl, bool graph, int repeat) {
+  set_programmatic_launch(pdl);
+  cudaStream_t stream;
+  EXPECT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  chain.reset();
+  if (graph) {
+    cudaGraph_t g;
+    cudaGraphExec_t exec;
+    EXPECT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    const Status status = chain.enqueue(stream);
+    EXPECT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+    EXPECT_TRUE(status.ok()) << status.error().message;
+    EXPECT_EQ(cudaGraphInstantiate(&exec, g, 0), cudaSuccess);
+    for (int i = 0; i < repeat; ++i) EXPECT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(g);
+  } else {
+    for (int i = 0; i < repeat; ++i) {
+      const Status status = chain.enqueue(stream);
+      EXPECT_TRUE(status.ok()) << status.error().message;
+    }
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  }
+  cudaStreamDestroy(stream);
+  set_programmatic_launch(true);
+  return chain.result();
+}
+
+TEST(CudaProgrammaticLaunch, DecodeChainMatchesSerializedLaunches) {
+  GPU_OR_SKIP();
+  int device = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  const char* env = std::getenv("KILN_CUDA_PDL");
+  // On Hopper PDL must actually be on, or this test would compare the serialized chain with itself.
+  if (major >= 9 && (env == nullptr || std::string(env) != "0")) {
+    EXPECT_TRUE(programmatic_launch_enabled());
+  }
+  std::mt19937 rng(33);
+  for (DType act : kActs) {
+    for (int64_t M : {1, 3}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(act) << " M=" << M);
+      Chain chain(rng, act, M);
+      const auto serial = run_chain(chain, false, false, 3);
+      bool finite = false;
+      for (int64_t i = 0; i < M * Chain::D; ++i) finite |= std::isfinite(from_act(serial[i], act)) && serial[i] != 0;
+      ASSERT_TRUE(finite) << "the chain's residual is degenerate: the comparison would prove nothing";
+      EXPECT_EQ(run_chain(chain, true, false, 3), serial) << "PDL, eager launches";
+      EXPECT_EQ(run_chain(chain, true, true, 3), serial) << "PDL, CUDA graph";
+      EXPECT_EQ(run_chain(chain, false, true, 3), serial) << "serialized, CUDA graph";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kiln::cuda::testing
