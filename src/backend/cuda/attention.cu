@@ -11,13 +11,12 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int64_t kMinChunk = 128;  // fewest positions per split: below, merging costs more than it saves
-constexpr int64_t kMaxSplits = 64;
 constexpr int64_t kMaxPartialRows = 1024;  // (token, split) pairs the workspace holds per head
-constexpr int64_t kCtasPerSm = 8;          // split-K aims at this many CTAs per multiprocessor
 
+// Most splits a context of max_seq_len positions can use (chunks of >= kDecodeMinChunk positions).
 int64_t max_splits(int64_t max_seq_len) {
-  return std::clamp<int64_t>((max_seq_len + kMinChunk - 1) / kMinChunk, 1, kMaxSplits);
+  return std::clamp<int64_t>((max_seq_len + attention::kDecodeMinChunk - 1) / attention::kDecodeMinChunk, 1,
+                             attention::kDecodeMaxSplits);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -83,30 +82,26 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
   p.scale_log2 = scale * attention::kLog2e;
   p.prefill_enabled = attention::prefill_supports_head_dim(p.head_dim) && M >= attention::kPrefillMinRows;
 
-  // Split count: enough CTAs to fill the GPU when tokens are few (batch 1 at 4k context), bounded by
-  // kMinChunk positions per split and by what the workspace holds.
+  // Split count: as many CTAs as the GPU holds at once (one wave: a second wave would add a whole
+  // CTA's latency) when tokens are few (batch 1 at 4k context), bounded by what max_position can
+  // use and by what the workspace holds. This is only the grid's split
+  // dimension: each token's chunks follow from its real context on the device (decode_chunk), so a
+  // captured graph that passes the engine's max sequence length stays fast at short real contexts.
   const int64_t group = num_heads / kv.num_kv_heads;
   const int64_t base_ctas = M * kv.num_kv_heads * ((group + 7) / 8);
-  const int64_t wanted = (kCtasPerSm * multiprocessor_count() + base_ctas - 1) / base_ctas;
-  const int64_t fits =
-      workspace ? static_cast<int64_t>(workspace_bytes / ((D + 2) * sizeof(float))) / (M * num_heads) : 0;
-  int64_t splits = std::min({wanted, max_splits(batch.max_position), fits});
-  int64_t chunk = INT_MAX;
-  if (splits > 1) {
-    chunk = ((batch.max_position + splits - 1) / splits + 63) / 64 * 64;
-    splits = (batch.max_position + chunk - 1) / chunk;
-  }
-  if (splits <= 1) {
-    splits = 1;
-    chunk = INT_MAX;
-  }
+  const int64_t resident = static_cast<int64_t>(attention::decode_ctas_per_sm(p, act)) * multiprocessor_count();
+  const int64_t wanted = resident / base_ctas;
+  const int64_t fits = workspace && aligned16(workspace)
+                           ? static_cast<int64_t>(workspace_bytes / ((D + 2) * sizeof(float))) / (M * num_heads)
+                           : 0;
+  const int64_t splits = std::max<int64_t>(1, std::min({wanted, max_splits(batch.max_position), fits}));
 
   if (p.prefill_enabled) {
     const cudaError_t err = attention::launch_prefill(p, act, stream);
     if (err != cudaSuccess) return check(err, (what + " (prefill tiles)").c_str());
   }
-  const cudaError_t err = attention::launch_decode(p, act, static_cast<int>(splits), static_cast<int>(chunk),
-                                                   static_cast<float*>(workspace), stream);
+  const cudaError_t err =
+      attention::launch_decode(p, act, static_cast<int>(splits), static_cast<float*>(workspace), stream);
   return check(err, (what + fmt::format(" (split-K, {} splits)", splits)).c_str());
 }
 

@@ -94,11 +94,27 @@ __device__ __forceinline__ bool prefill_tile_owns_row(const Params& p, int m) {
   return __all_sync(0xffffffffu, same);
 }
 
+// Split-K chunking, decided on the device from each token's real context (position + 1): the host
+// only bounds the number of splits (it knows max_position, which a captured CUDA graph sets to the
+// engine's max sequence length, not the real context). A token of context L gets chunks of
+// max(kDecodeMinChunk, L / splits rounded up to kDecodeChunkAlign) positions; CTAs past the last
+// chunk exit at once, and a context that fits one chunk is written by its CTA directly (no combine).
+constexpr int kDecodeMinChunk = 32;  // one step of the decode CTA (4 warps x 8 positions at head_dim 128)
+constexpr int kDecodeChunkAlign = 32;
+constexpr int kDecodeMaxSplits = 64;  // the combine kernel holds one split per lane, two per lane at most
+__host__ __device__ __forceinline__ int decode_chunk(int context, int splits) {
+  const int even = (context + splits - 1) / splits;
+  const int aligned = (even + kDecodeChunkAlign - 1) / kDecodeChunkAlign * kDecodeChunkAlign;
+  return aligned > kDecodeMinChunk ? aligned : kDecodeMinChunk;
+}
+
 // Launchers of the two paths (no argument checks: attention.cu validated them).
-// Split-K: `splits` chunks of `chunk` positions per (token, kv head); splits > 1 writes partial
-// results to `partials` ([M, num_heads, splits] x (head_dim + 2) floats) and combines them.
-cudaError_t launch_decode(const Params& p, DType act, int splits, int chunk, float* partials,
-                          cudaStream_t stream);
+// Split-K: up to `splits` chunks per (token, kv head) (decode_chunk); tokens whose context spans
+// several chunks write partial results to `partials` (16-byte aligned: [M, num_heads, splits, head_dim]
+// accumulators, then [M, num_heads, splits, 2] (max, sum) pairs) and a combine kernel merges them.
+cudaError_t launch_decode(const Params& p, DType act, int splits, float* partials, cudaStream_t stream);
+// CTAs of the split-K kernel for p's shapes that one multiprocessor holds at once.
+int decode_ctas_per_sm(const Params& p, DType act);
 cudaError_t launch_prefill(const Params& p, DType act, cudaStream_t stream);
 // Head dims the tiled kernel has instances for.
 inline bool prefill_supports_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }

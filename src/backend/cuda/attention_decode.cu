@@ -1,13 +1,20 @@
 // Split-K paged attention ("flash-decoding", Dao et al. 2023; vLLM PagedAttention v2): for query
-// rows with few siblings (decode tokens, short or mixed tiles) the context is cut into `splits`
-// chunks; one CTA computes the partial softmax (max, sum, unnormalized output) of one
-// (token, GQA group, chunk) and a second kernel merges the partials:
+// rows with few siblings (decode tokens, short or mixed tiles) the context is cut into chunks
+// (decode_chunk, attention_common.cuh); one CTA computes the partial softmax (max, sum, unnormalized
+// output) of one (token, GQA group, chunk) and a second kernel merges the partials:
 //   out = Σ_s 2^(m_s - m) acc_s / Σ_s 2^(m_s - m) l_s,   m = max_s m_s
-// One CTA serves up to kHeadsPerCta query heads of one KV head, so each K/V row is read once for
-// the whole group. Lanes read K/V in 16-byte vectors: a row of head_dim is covered by LANES lanes
+// One CTA serves up to HEADS (8) query heads of one KV head, so each K/V row is read once for the
+// whole group; without GQA, HEADS = 1 (a quarter of the registers: 4x the CTAs per SM). Lanes read K/V in 16-byte vectors: a row of head_dim is covered by LANES lanes
 // (head_dim / 8 rounded up to a power of two), the other lanes of the warp take other positions.
 // Bytes: 2 · context · num_kv_heads · head_dim · sizeof(act) per token (the cache is read once);
 // FLOPs: 4 · context · num_heads · head_dim. Memory-bound for GQA groups up to ~8.
+//
+// Latency, not bandwidth, bounds small batches (batch 1 at context 512 reads 8 MB, ~3 us of HBM
+// time), so the kernel keeps the chain of dependent memory accesses short: a CTA issues its first
+// K and V loads together, before it stages q, and each later step's loads are issued before the
+// current step is consumed (register double-buffering); a chunk of kDecodeMinChunk positions is one
+// step. The combine is one warp per (token, head) and skips tokens whose context fits one chunk.
+#include <atomic>
 #include <cfloat>
 
 #include "backend/cuda/attention_common.cuh"
@@ -17,7 +24,7 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kHeadsPerCta = 8;
+constexpr int kMaxHeadsPerCta = 8;
 constexpr int kSubChunk = 256;  // positions scored per round (the shared score buffer)
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -29,69 +36,123 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Grid: (token, split, kv_head * head_tiles). Shared memory: q [8][D] f32 (pre-scaled), then a
-// region used as scores [8][kSubChunk] during the loop and as the cross-warp sum [4][8][D] after it.
-template <class T, int LANES>
-__global__ void __launch_bounds__(kThreads) decode_kernel(Params p, int splits, int chunk, float* partials) {
-  constexpr int kKeysPerWarp = 32 / LANES;     // positions one warp reads per step
-  constexpr int kUnroll = LANES >= 8 ? 4 : 2;  // independent 16-byte loads in flight per lane
-  constexpr int kStep = kWarps * kKeysPerWarp * kUnroll;
+// Where one lane's K/V vectors of one step live: position base + u * KEYS + key_slot, 16-byte
+// vector `sub` of its row; rows[u] < 0 when the position is past `limit` (or the lane idle).
+// `blocks` holds the block-table entries from block `origin` on (the global table with origin 0, or
+// the round's entries staged in shared memory: then no table load sits in front of each K/V load).
+template <int UNROLL, int KEYS>
+__device__ __forceinline__ void step_rows(const Params& p, const int32_t* blocks, int origin, int kv_head,
+                                          int base, int limit, int key_slot, int sub, bool active,
+                                          int64_t (&rows)[UNROLL]) {
+  const int vecs_per_row = p.head_dim / 8;
+#pragma unroll
+  for (int u = 0; u < UNROLL; ++u) {
+    const int pos = base + u * KEYS + key_slot;
+    if (pos < limit && active) {
+      const int64_t block = blocks[pos / p.block_size - origin];
+      const int64_t slot = block * p.block_size + pos % p.block_size;
+      rows[u] = (slot * p.num_kv_heads + kv_head) * vecs_per_row + sub;
+    } else {
+      rows[u] = -1;
+    }
+  }
+}
+template <int UNROLL>
+__device__ __forceinline__ void load_step(const uint4* cache, const int64_t (&rows)[UNROLL], uint4 (&raw)[UNROLL]) {
+#pragma unroll
+  for (int u = 0; u < UNROLL; ++u) raw[u] = rows[u] >= 0 ? cache[rows[u]] : make_uint4(0, 0, 0, 0);
+}
+
+// Grid: (token, split, kv_head * head_tiles). Shared memory: q [HEADS][D] f32 (pre-scaled), then a
+// region used as scores [HEADS][kSubChunk] during the loop and as the cross-warp sum [4][HEADS][D] after it.
+// Min CTAs per SM: 6 without GQA caps registers at 80 (ptxas picks ~90 unbounded: 5 CTAs per SM).
+template <class T, int LANES, int HEADS>
+__global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3) decode_kernel(Params p, int splits, float* partials) {
+  constexpr int kKeysPerWarp = 32 / LANES;     // positions one warp reads per load
+  constexpr int kUnroll = LANES >= 8 ? 4 : 2;  // independent 16-byte loads per lane per step (K and V each)
+  constexpr int kWarpStep = kKeysPerWarp * kUnroll;
+  constexpr int kStep = kWarps * kWarpStep;  // positions the CTA covers per step
   const int m = blockIdx.x;
   const int split = blockIdx.y;
   const int group = p.num_heads / p.num_kv_heads;
-  const int head_tiles = (group + kHeadsPerCta - 1) / kHeadsPerCta;
+  const int head_tiles = (group + HEADS - 1) / HEADS;
   const int kv_head = blockIdx.z / head_tiles;
-  const int h0 = kv_head * group + blockIdx.z % head_tiles * kHeadsPerCta;
-  const int nh = min(kHeadsPerCta, (kv_head + 1) * group - h0);
+  const int h0 = kv_head * group + blockIdx.z % head_tiles * HEADS;
+  const int nh = min(HEADS, (kv_head + 1) * group - h0);
   if (prefill_tile_owns_row(p, m)) return;
-  const int last = p.positions[m];
+  const int context = p.positions[m] + 1;
+  const int chunk = decode_chunk(context, splits);
   const int begin = split * chunk;
-  // The last split runs to the end even if max_position understated the context.
-  const int end = split == splits - 1 ? last + 1 : min(begin + chunk, last + 1);
-  if (begin >= end) return;  // beyond this token's context; the combine kernel skips it
+  if (begin >= context) return;  // past this token's context; the combine kernel knows it too
+  const int end = min(begin + chunk, context);
+  const bool direct = chunk >= context;  // the whole context is this CTA's: write the output
 
   const int D = p.head_dim;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   extern __shared__ __align__(16) float smem[];
   float* q_s = smem;                         // [8][D]
-  float* score_s = smem + kHeadsPerCta * D;  // [8][kSubChunk], later [kWarps][8][D]
-  __shared__ float max_s[kHeadsPerCta], sum_s[kHeadsPerCta], alpha_s[kHeadsPerCta];
+  float* score_s = smem + HEADS * D;  // [8][kSubChunk], later [kWarps][8][D]
+  __shared__ float max_s[HEADS], sum_s[HEADS], alpha_s[HEADS];
+  __shared__ int32_t blocks_s[kSubChunk];  // block-table entries of the round (block size >= 1)
+
+  const int32_t* table = p.block_tables + p.token_seq[m] * p.max_blocks_per_seq;
+  const uint4* k_cache = static_cast<const uint4*>(p.k_cache);
+  const uint4* v_cache = static_cast<const uint4*>(p.v_cache);
+  const int sub = lane % LANES;       // this lane's 8-element slice of a row
+  const int key_slot = lane / LANES;  // which of the warp's positions this lane reads
+  const bool active = sub < D / 8;
+
+  // The first step's K and V loads go out before q and the table are staged: their latency overlaps it.
+  int64_t rows[kUnroll];
+  uint4 k_raw[kUnroll], v_raw[kUnroll];
+  step_rows<kUnroll, kKeysPerWarp>(p, table, 0, kv_head, begin + warp * kWarpStep, min(begin + kSubChunk, end),
+                                   key_slot, sub, active, rows);
+  load_step(k_cache, rows, k_raw);
+  load_step(v_cache, rows, v_raw);
+  auto stage_table = [&](int c0, int c1) {
+    const int b0 = c0 / p.block_size, n = (c1 - 1) / p.block_size - b0 + 1;
+    for (int i = tid; i < n; i += kThreads) blocks_s[i] = table[b0 + i];
+  };
+  stage_table(begin, min(begin + kSubChunk, end));
 
   const T* q = static_cast<const T*>(p.q) + m * p.q_ld + static_cast<int64_t>(h0) * D;
   for (int i = tid; i < nh * D; i += kThreads) q_s[i] = Act<T>::to_float(q[i]) * p.scale_log2;
-  if (tid < kHeadsPerCta) {
+  if (tid < HEADS) {
     max_s[tid] = -FLT_MAX;  // finite: exp2(-FLT_MAX - x) is 0, never NaN
     sum_s[tid] = 0.f;
   }
   __syncthreads();
 
-  const int32_t* table = p.block_tables + p.token_seq[m] * p.max_blocks_per_seq;
-  const uint4* k_cache = static_cast<const uint4*>(p.k_cache);
-  const uint4* v_cache = static_cast<const uint4*>(p.v_cache);
-  const int vecs_per_row = D / 8;
-  const int sub = lane % LANES;       // this lane's 8-element slice of a row
-  const int key_slot = lane / LANES;  // which of the warp's positions this lane reads
-  const bool active = sub < vecs_per_row;
-  float acc[kHeadsPerCta][8] = {};
-
+  float acc[HEADS][8] = {};
   for (int c0 = begin; c0 < end; c0 += kSubChunk) {
     const int c1 = min(c0 + kSubChunk, end);
+    const int first = c0 + warp * kWarpStep;
+    const int origin = c0 / p.block_size;
+    if (c0 != begin) {
+      stage_table(c0, c1);  // the previous round ended with a barrier: blocks_s is free
+      __syncthreads();
+      step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, first, c1, key_slot, sub, active, rows);
+      load_step(k_cache, rows, k_raw);
+      load_step(v_cache, rows, v_raw);
+    }
     // 1. scores s[g][pos] = q_g · k_pos (already scaled into the exp2 domain)
-    for (int base = c0 + warp * kKeysPerWarp * kUnroll; base < c1; base += kStep) {
-      uint4 raw[kUnroll];
+    for (int base = first; base < c1; base += kStep) {
+      uint4 cur[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int pos = base + u * kKeysPerWarp + key_slot;
-        raw[u] = make_uint4(0, 0, 0, 0);
-        if (pos < c1 && active) raw[u] = k_cache[cache_row(p, table, pos, kv_head) * vecs_per_row + sub];
+      for (int u = 0; u < kUnroll; ++u) cur[u] = k_raw[u];
+      if (base + kStep < c1) {  // next step's loads in flight while this one is scored
+        int64_t next[kUnroll];
+        step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, base + kStep, c1, key_slot, sub, active,
+                                         next);
+        load_step(k_cache, next, k_raw);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int pos = base + u * kKeysPerWarp + key_slot;
         float k[8];
-        unpack8<T>(raw[u], k);
+        unpack8<T>(cur[u], k);
 #pragma unroll
-        for (int g = 0; g < kHeadsPerCta; ++g) {
+        for (int g = 0; g < HEADS; ++g) {
           if (g >= nh) break;
           float s = 0.f;
           if (active) {
@@ -131,27 +192,29 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p, int splits, 
     __syncthreads();
     // 3. acc_g = alpha_g · acc_g + Σ_pos w[g][pos] · v_pos
 #pragma unroll
-    for (int g = 0; g < kHeadsPerCta; ++g) {
+    for (int g = 0; g < HEADS; ++g) {
       const float alpha = g < nh ? alpha_s[g] : 0.f;
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc[g][i] *= alpha;
     }
-    for (int base = c0 + warp * kKeysPerWarp * kUnroll; base < c1; base += kStep) {
-      uint4 raw[kUnroll];
+    for (int base = first; base < c1; base += kStep) {
+      uint4 cur[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int pos = base + u * kKeysPerWarp + key_slot;
-        raw[u] = make_uint4(0, 0, 0, 0);
-        if (pos < c1 && active) raw[u] = v_cache[cache_row(p, table, pos, kv_head) * vecs_per_row + sub];
+      for (int u = 0; u < kUnroll; ++u) cur[u] = v_raw[u];
+      if (base + kStep < c1) {
+        int64_t next[kUnroll];
+        step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, base + kStep, c1, key_slot, sub, active,
+                                         next);
+        load_step(v_cache, next, v_raw);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int pos = base + u * kKeysPerWarp + key_slot;
         if (pos >= c1 || !active) continue;
         float v[8];
-        unpack8<T>(raw[u], v);
+        unpack8<T>(cur[u], v);
 #pragma unroll
-        for (int g = 0; g < kHeadsPerCta; ++g) {
+        for (int g = 0; g < HEADS; ++g) {
           if (g >= nh) break;
           const float w = score_s[g * kSubChunk + pos - c0];
 #pragma unroll
@@ -165,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p, int splits, 
   // Sum over the warp's positions (lanes with the same `sub`), then over warps through shared memory.
   float* red_s = score_s;  // [kWarps][8][D]
 #pragma unroll
-  for (int g = 0; g < kHeadsPerCta; ++g) {
+  for (int g = 0; g < HEADS; ++g) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
 #pragma unroll
@@ -174,96 +237,144 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p, int splits, 
   }
   if (key_slot == 0 && active) {
     for (int g = 0; g < nh; ++g) {
-      float4* dst = reinterpret_cast<float4*>(red_s + (warp * kHeadsPerCta + g) * D + sub * 8);
+      float4* dst = reinterpret_cast<float4*>(red_s + (warp * HEADS + g) * D + sub * 8);
       dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
       dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
     }
   }
   __syncthreads();
+  const int64_t rows_total = static_cast<int64_t>(p.num_tokens) * p.num_heads * splits;
   for (int i = tid; i < nh * D; i += kThreads) {
     const int g = i / D, d = i % D;
     float total = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += red_s[(w * kHeadsPerCta + g) * D + d];
+    for (int w = 0; w < kWarps; ++w) total += red_s[(w * HEADS + g) * D + d];
     const int64_t head = h0 + g;
-    if (splits == 1) {
+    if (direct) {
       T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(m) * p.num_heads + head) * D;
       out[d] = Act<T>::from_float(total / sum_s[g]);
     } else {
-      float* part = partials + ((static_cast<int64_t>(m) * p.num_heads + head) * splits + split) * (D + 2);
-      part[d] = total;
+      const int64_t row = (static_cast<int64_t>(m) * p.num_heads + head) * splits + split;
+      partials[row * D + d] = total;
       if (d == 0) {
-        part[D] = max_s[g];
-        part[D + 1] = sum_s[g];
+        float* ml = partials + rows_total * D + row * 2;
+        ml[0] = max_s[g];
+        ml[1] = sum_s[g];
       }
     }
   }
 }
 
-// Grid: (token, head). Merges the partials of the splits that cover the token's context.
+// Grid: (token, ceil(num_heads / kWarps)); one warp merges the partials of one (token, head). Lane s
+// holds split s (and s + 32) of the max/sum pairs; each lane owns 4 of the head's dims per 128.
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    combine_kernel(Params p, int splits, int chunk, const float* partials) {
-  const int m = blockIdx.x, head = blockIdx.y;
-  if (prefill_tile_owns_row(p, m)) return;
+__global__ void __launch_bounds__(kThreads) combine_kernel(Params p, int splits, const float* partials) {
+  static_assert(kDecodeMaxSplits <= 64, "two splits per lane");
+  const int m = blockIdx.x;
+  const int head = blockIdx.y * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (prefill_tile_owns_row(p, m)) return;  // whole warps: the predicate is warp-collective
+  if (head >= p.num_heads) return;
+  const int context = p.positions[m] + 1;
+  const int chunk = decode_chunk(context, splits);
+  const int used = (context + chunk - 1) / chunk;
+  if (used == 1) return;  // written by the decode kernel
   const int D = p.head_dim;
-  const int used = min(splits, p.positions[m] / chunk + 1);
-  const float* part = partials + (static_cast<int64_t>(m) * p.num_heads + head) * splits * (D + 2);
-  float m_all = -FLT_MAX;
-  for (int s = 0; s < used; ++s) m_all = fmaxf(m_all, part[s * (D + 2) + D]);
-  float denom = 0.f;
-  for (int s = 0; s < used; ++s) denom += exp2f(part[s * (D + 2) + D] - m_all) * part[s * (D + 2) + D + 1];
+  const int64_t row0 = (static_cast<int64_t>(m) * p.num_heads + head) * splits;
+  const float* ml = partials + static_cast<int64_t>(p.num_tokens) * p.num_heads * splits * D + row0 * 2;
+  const float m0 = lane < used ? ml[lane * 2] : -FLT_MAX, l0 = lane < used ? ml[lane * 2 + 1] : 0.f;
+  const float m1 = lane + 32 < used ? ml[(lane + 32) * 2] : -FLT_MAX;
+  const float l1 = lane + 32 < used ? ml[(lane + 32) * 2 + 1] : 0.f;
+  const float m_all = warp_max(fmaxf(m0, m1));
+  const float w0 = lane < used ? exp2f(m0 - m_all) : 0.f, w1 = lane + 32 < used ? exp2f(m1 - m_all) : 0.f;
+  const float inv = 1.f / warp_sum(w0 * l0 + w1 * l1);
+  const float* acc = partials + row0 * D;
   T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(m) * p.num_heads + head) * D;
-  for (int d = threadIdx.x; d < D; d += kThreads) {
-    float num = 0.f;
-    for (int s = 0; s < used; ++s) num += exp2f(part[s * (D + 2) + D] - m_all) * part[s * (D + 2) + d];
-    out[d] = Act<T>::from_float(num / denom);
+  for (int d0 = 0; d0 < D; d0 += 128) {  // every lane runs the loop: the shuffles need the whole warp
+    const int d = d0 + lane * 4;
+    const bool mine = d < D;
+    float4 num = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = 0; s < used; ++s) {
+      const float w = __shfl_sync(0xffffffffu, s < 32 ? w0 : w1, s % 32);
+      const float4 a = mine ? *reinterpret_cast<const float4*>(acc + static_cast<int64_t>(s) * D + d)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+      num.x += w * a.x;
+      num.y += w * a.y;
+      num.z += w * a.z;
+      num.w += w * a.w;
+    }
+    if (!mine) continue;
+    out[d] = Act<T>::from_float(num.x * inv);
+    out[d + 1] = Act<T>::from_float(num.y * inv);
+    out[d + 2] = Act<T>::from_float(num.z * inv);
+    out[d + 3] = Act<T>::from_float(num.w * inv);
   }
 }
 
-template <class T>
-cudaError_t launch(const Params& p, int splits, int chunk, float* partials, cudaStream_t stream) {
-  const int group = p.num_heads / p.num_kv_heads;
-  const dim3 grid(p.num_tokens, splits, p.num_kv_heads * ((group + kHeadsPerCta - 1) / kHeadsPerCta));
-  const int D = p.head_dim;
-  const int region = max(kHeadsPerCta * kSubChunk, kWarps * kHeadsPerCta * D);
-  const size_t smem = (kHeadsPerCta * D + region) * sizeof(float);  // <= 40 KiB at D = 256
+using DecodeKernel = void (*)(Params, int, float*);
+
+// The instance for (T, head_dim, GQA or not), its dynamic shared memory and the grid's z extent.
+struct DecodeInstance {
+  DecodeKernel kernel;
+  size_t smem;
+  int heads_per_cta;
+};
+
+template <class T, int HEADS>
+DecodeInstance instance_heads(int head_dim) {
   int lanes = 1;
-  while (lanes * 8 < D) lanes *= 2;
-  switch (lanes) {
-    case 1:
-      decode_kernel<T, 1><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
-      break;
-    case 2:
-      decode_kernel<T, 2><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
-      break;
-    case 4:
-      decode_kernel<T, 4><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
-      break;
-    case 8:
-      decode_kernel<T, 8><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
-      break;
-    case 16:
-      decode_kernel<T, 16><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
-      break;
-    default:
-      decode_kernel<T, 32><<<grid, kThreads, smem, stream>>>(p, splits, chunk, partials);
-      break;
-  }
+  while (lanes * 8 < head_dim) lanes *= 2;
+  const DecodeKernel kernels[] = {decode_kernel<T, 1, HEADS>,  decode_kernel<T, 2, HEADS>,
+                                  decode_kernel<T, 4, HEADS>,  decode_kernel<T, 8, HEADS>,
+                                  decode_kernel<T, 16, HEADS>, decode_kernel<T, 32, HEADS>};
+  const int index = lanes == 1 ? 0 : lanes == 2 ? 1 : lanes == 4 ? 2 : lanes == 8 ? 3 : lanes == 16 ? 4 : 5;
+  const int region = max(HEADS * kSubChunk, kWarps * HEADS * head_dim);
+  const size_t smem = (HEADS * head_dim + region) * sizeof(float);  // <= 40 KiB at D = 256
+  return {kernels[index], smem, HEADS};
+}
+
+template <class T>
+DecodeInstance instance(const Params& p) {
+  return p.num_heads == p.num_kv_heads ? instance_heads<T, 1>(p.head_dim)
+                                       : instance_heads<T, kMaxHeadsPerCta>(p.head_dim);
+}
+
+template <class T>
+cudaError_t launch(const Params& p, int splits, float* partials, cudaStream_t stream) {
+  const DecodeInstance k = instance<T>(p);
+  const int group = p.num_heads / p.num_kv_heads;
+  const dim3 grid(p.num_tokens, splits, p.num_kv_heads * ((group + k.heads_per_cta - 1) / k.heads_per_cta));
+  k.kernel<<<grid, kThreads, k.smem, stream>>>(p, splits, partials);
   if (splits > 1) {
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    combine_kernel<T><<<dim3(p.num_tokens, p.num_heads), kThreads, 0, stream>>>(p, splits, chunk, partials);
+    const dim3 combine_grid(p.num_tokens, (p.num_heads + kWarps - 1) / kWarps);
+    combine_kernel<T><<<combine_grid, kThreads, 0, stream>>>(p, splits, partials);
   }
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_decode(const Params& p, DType act, int splits, int chunk, float* partials,
-                          cudaStream_t stream) {
-  return act == DType::F16 ? launch<__half>(p, splits, chunk, partials, stream)
-                           : launch<__nv_bfloat16>(p, splits, chunk, partials, stream);
+int decode_ctas_per_sm(const Params& p, DType act) {
+  // Cached per instance (the query costs microseconds of host time per call otherwise); one GPU model
+  // per process is assumed, as the binary is built for one architecture.
+  static std::atomic<int> cache[2][2][kMaxHeadDim / 8 + 1];
+  std::atomic<int>& slot = cache[act == DType::F16][p.num_heads == p.num_kv_heads][p.head_dim / 8];
+  int ctas = slot.load(std::memory_order_relaxed);
+  if (ctas > 0) return ctas;
+  const DecodeInstance k = act == DType::F16 ? instance<__half>(p) : instance<__nv_bfloat16>(p);
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, k.kernel, kThreads, k.smem) != cudaSuccess)
+    return 4;  // the error resurfaces at launch; only the split count depends on this
+  ctas = ctas > 0 ? ctas : 1;
+  slot.store(ctas, std::memory_order_relaxed);
+  return ctas;
+}
+
+cudaError_t launch_decode(const Params& p, DType act, int splits, float* partials, cudaStream_t stream) {
+  return act == DType::F16 ? launch<__half>(p, splits, partials, stream)
+                           : launch<__nv_bfloat16>(p, splits, partials, stream);
 }
 
 }  // namespace kiln::cuda::attention

@@ -69,6 +69,7 @@ std::string config_name(const testing::TestParamInfo<Config>& info) {
 class PagedAttentionTest : public testing::TestWithParam<Config> {
  protected:
   static constexpr int kKvHeads = 2;
+  static constexpr int kTablePositions = 8192;
   const std::vector<int> lengths_{1, 7, 100, 700, 3000, 100, 40};
 
   void build_cache(std::mt19937& rng) {
@@ -80,6 +81,9 @@ class PagedAttentionTest : public testing::TestWithParam<Config> {
       blocks_needed += (L + bs - 1) / bs;
       max_blocks_ = std::max(max_blocks_, (L + bs - 1) / bs);
     }
+    // Tables as wide as the engine's max sequence length (kTablePositions), most entries unused (-1):
+    // a captured decode graph passes max_position = that length whatever the real contexts.
+    max_blocks_ = std::max(max_blocks_, kTablePositions / bs);
     num_blocks_ = blocks_needed + 5;  // spare blocks stay NaN
     std::vector<int> perm(num_blocks_);
     std::iota(perm.begin(), perm.end(), 0);
@@ -129,8 +133,9 @@ class PagedAttentionTest : public testing::TestWithParam<Config> {
   }
 
   // Runs one step (token i: sequence seqs[i] at position pos[i]) and checks every output element.
+  // max_position: what the caller passes as the bound of the positions (0: the tight bound).
   void run_step(const std::vector<int32_t>& seqs, const std::vector<int32_t>& pos, std::mt19937& rng,
-                bool with_workspace) {
+                bool with_workspace, int max_position = 0) {
     const Config& c = GetParam();
     const int D = c.head_dim, H = kKvHeads * c.group, M = int(seqs.size());
     const int q_ld = (H + 2 * kKvHeads) * D;  // q inside a fused qkv row, as the executor lays it out
@@ -139,12 +144,12 @@ class PagedAttentionTest : public testing::TestWithParam<Config> {
     for (int m = 0; m < M; ++m)
       for (int i = 0; i < H * D; ++i) q[size_t(m) * q_ld + i] = to_bits(uni(rng), c.act);
     const float scale = 1.f / std::sqrt(float(D));
-    int max_position = 0;
-    for (int p : pos) max_position = std::max(max_position, p + 1);
+    if (max_position == 0)
+      for (int p : pos) max_position = std::max(max_position, p + 1);
 
     DeviceBuffer q_dev(q.size() * 2), out_dev(size_t(M) * H * D * 2), seq_dev(M * 4), pos_dev(M * 4),
         table_dev(tables_.size() * 4);
-    const size_t ws_bytes = with_workspace ? attention_workspace_bytes(M, H, D, 3000) : 0;
+    const size_t ws_bytes = with_workspace ? attention_workspace_bytes(M, H, D, std::max(3000, max_position)) : 0;
     DeviceBuffer ws(ws_bytes);
     upload(q_dev, q);
     upload(seq_dev, seqs);
@@ -257,6 +262,28 @@ TEST_P(PagedAttentionTest, MixedPrefillAndDecode) {
   append_range(seqs, pos, 2, 99, 99);
   append_range(seqs, pos, 6, 0, 39);  // whole 40-token prompt
   run_step(seqs, pos, rng, true);
+}
+
+TEST_P(PagedAttentionTest, GraphModeMaxPositionBeyondContexts) {
+  if (!has_gpu()) GTEST_SKIP() << "skipped: no GPU";
+  std::mt19937 rng(4 + GetParam().head_dim * 31 + GetParam().group * 7 + GetParam().block_size);
+  build_cache(rng);
+  // As a captured decode step: max_position is the table's whole width (8192) while the real
+  // contexts are 1..3000, so most split-K CTAs find no positions and chunks follow the real lengths.
+  std::vector<int32_t> seqs{4, 0, 3, 1, 2, 6, 5}, pos;
+  for (int s : seqs) pos.push_back(lengths_[s] - 1);
+  run_step(seqs, pos, rng, /*with_workspace=*/true, kTablePositions);
+  run_step(seqs, pos, rng, /*with_workspace=*/false, kTablePositions);
+  run_step({4}, {2999}, rng, true, kTablePositions);
+  run_step({6}, {39}, rng, true, kTablePositions);  // two chunks, the second of 8 positions
+  // Contexts on and around chunk boundaries (chunks are multiples of 32 positions).
+  run_step({3, 3, 3, 3, 3, 3, 4, 0}, {30, 31, 32, 63, 64, 255, 2047, 0}, rng, true, kTablePositions);
+  // A prefill chunk in the same step: the tiled kernel's rows are untouched by split-K and combine.
+  std::vector<int32_t> mixed_seqs, mixed_pos;
+  append_range(mixed_seqs, mixed_pos, 1, 6, 6);
+  append_range(mixed_seqs, mixed_pos, 3, 600, 699);
+  append_range(mixed_seqs, mixed_pos, 4, 1000, 1000);
+  run_step(mixed_seqs, mixed_pos, rng, true, kTablePositions);
 }
 
 // Long prompts cost the f64 reference seconds: fewer configurations.
