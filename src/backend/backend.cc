@@ -1,3 +1,4 @@
+// The backend interface's shared parts (linked into the CUDA plugin too).
 #include "backend/backend.h"
 
 #include <algorithm>
@@ -19,11 +20,6 @@ Status Backend::forward_argmax(const Batch& batch, int32_t* ids) {
   return Status::Ok();
 }
 
-#ifndef KILN_WITH_CUDA
-Result<std::unique_ptr<Backend>> create_cuda_backend(const LoadedEngine&, const BackendOptions&) {
-  return make_error("this kiln was built without the CUDA backend (configure with nvcc available, KILN_CUDA=ON)");
-}
-Result<std::string> cuda_device_arch() { return make_error("this kiln was built without the CUDA backend"); }
-#endif
+
 
 }  // namespace kiln

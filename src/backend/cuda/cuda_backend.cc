@@ -17,6 +17,7 @@
 
 #include "backend/arena_plan.h"
 #include "backend/backend.h"
+#include "backend/cuda_plugin.h"
 #include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/sampling.h"
@@ -27,7 +28,8 @@ namespace kiln {
 
 using cuda::check;
 
-Result<std::string> cuda_device_arch() {
+namespace cuda_plugin {
+Result<std::string> device_arch() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     cudaGetLastError();
@@ -39,6 +41,7 @@ Result<std::string> cuda_device_arch() {
   KILN_TRY(check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
   return fmt::format("sm_{}{}", prop.major, prop.minor);
 }
+}  // namespace cuda_plugin
 
 namespace {
 
@@ -137,7 +140,7 @@ Result<void*> CudaBackend::device_alloc(size_t bytes, const char* what) {
 }
 
 Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& options) {
-  KILN_ASSIGN(const std::string arch, cuda_device_arch());
+  KILN_ASSIGN(const std::string arch, cuda_plugin::device_arch());
   if (!engine.metadata.contains("graph")) return make_error("engine has no graph");
   KILN_ASSIGN(graph_, Graph::from_json(engine.metadata["graph"]));
   try {
@@ -432,18 +435,29 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
       case OpKind::Attention: {
         const ValueRef &q = n.inputs[0], &k = n.inputs[1], &v = n.inputs[2];
         const cuda::PagedKv& kv = kv_layers_[static_cast<size_t>(n.attr("layer"))];
-        if (b.rope_cos) {  // fused RoPE: rotate q and k in place as the step's k/v enter the cache
-          const int64_t head_dim = static_cast<int64_t>(n.attr("head_dim"));
-          const bool interleaved = n.attr("rope_interleaved") != 0.0;
-          KILN_TRY(cuda::rope(value_ptr(q.value), T, graph_.values[q.value].width, q.col_offset,
-                              static_cast<int64_t>(n.attr("num_heads")), head_dim, d_positions_, b.rope_cos, b.rope_sin,
-                              interleaved, act_, stream_));
-          KILN_TRY(cuda::rope(value_ptr(k.value), T, graph_.values[k.value].width, k.col_offset,
-                              static_cast<int64_t>(n.attr("num_kv_heads")), head_dim, d_positions_, b.rope_cos, b.rope_sin,
-                              interleaved, act_, stream_));
+        const int64_t head_dim = static_cast<int64_t>(n.attr("head_dim"));
+        const int64_t q_ld = graph_.values[q.value].width, k_ld = graph_.values[k.value].width;
+        const int64_t v_ld = graph_.values[v.value].width;
+        char* q_ptr = value_ptr(q.value) + q.col_offset * 2;
+        char* k_ptr = value_ptr(k.value) + k.col_offset * 2;
+        const char* v_ptr = value_ptr(v.value) + v.col_offset * 2;
+        // One kernel rotates q and k and writes the cache where its 16-byte layout holds.
+        const bool vector_layout = head_dim % 8 == 0 && q_ld % 8 == 0 && k_ld % 8 == 0 && v_ld % 8 == 0 &&
+                                   q.col_offset % 8 == 0 && k.col_offset % 8 == 0 && v.col_offset % 8 == 0;
+        if (b.rope_cos && vector_layout) {
+          KILN_TRY(cuda::rope_kv_write(q_ptr, q_ld, static_cast<int64_t>(n.attr("num_heads")), k_ptr, k_ld, v_ptr, v_ld, T,
+                                       d_positions_, b.rope_cos, b.rope_sin, n.attr("rope_interleaved") != 0.0, d_slots_,
+                                       kv, act_, stream_));
+        } else {
+          if (b.rope_cos) {
+            const bool interleaved = n.attr("rope_interleaved") != 0.0;
+            KILN_TRY(cuda::rope(value_ptr(q.value), T, q_ld, q.col_offset, static_cast<int64_t>(n.attr("num_heads")), head_dim,
+                                d_positions_, b.rope_cos, b.rope_sin, interleaved, act_, stream_));
+            KILN_TRY(cuda::rope(value_ptr(k.value), T, k_ld, k.col_offset, static_cast<int64_t>(n.attr("num_kv_heads")),
+                                head_dim, d_positions_, b.rope_cos, b.rope_sin, interleaved, act_, stream_));
+          }
+          KILN_TRY(cuda::kv_cache_write(k_ptr, v_ptr, T, k_ld, d_slots_, kv, act_, stream_));
         }
-        KILN_TRY(cuda::kv_cache_write(value_ptr(k.value) + k.col_offset * 2, value_ptr(v.value) + v.col_offset * 2, T,
-                                      graph_.values[k.value].width, d_slots_, kv, act_, stream_));
         const cuda::AttentionBatch ab{T, d_token_seq_, d_positions_, d_block_tables_, max_blocks_per_seq_, max_position};
         KILN_TRY(cuda::paged_attention(value_ptr(q.value) + q.col_offset * 2, graph_.values[q.value].width, ab, kv,
                                        static_cast<int64_t>(n.attr("num_heads")), static_cast<float>(n.attr("scale")), out,
@@ -566,10 +580,21 @@ double CudaBackend::copy_bandwidth_bytes_per_second() {
 
 }  // namespace
 
-Result<std::unique_ptr<Backend>> create_cuda_backend(const LoadedEngine& engine, const BackendOptions& options) {
+Result<std::unique_ptr<Backend>> cuda_plugin::create_backend(const LoadedEngine& engine, const BackendOptions& options) {
   auto backend = std::make_unique<CudaBackend>();
   KILN_TRY(backend->init(engine, options));
   return std::unique_ptr<Backend>(std::move(backend));
 }
+
+}  // namespace kiln
+
+// The plugin's one exported symbol (see backend/cuda_plugin.h).
+extern "C" __attribute__((visibility("default"))) const kiln::CudaPluginApi* kiln_cuda_plugin_api() {
+  static const kiln::CudaPluginApi api{kiln::kCudaPluginAbiVersion, &kiln::cuda_plugin::create_backend,
+                                       &kiln::cuda_plugin::device_arch};
+  return &api;
+}
+
+namespace kiln {
 
 }  // namespace kiln
