@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "$@"; do
   case $what in
     tests)
-      for t in test_cuda_kernels test_cuda_attention test_parity_cuda; do
+      for t in test_cuda_kernels test_cuda_attention test_cuda_decode_path test_parity_cuda; do
         [ -x .dev/gpu/$t ] || continue
         .dev/gpu/$t > "$out/$t.log" 2>&1
         echo "$t: exit $? $(grep -E '^\[  (PASSED|FAILED)' "$out/$t.log" | tr '\n' ' ')"
