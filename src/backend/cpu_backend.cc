@@ -275,6 +275,7 @@ Status CpuBackend::run(const Batch& batch, float* logits, std::vector<NodeTiming
     float* out = value_ptr(n.output);
     const int64_t out_width = graph_.values[n.output].width;
     const int64_t rows = rows_of(n.output, batch);
+    if (rows == 0) continue;  // a prefill chunk that asks for no logits skips the logit-row tail
     switch (n.op) {
       case OpKind::Embedding:
         cpu::embedding(batch.tokens.data(), T, w[0].data, w[0].dtype, out_width, out);
@@ -357,7 +358,9 @@ Status CpuBackend::run(const Batch& batch, float* logits, std::vector<NodeTiming
                                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - node_start).count()});
     }
   }
-  std::memcpy(logits, value_ptr(graph_.logits_value), batch.logit_rows.size() * vocab_size_ * sizeof(float));
+  if (!batch.logit_rows.empty()) {
+    std::memcpy(logits, value_ptr(graph_.logits_value), batch.logit_rows.size() * vocab_size_ * sizeof(float));
+  }
   return Status::Ok();
 }
 

@@ -86,6 +86,7 @@ struct RunArgs {
   int64_t seed = -1;
   std::vector<std::string> stop;
   int threads = 0;
+  int64_t max_step_tokens = 0;
   bool json = false;
   bool dump_logits = false;
   bool ignore_eos = false;
@@ -96,6 +97,7 @@ int run_run(const RunArgs& args) {
   RuntimeOptions options;
   options.backend_options.num_threads = args.threads;
   options.backend_options.max_sequences = 1;  // one sequence: KV cache for one max-length sequence
+  if (args.max_step_tokens > 0) options.backend_options.max_tokens_per_step = args.max_step_tokens;
   options.verify_checksum = !args.no_verify;
   auto model = Model::load(args.engine, options);
   if (!model.ok()) return fail(model.error());
@@ -274,6 +276,8 @@ int cli_main(int argc, char** argv) {
   run_cmd->add_option("--seed", run.seed, "random seed (same seed, same output)")->check(CLI::NonNegativeNumber);
   run_cmd->add_option("--stop", run.stop, "stop string (repeatable)");
   run_cmd->add_option("-t,--threads", run.threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  run_cmd->add_option("--max-step-tokens", run.max_step_tokens, "prompt tokens per prefill step (default 512)")
+      ->check(CLI::PositiveNumber);
   run_cmd->add_flag("--json", run.json, "print one JSON object instead of streaming text");
   run_cmd->add_flag("--dump-logits", run.dump_logits, "with --json: include the last prompt position's logits");
   run_cmd->add_flag("--ignore-eos", run.ignore_eos, "keep generating past EOS");

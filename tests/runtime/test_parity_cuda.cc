@@ -56,6 +56,43 @@ TEST(CudaParity, Stories260KFromBosMatchesLlama2c) {
   expect_greedy_prefix_equal(result.ids, want, margins, 5e-2, "stories260K cuda fp16 from BOS");
 }
 
+// A prefill chunk that asks for no logits (the first chunks of a long prompt) runs, and the next
+// chunk's logits equal those of the whole prompt in one step.
+TEST(CudaParity, PrefillChunkWithoutLogitRows) {
+  REQUIRE_GPU();
+  TempDir dir;
+  auto model = build_and_load(dir, shared_path("models/stories260K/stories260K.bin"), "fp16", true, 512, 2, 512, "cuda");
+  ASSERT_TRUE(model);
+  Backend& backend = model->backend();
+  const std::vector<int32_t> prompt{1, 403, 407, 261, 378, 432, 383};
+  std::vector<int32_t> blocks{*model->kv_pool().allocate()};
+  auto make = [&](size_t from, size_t to, bool logits) {
+    Batch b;
+    b.max_blocks_per_seq = static_cast<int32_t>(model->info().max_seq_len / backend.kv_geometry().block_size);
+    b.block_tables.assign(b.max_blocks_per_seq, -1);
+    b.block_tables[0] = blocks[0];
+    for (size_t i = from; i < to; ++i) {
+      b.tokens.push_back(prompt[i]);
+      b.positions.push_back(static_cast<int32_t>(i));
+      b.token_seq.push_back(0);
+    }
+    if (logits) b.logit_rows.push_back(b.num_tokens() - 1);
+    return b;
+  };
+  std::vector<float> whole(backend.vocab_size()), chunked(backend.vocab_size());
+  ASSERT_TRUE(backend.forward(make(0, prompt.size(), true), whole.data()).ok());
+  const Status first = backend.forward(make(0, 4, false), nullptr);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  ASSERT_TRUE(backend.forward(make(4, prompt.size(), true), chunked.data()).ok());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < whole.size(); ++i) {
+    num += (whole[i] - chunked[i]) * (whole[i] - chunked[i]);
+    den += whole[i] * whole[i];
+  }
+  EXPECT_LT(std::sqrt(num / den), 2e-3);  // fp16 activations, different attention split
+  model->kv_pool().free(blocks[0]);
+}
+
 TEST(CudaParity, RefusesAnEngineBuiltForAnotherArchitecture) {
   REQUIRE_GPU();
   TempDir dir;

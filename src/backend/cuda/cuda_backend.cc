@@ -11,6 +11,7 @@
 // Linear layers use the bandwidth-bound GEMV kernel up to kGemvMaxRows rows and cuBLASLt above.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -108,6 +109,7 @@ class CudaBackend final : public Backend {
   };
   std::map<int64_t, GraphEntry> decode_graphs_;  // by padded batch size
   bool use_graphs_ = true;
+  int64_t gemv_max_rows_ = cuda::kGemvMaxRows;  // Linear with at most this many rows: GEMV, else cuBLASLt
 
   int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0, max_seqs_ = 0;
   int64_t max_blocks_per_seq_ = 0, num_kv_blocks_ = 0, block_size_ = 0;
@@ -158,6 +160,10 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   max_logit_rows_ = std::max<int64_t>(options.max_logit_rows, max_seqs_);
   vocab_size_ = graph_.values[graph_.logits_value].width;
   use_graphs_ = options.cuda_graphs;
+  // KILN_CUDA_GEMV_MAX_ROWS (0..8) moves the GEMV / cuBLASLt crossover, for measurements.
+  if (const char* env = std::getenv("KILN_CUDA_GEMV_MAX_ROWS"); env && *env) {
+    gemv_max_rows_ = std::clamp<int64_t>(std::atoll(env), 0, cuda::kGemvMaxRows);
+  }
   KILN_TRY(check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
 
   // Activation dtype: the engine's matrix dtype (all matrices share it).
@@ -402,6 +408,7 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
     void* out = value_ptr(n.output);
     const int64_t width = graph_.values[n.output].width;
     const int64_t rows = graph_.values[n.output].rows == RowSpace::Tokens ? T : R;
+    if (rows == 0) continue;  // a prefill chunk that asks for no logits skips the logit-row tail
     const float eps = static_cast<float>(n.attr("eps"));
     switch (n.op) {
       case OpKind::Embedding:
@@ -418,7 +425,7 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
         const int64_t K = n.inputs[0].width;
         const DType y_dtype = n.output == graph_.logits_value ? DType::F32 : act_;
         const bool has_bias = n.weights.size() > 1;
-        if (rows <= cuda::kGemvMaxRows && K % 8 == 0) {
+        if (rows <= gemv_max_rows_ && K % 8 == 0) {
           KILN_TRY(cuda::gemv(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width,
                               has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, out, width, act_, y_dtype, stream_));
         } else {
@@ -528,6 +535,7 @@ Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_
     KILN_TRY(launch_nodes(T, R_real, max_position + 1, timings));
   }
   const float* d_logits = reinterpret_cast<const float*>(value_ptr(graph_.logits_value));
+  if (R_real == 0) return check(cudaStreamSynchronize(stream_), "forward");
   if (want_ids) {
     KILN_TRY(cuda::argmax(d_logits, R_real, vocab_size_, d_ids_, stream_));
     KILN_TRY(check(cudaMemcpyAsync(ids, d_ids_, static_cast<size_t>(R_real) * 4, cudaMemcpyDeviceToHost, stream_), "copy ids"));
