@@ -41,7 +41,7 @@ struct Batch {
 
 struct BackendOptions {
   int num_threads = 0;           // CPU: 0 = hardware concurrency
-  int64_t max_tokens_per_step = 512;
+  int64_t max_tokens_per_step = 0;  // 0: the backend's default (CPU 512; CUDA 2048, capped by the profile)
   int64_t max_logit_rows = 64;
   int64_t num_kv_blocks = 0;     // 0: enough for max_sequences sequences of max_seq_len (CUDA: capped
                                  //    by the device memory left after weights and activations)

@@ -117,7 +117,7 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
   if (max_seq_len_ <= 0 || block_size_ <= 0 || num_kv_blocks_ <= 0) {
     return make_error("engine profile: max_seq_len, block size and KV blocks must be positive");
   }
-  max_tokens_ = options.max_tokens_per_step;
+  max_tokens_ = options.max_tokens_per_step > 0 ? options.max_tokens_per_step : 512;
   max_logit_rows_ = options.max_logit_rows;
   vocab_size_ = graph_.values[graph_.logits_value].width;
 
