@@ -84,6 +84,12 @@ class Backend {
   virtual double copy_bandwidth_bytes_per_second() = 0;
   // Peak bytes the backend has held on its device (CUDA: device allocations; CPU: 0, see RSS).
   virtual int64_t peak_device_bytes() const = 0;
+  // Kernels one decode step of `batch_size` sequences launches (CUDA: kernel nodes of its captured
+  // graph; 0 when not known yet or not applicable).
+  virtual int64_t kernels_per_decode_step(int64_t batch_size) const {
+    (void)batch_size;
+    return 0;
+  }
   // Bytes of memory the backend holds: weights (mapped or uploaded), arena, KV cache.
   virtual int64_t weight_bytes() const = 0;
   virtual int64_t arena_bytes() const = 0;

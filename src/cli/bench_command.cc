@@ -64,6 +64,7 @@ nlohmann::json report_json(const std::string& engine, const BenchReport& r) {
       {"kv_cache_bytes", r.kv_cache_bytes},
       {"arena_bytes", r.arena_bytes},
       {"peak_device_bytes", r.peak_device_bytes},
+      {"kernels_per_decode_step", r.kernels_per_decode_step},
       {"peak_rss_bytes", r.peak_rss_bytes},
       {"weight_bandwidth_bytes_per_second", r.weight_bandwidth_bytes_per_second},
       {"copy_bandwidth_bytes_per_second", r.copy_bandwidth_bytes_per_second},
@@ -117,6 +118,7 @@ void print_table(const std::string& engine, const BenchReport& r, int threads) {
                                                   r.weight_bandwidth_bytes_per_second / 1e9, 100.0 * r.weight_bandwidth_fraction,
                                                   r.copy_bandwidth_bytes_per_second / 1e9));
   row("peak device memory", fmt::format("{:.1f} MiB", mib(r.peak_device_bytes)));
+  if (r.kernels_per_decode_step > 0) row("kernels per decode step", fmt::format("{}", r.kernels_per_decode_step));
   row("peak RSS", fmt::format("{:.1f} MiB", mib(r.peak_rss_bytes)));
   for (const StepProfile& p : r.profiles) print_profile(p);
 }

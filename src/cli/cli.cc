@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench_command.h"
+#include "backend/kernel_plan.h"
 #include "compiler/build_engine.h"
 #include "engine/engine_file.h"
 #include "graph/graph.h"
@@ -186,6 +187,9 @@ int run_inspect(const std::string& path) {
     }
     fmt::print("  {:<18} {:<28} ->{} -> {} [{}]\n", op_name(n.op), n.name, inputs, graph->values[n.output].name,
                graph->values[n.output].width);
+    const std::string decode = kernels_for_node(h.backend, *graph, n, true);
+    const std::string prefill = kernels_for_node(h.backend, *graph, n, false);
+    fmt::print("  {:<18} kernels: {}\n", "", decode == prefill ? decode : "decode " + decode + " | prefill " + prefill);
   }
   fmt::print("\ntensors:\n");
   uint64_t total = 0;

@@ -311,6 +311,7 @@ Result<BenchReport> run_benchmark(Model& model, const BenchOptions& o) {
     work.release();
   }
   r.peak_device_bytes = backend.peak_device_bytes();
+  r.kernels_per_decode_step = backend.kernels_per_decode_step(o.batch);
   return r;
 }
 

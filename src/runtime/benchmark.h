@@ -49,6 +49,7 @@ struct BenchReport {
   int64_t kv_cache_bytes = 0;
   int64_t arena_bytes = 0;
   int64_t peak_device_bytes = 0;  // backend's own count (CPU: 0)
+  int64_t kernels_per_decode_step = 0;  // CUDA: kernel nodes of the decode step's graph (CPU: 0)
   int64_t peak_rss_bytes = 0;     // whole process, after the timed iterations (before the bandwidth probe)
   // Decode reads every weight once per step, so weight_bytes / p50 step time is a lower bound on the
   // bandwidth it achieved; copy_bandwidth is the backend's measured device copy (read + write).

@@ -19,6 +19,7 @@
 #include "backend/arena_plan.h"
 #include "backend/backend.h"
 #include "backend/cuda_plugin.h"
+#include "backend/kernel_plan.h"
 #include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/sampling.h"
@@ -67,6 +68,12 @@ class CudaBackend final : public Backend {
   int64_t arena_bytes() const override { return arena_bytes_; }
   int64_t kv_cache_bytes() const override { return kv_bytes_; }
   int64_t peak_device_bytes() const override { return device_bytes_; }
+  int64_t kernels_per_decode_step(int64_t batch_size) const override {
+    int64_t bucket = 1;
+    while (bucket < batch_size) bucket *= 2;
+    auto it = decode_graphs_.find(bucket > max_seqs_ ? batch_size : bucket);
+    return it == decode_graphs_.end() ? 0 : it->second.kernel_nodes;
+  }
   double copy_bandwidth_bytes_per_second() override;
 
   Status forward(const Batch& batch, float* logits) override;
@@ -106,13 +113,14 @@ class CudaBackend final : public Backend {
 
   struct GraphEntry {
     cudaGraphExec_t exec = nullptr;
+    int64_t kernel_nodes = 0;
   };
   std::map<int64_t, GraphEntry> decode_graphs_;  // by padded batch size
   bool use_graphs_ = true;
   // Linear layers with at most this many rows use the GEMV kernel, others cuBLASLt. Measured on an
   // H100 (Llama-2-7B fp16, docs/PERFORMANCE.md): at 8 rows cuBLASLt decodes 1314 tok/s vs 1044 with
   // the GEMV; at 4 rows they tie (674 vs 665).
-  int64_t gemv_max_rows_ = 4;
+  int64_t gemv_max_rows_ = kCudaGemvMaxRows;
 
   int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0, max_seqs_ = 0;
   int64_t max_blocks_per_seq_ = 0, num_kv_blocks_ = 0, block_size_ = 0;
@@ -527,6 +535,14 @@ Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_
       KILN_TRY(launched);
       KILN_TRY(check(ended, "cudaStreamEndCapture"));
       GraphEntry entry;
+      size_t num_nodes = 0;
+      KILN_TRY(check(cudaGraphGetNodes(graph, nullptr, &num_nodes), "cudaGraphGetNodes"));
+      std::vector<cudaGraphNode_t> nodes(num_nodes);
+      KILN_TRY(check(cudaGraphGetNodes(graph, nodes.data(), &num_nodes), "cudaGraphGetNodes"));
+      for (cudaGraphNode_t node : nodes) {
+        cudaGraphNodeType type;
+        if (cudaGraphNodeGetType(node, &type) == cudaSuccess && type == cudaGraphNodeTypeKernel) ++entry.kernel_nodes;
+      }
       KILN_TRY(check(cudaGraphInstantiate(&entry.exec, graph, 0), "cudaGraphInstantiate"));
       cudaGraphDestroy(graph);
       decode_graphs_[bucket] = entry;

@@ -1,0 +1,39 @@
+#include "backend/kernel_plan.h"
+
+namespace kiln {
+
+std::string kernels_for_node(const std::string& backend, const Graph& graph, const Node& node, bool decode) {
+  const bool cuda = backend == "cuda";
+  switch (node.op) {
+    case OpKind::Embedding: return "embedding";
+    case OpKind::RmsNorm: return "rms_norm";
+    case OpKind::AddRmsNorm: return cuda ? "add_rms_norm" : "add + rms_norm";
+    case OpKind::Add: return "add";
+    case OpKind::Rope: return "rope";
+    case OpKind::SwiGlu: return "swiglu";
+    case OpKind::SelectLogitRows: return cuda ? "gather_rows" : "copy rows";
+    case OpKind::Linear:
+      if (!cuda) return "matmul";
+      return decode ? "gemv" : "cublasLt gemm";
+    case OpKind::Attention: {
+      std::string cache;
+      if (node.attr("rope") != 0.0) {
+        const int64_t head_dim = static_cast<int64_t>(node.attr("head_dim"));
+        bool vector_layout = head_dim % 8 == 0;
+        for (const ValueRef& r : node.inputs) {
+          vector_layout = vector_layout && r.col_offset % 8 == 0 && graph.values[r.value].width % 8 == 0;
+        }
+        cache = cuda && vector_layout ? "rope_kv_write" : "rope(q) + rope(k) + kv_cache_write";
+      } else {
+        cache = "kv_cache_write";
+      }
+      if (!cuda) return cache + " + paged_attention";
+      const int64_t head_dim = static_cast<int64_t>(node.attr("head_dim"));
+      const bool prefill_kernel = !decode && (head_dim == 64 || head_dim == 128);
+      return cache + (prefill_kernel ? " + attention_prefill (flash, tensor cores)" : " + attention_decode (split-K) + combine");
+    }
+  }
+  return "?";
+}
+
+}  // namespace kiln

@@ -1,0 +1,19 @@
+// Which kernels a backend launches for a graph node, for `kiln inspect` (mirrors the dispatch in
+// backend/cuda/cuda_backend.cc and backend/cpu_backend.cc; the CUDA decode count is also measured
+// exactly from the captured graph by `kiln bench`).
+#pragma once
+
+#include <string>
+
+#include "graph/graph.h"
+
+namespace kiln {
+
+// GEMV serves Linear layers of at most this many rows on CUDA; cuBLASLt serves larger ones.
+inline constexpr int64_t kCudaGemvMaxRows = 4;
+
+// "gemv", "cublasLt gemm", "rope_kv_write + paged_attention(decode split-K)", ...
+// decode: a step of one token per sequence (few rows); otherwise a prefill step.
+std::string kernels_for_node(const std::string& backend, const Graph& graph, const Node& node, bool decode);
+
+}  // namespace kiln
