@@ -96,6 +96,19 @@ class Backend {
   virtual int64_t kv_cache_bytes() const = 0;
 };
 
+// What a backend accepts in one step; validate_batch checks a Batch against it (token ids, positions,
+// sequence rows, every KV block a token attends to, logit rows) with one clear line per problem.
+struct BatchLimits {
+  int64_t max_tokens = 0;
+  int64_t max_logit_rows = 0;
+  int64_t max_seqs = 0;  // 0: no limit
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0;
+  int64_t num_kv_blocks = 0;
+  int64_t block_size = 0;
+};
+Status validate_batch(const Batch& batch, const BatchLimits& limits);
+
 // Host argmax of each row of logits [rows, vocab] (lowest id on ties).
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids);
 

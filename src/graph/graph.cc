@@ -236,6 +236,20 @@ std::optional<Node> rope_of(const Node& node) {
   return rope;
 }
 
+void rope_tables(const Node& rope_node, int64_t max_positions, std::vector<float>& cos, std::vector<float>& sin) {
+  const std::vector<double> inv_freq = rope_inverse_frequencies(rope_node);
+  const size_t half = inv_freq.size();
+  cos.assign(static_cast<size_t>(max_positions) * half, 0.0f);
+  sin.assign(static_cast<size_t>(max_positions) * half, 0.0f);
+  for (int64_t p = 0; p < max_positions; ++p) {
+    for (size_t j = 0; j < half; ++j) {
+      const double angle = static_cast<double>(p) * inv_freq[j];
+      cos[p * half + j] = static_cast<float>(std::cos(angle));
+      sin[p * half + j] = static_cast<float>(std::sin(angle));
+    }
+  }
+}
+
 std::string rope_table_key(const Node& rope_node) {
   std::string key;
   for (const auto& [k, v] : rope_node.attrs) {

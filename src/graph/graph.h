@@ -98,6 +98,8 @@ std::vector<double> rope_inverse_frequencies(const Node& rope_node);
 // The rotary embedding a node applies, as a Rope node (head_dim, theta, ... attrs): the node itself
 // for Rope, one rebuilt from the rope_* attrs for an Attention with rope = 1, else nullopt.
 std::optional<Node> rope_of(const Node& node);
+// cos/sin tables [max_positions, head_dim / 2] (f32, angles computed in f64) for a Rope node.
+void rope_tables(const Node& rope_node, int64_t max_positions, std::vector<float>& cos, std::vector<float>& sin);
 // A key equal for nodes whose RoPE tables are equal (every attribute but num_heads).
 std::string rope_table_key(const Node& rope_node);
 

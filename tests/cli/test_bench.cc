@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "runtime/benchmark.h"
-#include "test_util.h"
+#include "cli_runner.h"
 
 namespace kiln {
 namespace {
@@ -15,29 +15,9 @@ namespace {
 using testing::shared_path;
 using testing::TempDir;
 
-struct Outcome {
-  int exit_code = -1;  // -1: killed by a signal or timed out
-  std::string out;
-  std::string err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-Outcome kiln(const TempDir& dir, const std::string& args) {
-  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
-  const std::string cmd = "timeout 120 " + std::string(KILN_BINARY_DIR) + "/kiln " + args + " >" + out + " 2>" + err + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  Outcome o;
-  if (WIFEXITED(status) && WEXITSTATUS(status) != 124 && WEXITSTATUS(status) < 128) o.exit_code = WEXITSTATUS(status);
-  o.out = slurp(out);
-  o.err = slurp(err);
-  return o;
-}
+using testing::kiln;
+using testing::Outcome;
+using testing::slurp;
 
 void expect_clean_error(const Outcome& o, const std::string& needle) {
   EXPECT_EQ(o.exit_code, 1) << o.err;

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "test_util.h"
+#include "cli_runner.h"
 
 namespace kiln {
 namespace {
@@ -18,29 +18,9 @@ using testing::read_json;
 using testing::shared_path;
 using testing::TempDir;
 
-struct Outcome {
-  int exit_code = -1;  // -1: killed by a signal or timed out
-  std::string out;
-  std::string err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-Outcome kiln(const TempDir& dir, const std::string& args) {
-  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
-  const std::string cmd = "timeout 120 " + std::string(KILN_BINARY_DIR) + "/kiln " + args + " >" + out + " 2>" + err + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  Outcome o;
-  if (WIFEXITED(status) && WEXITSTATUS(status) != 124 && WEXITSTATUS(status) < 128) o.exit_code = WEXITSTATUS(status);
-  o.out = slurp(out);
-  o.err = slurp(err);
-  return o;
-}
+using testing::kiln;
+using testing::Outcome;
+using testing::slurp;
 
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;

@@ -93,6 +93,39 @@ TEST(CudaParity, PrefillChunkWithoutLogitRows) {
   model->kv_pool().free(blocks[0]);
 }
 
+// Greedy ids taken on the device (forward_argmax, used by decode loops) equal the host argmax of
+// the logits of the same step, for several rows (a decode step of 3 sequences, graph-replayed).
+TEST(CudaParity, DeviceArgmaxEqualsHostArgmax) {
+  REQUIRE_GPU();
+  TempDir dir;
+  auto model = build_and_load(dir, shared_path("fixtures/hf-tiny/tiny-llama"), "fp16", true, 512, 2, 512, "cuda");
+  ASSERT_TRUE(model);
+  Backend& backend = model->backend();
+  const int32_t max_blocks = static_cast<int32_t>(model->info().max_seq_len / backend.kv_geometry().block_size);
+  Batch b;
+  b.max_blocks_per_seq = max_blocks;
+  std::vector<int32_t> blocks;
+  for (int32_t s = 0; s < 3; ++s) {
+    blocks.push_back(*model->kv_pool().allocate());
+    std::vector<int32_t> row(max_blocks, -1);
+    row[0] = blocks.back();
+    b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
+    b.tokens.push_back(100 + 7 * s);
+    b.positions.push_back(0);
+    b.token_seq.push_back(s);
+    b.logit_rows.push_back(s);
+  }
+  for (int rep = 0; rep < 3; ++rep) {  // eager on first use of the bucket, graph replay after
+    std::vector<float> logits(3 * backend.vocab_size());
+    ASSERT_TRUE(backend.forward(b, logits.data()).ok());
+    std::vector<int32_t> host(3), device(3, -1);
+    argmax_rows(logits.data(), 3, backend.vocab_size(), host.data());
+    ASSERT_TRUE(backend.forward_argmax(b, device.data()).ok());
+    EXPECT_EQ(device, host) << "repetition " << rep;
+  }
+  for (int32_t block : blocks) model->kv_pool().free(block);
+}
+
 TEST(CudaParity, RefusesAnEngineBuiltForAnotherArchitecture) {
   REQUIRE_GPU();
   TempDir dir;

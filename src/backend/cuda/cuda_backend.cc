@@ -232,15 +232,8 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
       const std::string key = rope_table_key(*rope);
       auto it = rope_tables.find(key);
       if (it == rope_tables.end()) {
-        const std::vector<double> inv_freq = rope_inverse_frequencies(*rope);
-        const size_t half = inv_freq.size();
-        std::vector<float> cos(max_seq_len_ * half), sin(max_seq_len_ * half);
-        for (int64_t p = 0; p < max_seq_len_; ++p) {
-          for (size_t j = 0; j < half; ++j) {
-            cos[p * half + j] = static_cast<float>(std::cos(static_cast<double>(p) * inv_freq[j]));
-            sin[p * half + j] = static_cast<float>(std::sin(static_cast<double>(p) * inv_freq[j]));
-          }
-        }
+        std::vector<float> cos, sin;
+        kiln::rope_tables(*rope, max_seq_len_, cos, sin);
         KILN_ASSIGN(void* d, device_alloc(2 * cos.size() * sizeof(float), "rope tables"));
         float* dc = static_cast<float*>(d);
         KILN_TRY(check(cudaMemcpy(dc, cos.data(), cos.size() * 4, cudaMemcpyHostToDevice), "upload rope"));
@@ -339,35 +332,7 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
 }
 
 Status CudaBackend::check_batch(const Batch& batch) const {
-  const int64_t T = batch.num_tokens();
-  if (T <= 0) return make_error("forward: empty batch");
-  if (T > max_tokens_) return make_error("forward: {} tokens in one step, the limit is {}", T, max_tokens_);
-  if (batch.positions.size() != static_cast<size_t>(T) || batch.token_seq.size() != static_cast<size_t>(T)) {
-    return make_error("forward: tokens, positions and token_seq differ in length");
-  }
-  if (static_cast<int64_t>(batch.logit_rows.size()) > max_logit_rows_) {
-    return make_error("forward: {} logit rows requested, the limit is {}", batch.logit_rows.size(), max_logit_rows_);
-  }
-  if (batch.num_seqs() > max_seqs_) return make_error("forward: {} sequences, the engine's max batch is {}", batch.num_seqs(), max_seqs_);
-  for (int64_t i = 0; i < T; ++i) {
-    if (batch.tokens[i] < 0 || batch.tokens[i] >= vocab_size_) {
-      return make_error("token id {} out of range: vocabulary has {} tokens", batch.tokens[i], vocab_size_);
-    }
-    if (batch.positions[i] < 0 || batch.positions[i] >= max_seq_len_) {
-      return make_error("position {} beyond the engine's max sequence length {}", batch.positions[i], max_seq_len_);
-    }
-    if (batch.token_seq[i] < 0 || batch.token_seq[i] >= batch.num_seqs()) return make_error("forward: bad sequence index");
-    const int64_t block_index = batch.positions[i] / block_size_;
-    if (block_index >= batch.max_blocks_per_seq) return make_error("forward: block table too short for position {}", batch.positions[i]);
-    for (int64_t b = 0; b <= block_index; ++b) {
-      const int32_t block = batch.block_tables[batch.token_seq[i] * batch.max_blocks_per_seq + b];
-      if (block < 0 || block >= num_kv_blocks_) return make_error("forward: invalid KV block id {}", block);
-    }
-  }
-  for (int32_t r : batch.logit_rows) {
-    if (r < 0 || r >= T) return make_error("forward: logit row {} out of range", r);
-  }
-  return Status::Ok();
+  return validate_batch(batch, BatchLimits{max_tokens_, max_logit_rows_, max_seqs_, vocab_size_, max_seq_len_, num_kv_blocks_, block_size_});
 }
 
 Status CudaBackend::upload_batch(const Batch& batch, int64_t padded) {

@@ -7,6 +7,18 @@ namespace kiln::cuda {
 
 namespace {
 
+// Reduces (value, id) pairs across a warp: larger value wins, the lower id on ties (as the host).
+__device__ void warp_argmax(float& best, int32_t& best_id) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other = __shfl_down_sync(0xffffffffu, best, offset);
+    const int32_t other_id = __shfl_down_sync(0xffffffffu, best_id, offset);
+    if (other > best || (other == best && other_id < best_id)) {
+      best = other;
+      best_id = other_id;
+    }
+  }
+}
+
 __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, int32_t* __restrict__ ids) {
   const float* row = logits + blockIdx.x * vocab;
   float best = -FLT_MAX;
@@ -19,14 +31,7 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, i
     }
   }
   // warp reduction, then across warps (lowest id wins ties, as the host argmax)
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float other = __shfl_down_sync(0xffffffffu, best, offset);
-    const int32_t other_id = __shfl_down_sync(0xffffffffu, best_id, offset);
-    if (other > best || (other == best && other_id < best_id)) {
-      best = other;
-      best_id = other_id;
-    }
-  }
+  warp_argmax(best, best_id);
   __shared__ float warp_best[32];
   __shared__ int32_t warp_id[32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -39,14 +44,7 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, i
     const int num_warps = blockDim.x / 32;
     best = lane < num_warps ? warp_best[lane] : -FLT_MAX;
     best_id = lane < num_warps ? warp_id[lane] : 0x7fffffff;
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const float other = __shfl_down_sync(0xffffffffu, best, offset);
-      const int32_t other_id = __shfl_down_sync(0xffffffffu, best_id, offset);
-      if (other > best || (other == best && other_id < best_id)) {
-        best = other;
-        best_id = other_id;
-      }
-    }
+    warp_argmax(best, best_id);
     if (lane == 0) ids[blockIdx.x] = best_id;
   }
 }
