@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
+#include "graph/graph.h"
 
 namespace kiln {
 
@@ -121,5 +124,9 @@ Result<std::unique_ptr<Backend>> create_cpu_backend(const LoadedEngine& engine, 
 Result<std::unique_ptr<Backend>> create_cuda_backend(const LoadedEngine& engine, const BackendOptions& options);
 // "sm_90" for the current device, or an error when there is none.
 Result<std::string> cuda_device_arch();
+// Build-time kernel choice ("tactics", as TensorRT's builder): for every Linear shape of `graph` and
+// each row count, times the GEMV kernel and cuBLASLt's top algorithms on random data on the present
+// GPU and returns {"linear": [{m, n, k, kernel: "gemv"|"cublaslt", algo, gemv_ms, cublas_ms}]}.
+Result<nlohmann::json> cuda_select_tactics(const Graph& graph, const std::vector<int64_t>& row_counts);
 
 }  // namespace kiln

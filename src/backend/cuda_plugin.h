@@ -8,21 +8,28 @@
 #include <memory>
 #include <string>
 
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
 #include "backend/backend.h"
+#include "graph/graph.h"
 
 namespace kiln {
 
-inline constexpr int kCudaPluginAbiVersion = 1;
+inline constexpr int kCudaPluginAbiVersion = 2;
 
 struct CudaPluginApi {
   int abi_version;
   Result<std::unique_ptr<Backend>> (*create_backend)(const LoadedEngine& engine, const BackendOptions& options);
   Result<std::string> (*device_arch)();
+  Result<nlohmann::json> (*select_tactics)(const Graph& graph, const std::vector<int64_t>& row_counts);
 };
 
 namespace cuda_plugin {
 Result<std::unique_ptr<Backend>> create_backend(const LoadedEngine& engine, const BackendOptions& options);
 Result<std::string> device_arch();
+Result<nlohmann::json> select_tactics(const Graph& graph, const std::vector<int64_t>& row_counts);
 }  // namespace cuda_plugin
 
 }  // namespace kiln

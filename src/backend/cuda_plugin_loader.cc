@@ -61,7 +61,15 @@ Result<std::string> cuda_device_arch() {
   KILN_ASSIGN(const CudaPluginApi* api, load_cuda_plugin());
   return api->device_arch();
 }
+
+Result<nlohmann::json> cuda_select_tactics(const Graph& graph, const std::vector<int64_t>& row_counts) {
+  KILN_ASSIGN(const CudaPluginApi* api, load_cuda_plugin());
+  return api->select_tactics(graph, row_counts);
+}
 #else
+Result<nlohmann::json> cuda_select_tactics(const Graph&, const std::vector<int64_t>&) {
+  return make_error("this kiln was built without the CUDA backend");
+}
 Result<std::unique_ptr<Backend>> create_cuda_backend(const LoadedEngine&, const BackendOptions&) {
   return make_error("this kiln was built without the CUDA backend (configure with nvcc available, KILN_CUDA=ON)");
 }

@@ -148,6 +148,26 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     KILN_ASSIGN(report.fused_rope, fuse_rope_into_attention(built.graph));
   }
 
+  // Tactics: on the GPU the engine is built for, time GEMV vs cuBLASLt algorithms for every Linear
+  // shape at each decode bucket (1, 2, 4, ... max batch) and the opt prefill step; the run side uses
+  // the winners. Without that GPU the run side keeps its heuristics.
+  nlohmann::json tactics = nullptr;
+  report.tactics = "none (not a cuda engine)";
+  if (options.backend == "cuda") {
+    auto present = cuda_device_arch();
+    if (!options.tune) {
+      report.tactics = "none (--no-tune)";
+    } else if (!present.ok() || *present != device_arch) {
+      report.tactics = "none (no " + device_arch + " GPU at build time: kernels chosen by heuristics at load)";
+    } else {
+      std::vector<int64_t> rows;
+      for (int64_t m = 1; m <= profile.max_batch; m *= 2) rows.push_back(m);
+      rows.push_back(std::min<int64_t>(profile.opt_seq * profile.opt_batch, 2048));
+      KILN_ASSIGN(tactics, cuda_select_tactics(built.graph, rows));
+      report.tactics = fmt::format("{} timed on {}", tactics["linear"].size(), device_arch);
+    }
+  }
+
   // Tokenizer: stored verbatim so the run side parses exactly what the build side saw.
   std::optional<Tokenizer> tokenizer;
   const std::string tokenizer_path = options.tokenizer_path.empty() ? imported.default_tokenizer : options.tokenizer_path;
@@ -194,6 +214,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
         {"fused_rope_into_attention", report.fused_rope},
         {"kiln_version", KILN_VERSION}}},
       {"graph", built.graph.to_json()},
+      {"tactics", tactics},
       {"tokenizer", nullptr},
   };
   for (const auto& [name, info] : built.graph.weights) {

@@ -20,7 +20,8 @@ struct BuildOptions {
   std::string backend = "cpu";   // cpu | cuda
   std::string device_arch;      // cuda: "sm_90" etc.; empty = the GPU present at build time, else sm_90
   std::string profile;          // "batch=1:8:64,seq=1:512:4096" (min:opt:max); overrides max_batch/max_seq_len
-  bool fuse = true;             // QKV and gate/up fusion
+  bool fuse = true;             // QKV, gate/up, add+RMSNorm and RoPE-into-attention fusion
+  bool tune = true;             // cuda: time kernel tactics on the GPU present (skipped without one)
 };
 
 struct BuildReport {
@@ -31,6 +32,7 @@ struct BuildReport {
   int64_t num_tensors = 0;
   int64_t weight_bytes = 0;
   std::string tokenizer;  // what was embedded ("" when none)
+  std::string tactics;    // e.g. "40 timed on sm_90", or why none were
 };
 
 // Shape profile of an engine (TensorRT's optimization profile): the run side plans memory for the

@@ -126,6 +126,35 @@ TEST(CudaParity, DeviceArgmaxEqualsHostArgmax) {
   for (int32_t block : blocks) model->kv_pool().free(block);
 }
 
+// Built on a GPU, a cuda engine records the kernel chosen (by timing) for every Linear shape and
+// decode bucket; the parity tests above run such engines, so the chosen kernels are also checked.
+TEST(CudaParity, BuildRecordsTimedTactics) {
+  REQUIRE_GPU();
+  TempDir dir;
+  BuildOptions options;
+  options.model_path = shared_path("fixtures/hf-tiny/tiny-llama");
+  options.output_path = dir.file("t.kiln");
+  options.backend = "cuda";
+  options.max_batch = 4;
+  auto report = build_engine(options);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  auto engine = load_engine(options.output_path, LoadOptions{});
+  ASSERT_TRUE(engine.ok());
+  const auto& tactics = engine->metadata["tactics"];
+  ASSERT_TRUE(tactics.is_object()) << report->tactics;
+  // 4 Linear shapes (qkv, o, gate_up, down) + lm_head, each at rows 1, 2, 4 and the prefill step.
+  EXPECT_EQ(tactics["linear"].size(), 5u * 4u);
+  for (const auto& t : tactics["linear"]) {
+    const std::string kernel = t["kernel"].get<std::string>();
+    EXPECT_TRUE(kernel == "gemv" || kernel == "cublaslt") << t.dump();
+    // The GEMV is timed wherever it applies (up to 8 rows, K a multiple of 8), and never chosen elsewhere.
+    const bool gemv_applies = t["m"].get<int64_t>() <= 8 && t["k"].get<int64_t>() % 8 == 0;
+    EXPECT_EQ(t["gemv_ms"].get<double>() > 0, gemv_applies) << t.dump();
+    if (!gemv_applies) EXPECT_EQ(kernel, "cublaslt") << t.dump();
+    EXPECT_GT(t["cublas_ms"].get<double>(), 0) << t.dump();
+  }
+}
+
 TEST(CudaParity, RefusesAnEngineBuiltForAnotherArchitecture) {
   REQUIRE_GPU();
   TempDir dir;

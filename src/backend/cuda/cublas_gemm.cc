@@ -100,8 +100,10 @@ Status CublasGemm::run(const void* x, int64_t M, int64_t K, const void* w, int64
   return Status::Ok();
 }
 
-Result<std::pair<int, float>> CublasGemm::tune(const void* x, int64_t M, int64_t K, const void* w, int64_t N, void* y,
-                                               int64_t ldy, DType act, DType y_dtype, cudaStream_t stream) {
+Result<std::pair<int, float>> CublasGemm::tune(const void* x, int64_t M, int64_t K, const void* w, int64_t w_copies,
+                                               size_t w_stride, int64_t N, void* y, int64_t ldy, DType act,
+                                               DType y_dtype, cudaStream_t stream) {
+  auto w_at = [&](int rep) { return static_cast<const char*>(w) + static_cast<size_t>(rep % w_copies) * w_stride; };
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
@@ -111,7 +113,7 @@ Result<std::pair<int, float>> CublasGemm::tune(const void* x, int64_t M, int64_t
     if (!plan_for(M, K, N, ldy, act, y_dtype, false, candidate).ok()) break;
     KILN_TRY(run(x, M, K, w, N, nullptr, y, ldy, act, y_dtype, stream));  // warm-up
     cudaEventRecord(start, stream);
-    for (int rep = 0; rep < 10; ++rep) KILN_TRY(run(x, M, K, w, N, nullptr, y, ldy, act, y_dtype, stream));
+    for (int rep = 0; rep < 10; ++rep) KILN_TRY(run(x, M, K, w_at(rep), N, nullptr, y, ldy, act, y_dtype, stream));
     cudaEventRecord(stop, stream);
     cudaEventSynchronize(stop);
     float ms = 0;

@@ -25,10 +25,18 @@ class CublasGemm {
   Status run(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const void* bias, void* y, int64_t ldy,
              DType act, DType y_dtype, cudaStream_t stream);
 
+  // Uses the heuristic's candidate `candidate` for this shape from now on (a tactic from the engine).
+  Status pin(int64_t M, int64_t K, int64_t N, int64_t ldy, DType act, DType y_dtype, bool bias, int candidate) {
+    auto plan = plan_for(M, K, N, ldy, act, y_dtype, bias, candidate);
+    return plan.ok() ? Status::Ok() : Status(plan.error());
+  }
+
   // Times the heuristic's top candidates for this shape and keeps the fastest (a "tactic").
-  // Returns the chosen candidate index and its time.
-  Result<std::pair<int, float>> tune(const void* x, int64_t M, int64_t K, const void* w, int64_t N, void* y, int64_t ldy,
-                                     DType act, DType y_dtype, cudaStream_t stream);
+  // Repetition r reads the weights at w + (r % w_copies) * w_stride bytes, so timings of matrices
+  // smaller than L2 are not served from the cache. Returns the chosen candidate index and its time.
+  Result<std::pair<int, float>> tune(const void* x, int64_t M, int64_t K, const void* w, int64_t w_copies,
+                                     size_t w_stride, int64_t N, void* y, int64_t ldy, DType act, DType y_dtype,
+                                     cudaStream_t stream);
 
  private:
   struct Plan {
