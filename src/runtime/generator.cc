@@ -39,11 +39,12 @@ class StopStringFilter {
   explicit StopStringFilter(const std::vector<std::string>& stops) : stops_(stops) {}
   // Appends text; returns true when a stop string was found (text is then cut before it).
   bool append(std::string_view piece) {
-    const size_t search_from = text_.size() >= max_stop_len() ? text_.size() - max_stop_len() + 1 : 0;
+    // A stop string completed by this piece starts at most max_stop_len() bytes before its start.
+    const size_t search_from = text_.size() > max_stop_len() ? text_.size() - max_stop_len() : 0;
     text_ += piece;
     for (const std::string& stop : stops_) {
       if (stop.empty()) continue;
-      const size_t at = text_.find(stop, search_from > 0 ? search_from - 1 : 0);
+      const size_t at = text_.find(stop, search_from);
       if (at != std::string::npos) {
         text_.resize(at);
         return true;
