@@ -1,9 +1,9 @@
 #include "runtime/block_manager.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
 #include <cassert>
-
-#include <xxhash.h>
 
 namespace kiln {
 
@@ -25,10 +25,12 @@ uint64_t BlockManager::hash_block(uint64_t parent_hash, std::span<const int32_t>
   return XXH3_64bits_withSeed(tokens.data(), tokens.size_bytes(), parent_hash);
 }
 
-std::vector<int32_t> BlockManager::find_cached_prefix(std::span<const int32_t> tokens, int64_t max_tokens) const {
+std::vector<int32_t> BlockManager::find_cached_prefix(std::span<const int32_t> tokens,
+                                                      int64_t max_tokens) const {
   std::vector<int32_t> found;
   if (!prefix_caching_) return found;
-  const int64_t full_blocks = std::min<int64_t>(static_cast<int64_t>(tokens.size()), max_tokens) / block_size_;
+  const int64_t full_blocks =
+      std::min<int64_t>(static_cast<int64_t>(tokens.size()), max_tokens) / block_size_;
   uint64_t parent = kRootHash;
   for (int64_t b = 0; b < full_blocks; ++b) {
     const auto block_tokens = tokens.subspan(b * block_size_, block_size_);
@@ -36,7 +38,9 @@ std::vector<int32_t> BlockManager::find_cached_prefix(std::span<const int32_t> t
     const auto it = by_hash_.find(hash);
     if (it == by_hash_.end()) break;
     const BlockInfo& info = info_[it->second];
-    if (info.parent_hash != parent || !std::equal(block_tokens.begin(), block_tokens.end(), info.tokens.begin())) break;
+    if (info.parent_hash != parent ||
+        !std::equal(block_tokens.begin(), block_tokens.end(), info.tokens.begin()))
+      break;
     found.push_back(it->second);
     parent = hash;
   }
@@ -55,7 +59,8 @@ std::span<const int32_t> BlockManager::blocks(int64_t seq) const {
   return it->second.blocks;
 }
 
-int64_t BlockManager::blocks_needed(int64_t seq, int64_t num_tokens, std::span<const int32_t> cached_prefix) const {
+int64_t BlockManager::blocks_needed(int64_t seq, int64_t num_tokens,
+                                    std::span<const int32_t> cached_prefix) const {
   const int64_t held = static_cast<int64_t>(blocks(seq).size()) + static_cast<int64_t>(cached_prefix.size());
   return std::max<int64_t>(0, blocks_for(num_tokens) - held);
 }
@@ -87,7 +92,8 @@ int32_t BlockManager::take_block() {
   return block;
 }
 
-bool BlockManager::allocate(int64_t seq, int64_t num_tokens, std::span<const int32_t> cached_prefix, int64_t query_tokens) {
+bool BlockManager::allocate(int64_t seq, int64_t num_tokens, std::span<const int32_t> cached_prefix,
+                            int64_t query_tokens) {
   assert(cached_prefix.empty() || blocks(seq).empty());
   const int64_t needed = blocks_needed(seq, num_tokens, cached_prefix);
   if (needed > num_available_blocks() - evictable_among(cached_prefix)) return false;

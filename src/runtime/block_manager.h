@@ -55,7 +55,8 @@ class BlockManager {
   // Makes `seq` hold blocks for positions [0, num_tokens): a new sequence first takes cached_prefix
   // (from find_cached_prefix; query_tokens counts the lookup in the stats). Returns false and
   // changes nothing when the available blocks do not suffice.
-  bool allocate(int64_t seq, int64_t num_tokens, std::span<const int32_t> cached_prefix = {}, int64_t query_tokens = 0);
+  bool allocate(int64_t seq, int64_t num_tokens, std::span<const int32_t> cached_prefix = {},
+                int64_t query_tokens = 0);
 
   // Hashes the blocks of `seq` that positions [0, num_computed) fill, given its tokens, so later
   // sequences can share them. A block whose content is already cached under another block stays
@@ -96,9 +97,9 @@ class BlockManager {
   KvBlockPool& pool_;
   int64_t block_size_;
   bool prefix_caching_;
-  std::vector<BlockInfo> info_;                   // [pool blocks]
+  std::vector<BlockInfo> info_;                    // [pool blocks]
   std::unordered_map<uint64_t, int32_t> by_hash_;  // hash of a full block -> the block holding it
-  std::list<int32_t> evictable_;                  // cached, unreferenced; front = least recently used
+  std::list<int32_t> evictable_;                   // cached, unreferenced; front = least recently used
   std::unordered_map<int64_t, SequenceBlocks> sequences_;
   PrefixCacheStats stats_;
 };

@@ -8,24 +8,28 @@ namespace kiln {
 Scheduler::Scheduler(const SchedulerConfig& config, KvBlockPool& pool)
     : config_(config),
       blocks_(pool, config.block_size, config.prefix_caching),
-      max_blocks_per_seq_(static_cast<int32_t>((config.max_seq_len + config.block_size - 1) / config.block_size)) {
-  assert(config.max_seq_len > 0 && config.max_tokens_per_step > 0 && config.max_logit_rows > 0 && config.max_running > 0);
+      max_blocks_per_seq_(
+          static_cast<int32_t>((config.max_seq_len + config.block_size - 1) / config.block_size)) {
+  assert(config.max_seq_len > 0 && config.max_tokens_per_step > 0 && config.max_logit_rows > 0 &&
+         config.max_running > 0);
 }
 
 Status Scheduler::add(SchedulerRequest request) {
   const int64_t prompt_len = static_cast<int64_t>(request.prompt_ids.size());
   if (prompt_len == 0) return make_error("request {}: empty prompt: give at least one token", request.id);
   if (prompt_len >= config_.max_seq_len) {
-    return make_error("request {}: prompt of {} tokens does not fit the max sequence length {}", request.id, prompt_len,
-                      config_.max_seq_len);
+    return make_error("request {}: prompt of {} tokens does not fit the max sequence length {}", request.id,
+                      prompt_len, config_.max_seq_len);
   }
-  if (request.max_new_tokens < 1) return make_error("request {}: max_new_tokens must be >= 1, got {}", request.id, request.max_new_tokens);
-  if (sequences_.count(request.id)) return make_error("request {}: id already in use by an unfinished request", request.id);
+  if (request.max_new_tokens < 1)
+    return make_error("request {}: max_new_tokens must be >= 1, got {}", request.id, request.max_new_tokens);
+  if (sequences_.count(request.id))
+    return make_error("request {}: id already in use by an unfinished request", request.id);
   // The most KV a request can hold: its last sampled token is never fed back.
   const int64_t max_len = std::min<int64_t>(prompt_len + request.max_new_tokens - 1, config_.max_seq_len);
   if (max_len > blocks_.num_blocks() * config_.block_size) {
-    return make_error("request {}: needs KV for {} tokens, more than the {} blocks of {} tokens in the cache", request.id,
-                      max_len, blocks_.num_blocks(), config_.block_size);
+    return make_error("request {}: needs KV for {} tokens, more than the {} blocks of {} tokens in the cache",
+                      request.id, max_len, blocks_.num_blocks(), config_.block_size);
   }
   auto seq = std::make_unique<Sequence>();
   seq->id = request.id;
@@ -89,7 +93,8 @@ bool Scheduler::schedule_chunk(Sequence& seq, bool waiting, int64_t& budget, Sch
   }
   const int64_t remaining = length - seq.num_computed;
   int64_t chunk = std::min(remaining, budget);
-  if (chunk == remaining && static_cast<int64_t>(step.logit_requests.size()) >= config_.max_logit_rows) --chunk;
+  if (chunk == remaining && static_cast<int64_t>(step.logit_requests.size()) >= config_.max_logit_rows)
+    --chunk;
   chunk = std::min(chunk, blocks_.max_tokens_reachable(seq.id, cached) - seq.num_computed);
   if (chunk <= 0) {
     if (waiting) seq.num_computed = 0;
@@ -137,12 +142,14 @@ void Scheduler::schedule(SchedulerStep& step) {
     if (!schedule_chunk(seq, false, budget, step)) break;
   }
   //    No admission in a step that preempted: the blocks just freed go to the running sequences.
-  while (budget > 0 && step.preempted.empty() && !waiting_.empty() && static_cast<int64_t>(running_.size()) < config_.max_running) {
+  while (budget > 0 && step.preempted.empty() && !waiting_.empty() &&
+         static_cast<int64_t>(running_.size()) < config_.max_running) {
     if (!schedule_chunk(*waiting_.front(), true, budget, step)) break;
   }
 }
 
-std::vector<FinishedRequest> Scheduler::commit(const SchedulerStep& step, std::span<const int32_t> sampled_ids) {
+std::vector<FinishedRequest> Scheduler::commit(const SchedulerStep& step,
+                                               std::span<const int32_t> sampled_ids) {
   assert(sampled_ids.size() == step.logit_requests.size());
   std::vector<FinishedRequest> finished;
   size_t row = 0;

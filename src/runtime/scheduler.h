@@ -37,11 +37,11 @@
 namespace kiln {
 
 struct SchedulerConfig {
-  int64_t block_size = 16;           // the backend's kv_geometry().block_size
-  int64_t max_seq_len = 0;           // the engine's; positions stay below it
-  int64_t max_tokens_per_step = 512; // token budget of one step (the backend's max_tokens_per_step)
-  int64_t max_logit_rows = 64;       // sampled rows in one step (the backend's max_logit_rows)
-  int64_t max_running = 64;          // sequences holding KV blocks at once (rows of block_tables)
+  int64_t block_size = 16;            // the backend's kv_geometry().block_size
+  int64_t max_seq_len = 0;            // the engine's; positions stay below it
+  int64_t max_tokens_per_step = 512;  // token budget of one step (the backend's max_tokens_per_step)
+  int64_t max_logit_rows = 64;        // sampled rows in one step (the backend's max_logit_rows)
+  int64_t max_running = 64;           // sequences holding KV blocks at once (rows of block_tables)
   bool prefix_caching = true;
 };
 
@@ -61,10 +61,10 @@ struct ScheduledSequence {
 };
 
 struct SchedulerStep {
-  Batch batch;                                // row s of block_tables is sequences[s]
-  std::vector<ScheduledSequence> sequences;   // [num_seqs]
-  std::vector<int64_t> logit_requests;        // [R] request of each of batch.logit_rows
-  std::vector<int64_t> preempted;             // requests preempted while building this step
+  Batch batch;                               // row s of block_tables is sequences[s]
+  std::vector<ScheduledSequence> sequences;  // [num_seqs]
+  std::vector<int64_t> logit_requests;       // [R] request of each of batch.logit_rows
+  std::vector<int64_t> preempted;            // requests preempted while building this step
   int64_t num_decode_tokens = 0;
   int64_t num_prefill_tokens = 0;
 
@@ -115,7 +115,8 @@ class Scheduler {
   };
 
   // KV capacity policy.
-  bool reserve_decode_block(Sequence& seq, SchedulerStep& step);  // preempts until seq fits or is itself preempted
+  bool reserve_decode_block(Sequence& seq,
+                            SchedulerStep& step);  // preempts until seq fits or is itself preempted
   void preempt(Sequence& seq);
   // Token packing.
   void add_to_step(Sequence& seq, int64_t num_tokens, SchedulerStep& step);

@@ -2,11 +2,11 @@
 // "run" by a fake model whose sampled id is a fixed function of (request, position), so any
 // scheduling (chunking, batching, preemption, cache hits) must give every request the same output
 // as running it alone, and every step is checked against the batch invariants.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <map>
 #include <set>
-
-#include <gtest/gtest.h>
 
 #include "runtime/scheduler.h"
 
@@ -32,7 +32,9 @@ std::vector<int32_t> iota_tokens(int32_t first, int64_t n) {
 }
 
 // The fake model: the token after position p of request id.
-int32_t fake_sample(int64_t id, int32_t position) { return static_cast<int32_t>((id * 31 + position * 7) % 97 + 100); }
+int32_t fake_sample(int64_t id, int32_t position) {
+  return static_cast<int32_t>((id * 31 + position * 7) % 97 + 100);
+}
 
 // Runs steps until nothing is left, checking every step; returns each request's output and the
 // positions its logit rows came from.
@@ -40,9 +42,9 @@ struct Driver {
   Scheduler& scheduler;
   int64_t budget;
   int64_t block_size = kBlock;
-  std::map<int64_t, std::vector<int32_t>> tokens;     // what the driver knows of each request's sequence
-  std::map<int64_t, std::vector<int32_t>> outputs;    // finished outputs
-  std::map<int64_t, std::vector<int32_t>> sampled_at; // positions of each request's logit rows
+  std::map<int64_t, std::vector<int32_t>> tokens;      // what the driver knows of each request's sequence
+  std::map<int64_t, std::vector<int32_t>> outputs;     // finished outputs
+  std::map<int64_t, std::vector<int32_t>> sampled_at;  // positions of each request's logit rows
   int64_t steps = 0;
 
   void add(int64_t id, std::vector<int32_t> prompt, int32_t max_new) {
@@ -116,11 +118,14 @@ struct Driver {
         if (fresh) continue;
         const int64_t other = it->second.first;
         ASSERT_EQ(it->second.second, i) << "block " << block << " at different table indices";
-        ASSERT_LE((i + 1) * block_size, q.first_position) << "shared block " << block << " not computed for " << q.request_id;
+        ASSERT_LE((i + 1) * block_size, q.first_position)
+            << "shared block " << block << " not computed for " << q.request_id;
         const auto& a = tokens[q.request_id];
         const auto& c = tokens[other];
-        ASSERT_TRUE(std::equal(a.begin() + i * block_size, a.begin() + (i + 1) * block_size, c.begin() + i * block_size))
-            << "block " << block << " shared by requests " << q.request_id << " and " << other << " with different content";
+        ASSERT_TRUE(std::equal(a.begin() + i * block_size, a.begin() + (i + 1) * block_size,
+                               c.begin() + i * block_size))
+            << "block " << block << " shared by requests " << q.request_id << " and " << other
+            << " with different content";
       }
     }
     // A logit row only at a sequence's last known token.
@@ -134,7 +139,8 @@ struct Driver {
 // Expected output of a request run alone: the fake model's chain.
 std::vector<int32_t> alone(int64_t id, int64_t prompt_len, int32_t max_new) {
   std::vector<int32_t> out;
-  for (int32_t i = 0; i < max_new; ++i) out.push_back(fake_sample(id, static_cast<int32_t>(prompt_len - 1 + i)));
+  for (int32_t i = 0; i < max_new; ++i)
+    out.push_back(fake_sample(id, static_cast<int32_t>(prompt_len - 1 + i)));
   return out;
 }
 
@@ -234,7 +240,8 @@ TEST(Scheduler, EosAndContextEndFinish) {
     SchedulerStep s;
     scheduler.schedule(s);
     std::vector<int32_t> sampled;
-    for (size_t r = 0; r < s.logit_requests.size(); ++r) sampled.push_back(fake_sample(s.logit_requests[r], s.batch.positions[s.batch.logit_rows[r]]));
+    for (size_t r = 0; r < s.logit_requests.size(); ++r)
+      sampled.push_back(fake_sample(s.logit_requests[r], s.batch.positions[s.batch.logit_rows[r]]));
     for (FinishedRequest& f : scheduler.commit(s, sampled)) done[f.id] = f;
   }
   EXPECT_EQ(done[1].finish_reason, "eos");
@@ -256,7 +263,8 @@ TEST(Scheduler, ManyRequestsUnderPressureMatchRunningAlone) {
   EXPECT_GT(scheduler.num_preemptions(), 0) << "the pool is meant to be too small for all at once";
   for (int64_t i = 0; i < 8; ++i) {
     EXPECT_EQ(d.outputs[i], alone(i, lengths[i], max_new[i])) << "request " << i;
-    EXPECT_EQ(d.sampled_at[i], iota_tokens(static_cast<int32_t>(lengths[i] - 1), max_new[i])) << "request " << i;
+    EXPECT_EQ(d.sampled_at[i], iota_tokens(static_cast<int32_t>(lengths[i] - 1), max_new[i]))
+        << "request " << i;
   }
   EXPECT_EQ(scheduler.block_manager().num_available_blocks(), pool.num_blocks());
   scheduler.block_manager().reset_prefix_cache();
@@ -273,7 +281,8 @@ TEST(PrefixCache, SharedSystemPromptIsComputedOnce) {
   b.insert(b.end(), {7, 8, 9});
   d.add(1, a, 10);
   d.step();  // prefill of a: its 3 full blocks are hashed at commit
-  const std::vector<int32_t> a_blocks(scheduler.block_manager().blocks(1).begin(), scheduler.block_manager().blocks(1).end());
+  const std::vector<int32_t> a_blocks(scheduler.block_manager().blocks(1).begin(),
+                                      scheduler.block_manager().blocks(1).end());
   d.add(2, b, 10);
   const SchedulerStep s = d.step();
   ASSERT_EQ(s.sequences.size(), 2u);
