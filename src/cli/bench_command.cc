@@ -8,17 +8,13 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/engine_file.h"
+#include "cli/report_error.h"
 #include "runtime/model.h"
 
 namespace kiln {
 
 namespace {
 
-int fail(const Error& error) {
-  std::fflush(stdout);
-  fmt::print(stderr, "kiln: error: {}\n", error.message);
-  return 1;
-}
 
 double mib(int64_t bytes) { return static_cast<double>(bytes) / 1048576.0; }
 

@@ -18,6 +18,7 @@
 #include "engine/engine_file.h"
 #include "graph/graph.h"
 #include "runtime/generator.h"
+#include "cli/report_error.h"
 #include "runtime/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -25,11 +26,6 @@ namespace kiln {
 
 namespace {
 
-int fail(const Error& error) {
-  std::fflush(stdout);
-  fmt::print(stderr, "kiln: error: {}\n", error.message);
-  return 1;
-}
 
 double peak_rss_mib() {
   rusage usage{};
