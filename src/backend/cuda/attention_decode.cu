@@ -18,6 +18,7 @@
 #include <cfloat>
 
 #include "backend/cuda/attention_common.cuh"
+#include "backend/cuda/launch.cuh"
 
 namespace kiln::cuda::attention {
 namespace {
@@ -72,6 +73,11 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3) decode_kernel(Pa
   constexpr int kUnroll = LANES >= 8 ? 4 : 2;  // independent 16-byte loads per lane per step (K and V each)
   constexpr int kWarpStep = kKeysPerWarp * kUnroll;
   constexpr int kStep = kWarps * kWarpStep;  // positions the CTA covers per step
+  // PDL (launch.cuh): nothing here is worth starting before the producer (rope_kv_write wrote this
+  // step's K/V and q), so wait at once; letting dependents launch early lets the next GEMV's CTAs take
+  // the SMs this small grid leaves idle and stream their weights while attention runs.
+  detail::allow_dependents();
+  detail::wait_for_producer();
   const int m = blockIdx.x;
   const int split = blockIdx.y;
   const int group = p.num_heads / p.num_kv_heads;
@@ -270,6 +276,8 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3) decode_kernel(Pa
 template <class T>
 __global__ void __launch_bounds__(kThreads) combine_kernel(Params p, int splits, const float* partials) {
   static_assert(kDecodeMaxSplits <= 64, "two splits per lane");
+  detail::allow_dependents();
+  detail::wait_for_producer();
   const int m = blockIdx.x;
   const int head = blockIdx.y * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -345,14 +353,11 @@ cudaError_t launch(const Params& p, int splits, float* partials, cudaStream_t st
   const DecodeInstance k = instance<T>(p);
   const int group = p.num_heads / p.num_kv_heads;
   const dim3 grid(p.num_tokens, splits, p.num_kv_heads * ((group + k.heads_per_cta - 1) / k.heads_per_cta));
-  k.kernel<<<grid, kThreads, k.smem, stream>>>(p, splits, partials);
-  if (splits > 1) {
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    const dim3 combine_grid(p.num_tokens, (p.num_heads + kWarps - 1) / kWarps);
-    combine_kernel<T><<<combine_grid, kThreads, 0, stream>>>(p, splits, partials);
-  }
-  return cudaGetLastError();
+  cudaError_t err = detail::launch_kernel(k.kernel, grid, dim3(kThreads), k.smem, stream, p, splits, partials);
+  if (err != cudaSuccess || splits == 1) return err;
+  const dim3 combine_grid(p.num_tokens, (p.num_heads + kWarps - 1) / kWarps);
+  return detail::launch_kernel(combine_kernel<T>, combine_grid, dim3(kThreads), 0, stream, p, splits,
+                               static_cast<const float*>(partials));
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // Programmatic dependent launch (PDL), device side and the launch helper shared by the kernels of
-// gemv.cu, norm.cu, elementwise.cu, rope.cu, kv_cache.cu and rope_kv_write.cu.
+// gemv.cu, norm.cu, elementwise.cu, rope.cu, kv_cache.cu, rope_kv_write.cu and attention_decode.cu.
 //
 // Source: CUDA Programming Guide, "Programmatic Dependent Launch and Synchronization"; PTX ISA,
 // griddepcontrol. A kernel launched with programmatic stream serialization may begin once every CTA
@@ -16,8 +16,9 @@
 //   3. allow_dependents() may come anywhere (it makes no memory visible). Our kernels call it on
 //      entry: a successor's CTAs are placed only once the last CTA of this grid is running, so they
 //      fill SMs that this grid's tail leaves idle, and park at their own wait.
-// Kernels of other files (attention, cuBLAS) are launched without the attribute and wait for full
-// completion of their predecessor, as usual; a PDL kernel after them starts at their completion.
+// The split-K decode attention kernels (attention_decode.cu) keep the contract too. Kernels launched
+// without the attribute (prefill attention, cuBLAS) wait for full completion of their predecessor, as
+// usual; a PDL kernel after them starts at their completion.
 // Stream capture keeps programmatic edges, so CUDA graphs replay the overlap.
 #pragma once
 
