@@ -142,10 +142,21 @@ void Scheduler::schedule(SchedulerStep& step) {
     if (!schedule_chunk(seq, false, budget, step)) break;
   }
   //    No admission in a step that preempted: the blocks just freed go to the running sequences.
+  //    Static batching (the baseline continuous batching is measured against) admits only into an
+  //    open batch: one opens when nothing runs and closes once it is full, the queue is empty, or a
+  //    request did not fit; its sequences then run to the end before the next batch is admitted.
+  if (running_.empty()) batch_open_ = true;
+  if (config_.static_batching && !batch_open_) return;
+  bool stalled = false;
   while (budget > 0 && step.preempted.empty() && !waiting_.empty() &&
          static_cast<int64_t>(running_.size()) < config_.max_running) {
-    if (!schedule_chunk(*waiting_.front(), true, budget, step)) break;
+    if (!schedule_chunk(*waiting_.front(), true, budget, step)) {
+      stalled = true;
+      break;
+    }
   }
+  if (stalled || waiting_.empty() || static_cast<int64_t>(running_.size()) >= config_.max_running)
+    batch_open_ = false;
 }
 
 std::vector<FinishedRequest> Scheduler::commit(const SchedulerStep& step,

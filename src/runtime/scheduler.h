@@ -43,6 +43,9 @@ struct SchedulerConfig {
   int64_t max_logit_rows = 64;        // sampled rows in one step (the backend's max_logit_rows)
   int64_t max_running = 64;           // sequences holding KV blocks at once (rows of block_tables)
   bool prefix_caching = true;
+  // Baseline for benchmarks: admit requests in batches and admit no more until the whole batch has
+  // finished (static batching), instead of joining the running batch at any step (continuous).
+  bool static_batching = false;
 };
 
 struct SchedulerRequest {
@@ -130,6 +133,7 @@ class Scheduler {
   std::vector<Sequence*> running_;  // admission order
   std::deque<Sequence*> waiting_;   // FCFS; preempted sequences go to the front
   int64_t num_preemptions_ = 0;
+  bool batch_open_ = true;  // static batching: the current batch still admits requests
 };
 
 }  // namespace kiln
