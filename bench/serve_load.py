@@ -118,10 +118,34 @@ async def stream_request(host, port, path, body, api_key, timeout):
         writer.close()
 
 
-async def one_request(args, host, port, rng, system_prefix, stats):
-    words = [rng.choice(WORDS) for _ in range(rng.randint(*args.prompt_words))]
-    prompt = system_prefix + " ".join(words)
-    max_tokens = rng.randint(*args.max_tokens)
+def system_prompt(args):
+    rng = random.Random(args.seed)
+    if not args.system_prompt_words:
+        return ""
+    return " ".join(rng.choice(WORDS) for _ in range(args.system_prompt_words)) + " "
+
+
+def client_workload(args, client_index):
+    """The (prompt, max_tokens) pairs client `client_index` sends, in order (bench/hf_generate_load.py
+    replays the same list through transformers)."""
+    rng = random.Random(args.seed * 100003 + client_index)
+    prefix = system_prompt(args)
+    out = []
+    for _ in range(args.requests_per_client):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(*args.prompt_words))]
+        out.append((prefix + " ".join(words), rng.randint(*args.max_tokens)))
+    return out
+
+
+def add_workload_args(ap):
+    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--prompt-words", type=span, default=(8, 64))
+    ap.add_argument("--max-tokens", type=span, default=(16, 128))
+    ap.add_argument("--system-prompt-words", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+
+
+async def one_request(args, host, port, prompt, max_tokens, stats):
     body = {"model": args.model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     if args.api == "chat":
@@ -160,18 +184,16 @@ async def one_request(args, host, port, rng, system_prefix, stats):
             stats["errors"].append(f"{type(e).__name__}: {e}"[:200])
 
 
-async def client(args, host, port, seed, system_prefix, stats):
-    rng = random.Random(seed)
-    for _ in range(args.requests_per_client):
-        await one_request(args, host, port, rng, system_prefix, stats)
+async def client(args, host, port, index, stats):
+    for prompt, max_tokens in client_workload(args, index):
+        await one_request(args, host, port, prompt, max_tokens, stats)
 
 
-async def run_level(args, host, port, concurrency, system_prefix):
+async def run_level(args, host, port, concurrency):
     stats = {"ttft": [], "itl": [], "ok": 0, "failed": 0, "errors": [], "completion_tokens": 0,
              "prompt_tokens": 0}
     t0 = time.perf_counter()
-    await asyncio.gather(*(client(args, host, port, args.seed * 100003 + i, system_prefix, stats)
-                           for i in range(concurrency)))
+    await asyncio.gather(*(client(args, host, port, i, stats) for i in range(concurrency)))
     stats["wall_s"] = time.perf_counter() - t0
     return stats
 
@@ -193,12 +215,8 @@ def main():
     ap.add_argument("--model", default="")
     ap.add_argument("--api-key", default="")
     ap.add_argument("--concurrency", default="64,256")
-    ap.add_argument("--requests-per-client", type=int, default=2)
-    ap.add_argument("--prompt-words", type=span, default=(8, 64))
-    ap.add_argument("--max-tokens", type=span, default=(16, 128))
-    ap.add_argument("--system-prompt-words", type=int, default=0)
+    add_workload_args(ap)
     ap.add_argument("--api", choices=("completions", "chat"), default="completions")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json-out", default="")
     args = ap.parse_args()
@@ -212,15 +230,11 @@ def main():
         if args.api_key:
             req.add_header("Authorization", f"Bearer {args.api_key}")
         args.model = json.load(urllib.request.urlopen(req, timeout=30))["data"][0]["id"]
-    rng = random.Random(args.seed)
-    system_prefix = ""
-    if args.system_prompt_words:
-        system_prefix = " ".join(rng.choice(WORDS) for _ in range(args.system_prompt_words)) + " "
 
     rows = []
     for c in [int(x) for x in args.concurrency.split(",")]:
         before = fetch_metrics(base, args.api_key)
-        s = asyncio.run(run_level(args, host, port, c, system_prefix))
+        s = asyncio.run(run_level(args, host, port, c))
         after = wait_drained(base, args.api_key)
         q = after.get("kiln_prefix_cache_query_tokens_total", 0) - before.get("kiln_prefix_cache_query_tokens_total", 0)
         h = after.get("kiln_prefix_cache_hit_tokens_total", 0) - before.get("kiln_prefix_cache_hit_tokens_total", 0)
