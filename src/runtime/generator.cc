@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "runtime/stop_strings.h"
+
 namespace kiln {
 
 namespace {
@@ -31,50 +33,6 @@ class SequenceBlocks {
  private:
   KvBlockPool& pool_;
   std::vector<int32_t> blocks_;
-};
-
-// Streams text while holding back any tail that could still become a stop string.
-class StopStringFilter {
- public:
-  explicit StopStringFilter(const std::vector<std::string>& stops) : stops_(stops) {}
-  // Appends text; returns true when a stop string was found (text is then cut before it).
-  bool append(std::string_view piece) {
-    // A stop string completed by this piece starts at most max_stop_len() bytes before its start.
-    const size_t search_from = text_.size() > max_stop_len() ? text_.size() - max_stop_len() : 0;
-    text_ += piece;
-    for (const std::string& stop : stops_) {
-      if (stop.empty()) continue;
-      const size_t at = text_.find(stop, search_from);
-      if (at != std::string::npos) {
-        text_.resize(at);
-        return true;
-      }
-    }
-    return false;
-  }
-  // Text that can be shown now: all but a tail that is a prefix of some stop string.
-  std::string_view releasable() const {
-    size_t hold = 0;
-    for (const std::string& stop : stops_) {
-      for (size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), text_.size()); k > hold; --k) {
-        if (text_.compare(text_.size() - k, k, stop, 0, k) == 0) {
-          hold = k;
-          break;
-        }
-      }
-    }
-    return std::string_view(text_).substr(0, text_.size() - hold);
-  }
-  const std::string& text() const { return text_; }
-
- private:
-  size_t max_stop_len() const {
-    size_t m = 1;
-    for (const std::string& s : stops_) m = std::max(m, s.size());
-    return m;
-  }
-  const std::vector<std::string>& stops_;
-  std::string text_;
 };
 
 }  // namespace
