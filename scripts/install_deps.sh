@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages kiln builds with (skips what is already there).
+# Installs the Debian 12 packages kiln builds with (skips what is already there). With --test, also what
+# the tests run: Python 3 and Chromium (the headless browser test of the web playground, ~480 MB).
 set -euo pipefail
 packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libfmt-dev libpcre2-dev libxxhash-dev
-          libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev)
+          libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev)
+if [ "${1:-}" = "--test" ]; then
+  packages+=(python3 python3-venv chromium)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

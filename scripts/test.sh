@@ -3,6 +3,6 @@
 # (label gpu) report "skipped: no GPU" where none is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install_deps.sh
+scripts/install_deps.sh --test
 scripts/build.sh -DKILN_BUILD_TESTS=ON
 ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 900

@@ -61,6 +61,21 @@ Status Backend::forward_argmax(const Batch& batch, int32_t* ids) {
   return Status::Ok();
 }
 
+Status Backend::forward_sample(const Batch& batch, std::span<const RowSampling> rows, int32_t* ids) {
+  if (rows.size() != batch.logit_rows.size()) {
+    return make_error("forward_sample: {} sampling rows for {} logit rows", rows.size(),
+                      batch.logit_rows.size());
+  }
+  const int64_t vocab = vocab_size();
+  std::vector<float> logits(batch.logit_rows.size() * static_cast<size_t>(vocab));
+  KILN_TRY(forward(batch, logits.data()));
+  SampleScratch scratch;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    ids[r] = sample_row(logits.data() + r * vocab, vocab, rows[r], scratch);
+  }
+  return Status::Ok();
+}
+
 
 
 }  // namespace kiln

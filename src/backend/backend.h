@@ -6,11 +6,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "backend/sample_row.h"
 #include "common/error.h"
 #include "graph/graph.h"
 
@@ -79,6 +81,11 @@ class Backend {
   // Greedy decoding step: ids[r] = argmax of logit row r. Backends that can do it on the device
   // (CUDA) return only the ids; the default computes logits and takes the argmax on the host.
   virtual Status forward_argmax(const Batch& batch, int32_t* ids);
+  // Sampling step: ids[r] = a token drawn from logit row r under rows[r] (RowSampling in
+  // backend/sample_row.h: temperature -> top-k -> top-p -> min-p -> draw, whose exact semantics
+  // sample_row() defines). rows.size() == batch.logit_rows.size(). Backends that can do it on the
+  // device (CUDA) return only the ids; the default computes logits and calls sample_row per row.
+  virtual Status forward_sample(const Batch& batch, std::span<const RowSampling> rows, int32_t* ids);
   // forward() with a timing per graph node (CPU: wall clock; CUDA: events, no graph replay). Slower
   // than forward(); for `kiln bench --verbose`.
   virtual Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) = 0;

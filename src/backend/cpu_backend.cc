@@ -50,6 +50,18 @@ class CpuBackend final : public Backend {
     argmax_rows(argmax_logits_.data(), static_cast<int64_t>(batch.logit_rows.size()), vocab_size_, ids);
     return Status::Ok();
   }
+  // As the default, without allocating: the logits go to the forward_argmax scratch.
+  Status forward_sample(const Batch& batch, std::span<const RowSampling> rows, int32_t* ids) override {
+    if (rows.size() != batch.logit_rows.size()) {
+      return make_error("forward_sample: {} sampling rows for {} logit rows", rows.size(),
+                        batch.logit_rows.size());
+    }
+    KILN_TRY(run(batch, argmax_logits_.data(), nullptr));
+    for (size_t r = 0; r < rows.size(); ++r) {
+      ids[r] = sample_row(argmax_logits_.data() + r * vocab_size_, vocab_size_, rows[r], sample_scratch_);
+    }
+    return Status::Ok();
+  }
   Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) override {
     return run(batch, logits, &timings);
   }
@@ -76,7 +88,8 @@ class CpuBackend final : public Backend {
   std::vector<float> kv_storage_;
   std::vector<cpu::PagedKv> kv_layers_;                 // [layer]
   std::vector<int32_t> slot_mapping_;                   // [max_tokens] scratch
-  std::vector<float> argmax_logits_;                    // [max_logit_rows, vocab] scratch of forward_argmax
+  std::vector<float> argmax_logits_;                    // [max_logit_rows, vocab] scratch of forward_argmax/_sample
+  SampleScratch sample_scratch_;
   std::unique_ptr<cpu::ThreadPool> pool_;
   int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0;
   int64_t num_kv_blocks_ = 0, block_size_ = 0, weight_bytes_ = 0;

@@ -17,7 +17,7 @@
 
 namespace kiln {
 
-inline constexpr int kCudaPluginAbiVersion = 2;
+inline constexpr int kCudaPluginAbiVersion = 3;  // 3: Backend::forward_sample
 
 struct CudaPluginApi {
   int abi_version;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
+#include <span>
 
 #include "runtime/stop_strings.h"
 
@@ -66,8 +68,15 @@ Result<GenerationResult> generate(Model& model, const GenerationRequest& request
   std::vector<float> logits(static_cast<size_t>(info.vocab_size));
   std::vector<int32_t> history(request.prompt_ids);
   history.reserve(prompt_len + request.max_new_tokens);
+  Sampler sampler(info.vocab_size, request.sampling);
+  // Without a repetition penalty (which needs the logits on the host) the backend draws the token:
+  // on CUDA only its id crosses to the host. Both ways give the same id from the same logits and
+  // seed (forward_sample and Sampler::sample share sample_row's semantics, one uniform per token).
+  const bool backend_samples = request.sampling.repetition_penalty == 1.0f;
+  std::optional<int32_t> drawn;  // the id the last step drew, when it sampled on the backend
 
-  auto run_step = [&](int64_t first_position, int64_t count, const int32_t* ids) -> Status {
+  // One step; `sample`: the backend draws the next token into `drawn` instead of returning logits.
+  auto run_step = [&](int64_t first_position, int64_t count, const int32_t* ids, bool sample) -> Status {
     KILN_TRY(blocks.ensure(first_position + count, block_size));
     batch.clear();
     for (int64_t i = 0; i < count; ++i) {
@@ -78,7 +87,13 @@ Result<GenerationResult> generate(Model& model, const GenerationRequest& request
     batch.block_tables.assign(max_blocks, -1);
     std::copy(blocks.blocks().begin(), blocks.blocks().end(), batch.block_tables.begin());
     batch.logit_rows.push_back(static_cast<int32_t>(count - 1));
-    return backend.forward(batch, logits.data());
+    drawn.reset();
+    if (!sample) return backend.forward(batch, logits.data());
+    const RowSampling row = sampler.next_row();
+    int32_t id = 0;
+    KILN_TRY(backend.forward_sample(batch, std::span<const RowSampling>(&row, 1), &id));
+    drawn = id;
+    return Status::Ok();
   };
 
   GenerationResult result;
@@ -86,12 +101,14 @@ Result<GenerationResult> generate(Model& model, const GenerationRequest& request
   // Prefill in chunks of at most max_tokens_per_step.
   const int64_t chunk = backend.max_tokens_per_step();
   for (int64_t at = 0; at < prompt_len; at += chunk) {
-    KILN_TRY(run_step(at, std::min(chunk, prompt_len - at), request.prompt_ids.data() + at));
+    const int64_t count = std::min(chunk, prompt_len - at);
+    const bool sample =
+        at + count == prompt_len && backend_samples && !request.want_last_logits && request.max_new_tokens > 0;
+    KILN_TRY(run_step(at, count, request.prompt_ids.data() + at, sample));
   }
   result.stats.prompt_seconds = seconds_since(start);
   if (request.want_last_logits) result.last_logits = logits;
 
-  Sampler sampler(info.vocab_size, request.sampling);
   const Tokenizer* tokenizer = model.tokenizer();
   std::optional<StreamingDetokenizer> detok;
   if (tokenizer) detok.emplace(*tokenizer);
@@ -112,9 +129,9 @@ Result<GenerationResult> generate(Model& model, const GenerationRequest& request
         break;
       }
       const int32_t last = result.ids.back();
-      KILN_TRY(run_step(position - 1, 1, &last));
+      KILN_TRY(run_step(position - 1, 1, &last, backend_samples));
     }
-    const int32_t next = sampler.sample(logits.data(), history);
+    const int32_t next = drawn ? *drawn : sampler.sample(logits.data(), history);
     if (step == 0) {
       result.stats.ttft_seconds = seconds_since(start);
       decode_start = Clock::now();

@@ -81,5 +81,24 @@ TEST_F(Generator, SeededSamplingIsReproducible) {
   EXPECT_NE(a->ids, c->ids);
 }
 
+// Without a repetition penalty the backend draws each token (forward_sample); asking for the last
+// prompt logits makes generate() draw the first token on the host (Sampler::sample) instead. Both
+// follow sample_row on the same stream, so the ids agree, and so do the later tokens: the two paths
+// consume one uniform per token alike.
+TEST_F(Generator, BackendSamplingEqualsHostSampling) {
+  for (const SamplingParams& p :
+       {SamplingParams{.temperature = 1.0f, .top_p = 0.9f, .seed = 5},
+        SamplingParams{.temperature = 1.5f, .top_k = 50, .min_p = 0.02f, .seed = 6}}) {
+    GenerationRequest r = greedy(20);
+    r.sampling = p;
+    auto on_backend = generate(*model_, r);
+    r.want_last_logits = true;
+    auto first_on_host = generate(*model_, r);
+    ASSERT_TRUE(on_backend.ok() && first_on_host.ok());
+    EXPECT_EQ(on_backend->ids, first_on_host->ids);
+    EXPECT_EQ(first_on_host->last_logits.size(), static_cast<size_t>(model_->info().vocab_size));
+  }
+}
+
 }  // namespace
 }  // namespace kiln

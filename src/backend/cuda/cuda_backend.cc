@@ -4,7 +4,8 @@
 // lifetimes for the largest step (max tokens per step, max logit rows); the paged KV cache, RoPE
 // tables, batch-metadata buffers and cuBLASLt workspace are allocated. A step then allocates nothing:
 // the host packs the batch metadata into one pinned buffer, one copy sends it, the nodes launch on
-// one stream, and either the logits (forward) or only the argmax ids (forward_argmax) come back.
+// one stream, and either the logits (forward) or only token ids come back: argmax (forward_argmax) or
+// drawn under per-row RowSampling (forward_sample, which uploads the rows with the batch metadata).
 //
 // Decode steps (one token per sequence) replay a CUDA graph captured per batch-size bucket; the
 // batch is padded to the bucket with tokens that write no KV (slot -1) and whose rows are dropped.
@@ -79,6 +80,7 @@ class CudaBackend final : public Backend {
 
   Status forward(const Batch& batch, float* logits) override;
   Status forward_argmax(const Batch& batch, int32_t* ids) override;
+  Status forward_sample(const Batch& batch, std::span<const RowSampling> rows, int32_t* ids) override;
   Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) override;
 
  private:
@@ -87,7 +89,9 @@ class CudaBackend final : public Backend {
   // Packs the batch (padded to `rows` tokens when a graph bucket is used) and uploads it.
   Status upload_batch(const Batch& batch, int64_t padded_tokens);
   Status launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings);
-  Status run(const Batch& batch, bool want_ids, float* logits, int32_t* ids, std::vector<NodeTiming>* timings);
+  // want_ids: ids come back instead of logits, drawn under sampling[R] when given, else the argmax.
+  Status run(const Batch& batch, bool want_ids, float* logits, int32_t* ids, std::vector<NodeTiming>* timings,
+             const RowSampling* sampling = nullptr);
   char* value_ptr(int32_t v) const { return static_cast<char*>(arena_) + value_offset_[v]; }
   size_t elem(int32_t v) const { return v == graph_.logits_value ? 4 : 2; }
 
@@ -105,11 +109,14 @@ class CudaBackend final : public Backend {
 
   // Batch metadata: one int32 buffer on the device and its pinned host mirror, laid out as
   // tokens[max_tokens] positions[max_tokens] token_seq[max_tokens] slots[max_tokens]
-  // logit_rows[max_logit_rows] block_tables[max_seqs * max_blocks_per_seq] ids[max_logit_rows]
+  // logit_rows[max_logit_rows] block_tables[max_seqs * max_blocks_per_seq]
+  // sampling[max_logit_rows] (RowSampling, 5 x 4 bytes) ids[max_logit_rows]; one copy sends all but ids.
   int32_t* meta_device_ = nullptr;
   int32_t* meta_host_ = nullptr;
   int64_t meta_ints_ = 0;
   int32_t *d_tokens_, *d_positions_, *d_token_seq_, *d_slots_, *d_logit_rows_, *d_block_tables_, *d_ids_;
+  RowSampling* d_sampling_ = nullptr;
+  RowSampling* h_sampling_ = nullptr;  // its place in meta_host_
   float* logits_host_ = nullptr;  // pinned [max_logit_rows, vocab]
 
   struct GraphEntry {
@@ -314,7 +321,9 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
 
   // (5) batch metadata and host staging
   const int64_t token_rows = std::max(max_tokens_, max_seqs_);
-  meta_ints_ = 4 * token_rows + 2 * max_logit_rows_ + max_seqs_ * max_blocks_per_seq_;
+  static_assert(sizeof(RowSampling) % 4 == 0 && alignof(RowSampling) == 4, "RowSampling packs into int32s");
+  constexpr int64_t kSamplingInts = sizeof(RowSampling) / 4;
+  meta_ints_ = 4 * token_rows + (2 + kSamplingInts) * max_logit_rows_ + max_seqs_ * max_blocks_per_seq_;
   KILN_ASSIGN(void* meta, device_alloc(static_cast<size_t>(meta_ints_) * 4, "batch metadata"));
   meta_device_ = static_cast<int32_t*>(meta);
   KILN_TRY(check(cudaMallocHost(&meta_host_, static_cast<size_t>(meta_ints_) * 4), "cudaMallocHost(metadata)"));
@@ -325,7 +334,10 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   d_slots_ = d_token_seq_ + token_rows;
   d_logit_rows_ = d_slots_ + token_rows;
   d_block_tables_ = d_logit_rows_ + max_logit_rows_;
-  d_ids_ = d_block_tables_ + max_seqs_ * max_blocks_per_seq_;
+  d_sampling_ = reinterpret_cast<RowSampling*>(d_block_tables_ + max_seqs_ * max_blocks_per_seq_);
+  h_sampling_ = reinterpret_cast<RowSampling*>(meta_host_ + (d_block_tables_ - meta_device_) +
+                                               max_seqs_ * max_blocks_per_seq_);
+  d_ids_ = reinterpret_cast<int32_t*>(d_sampling_ + max_logit_rows_);
 
   KILN_ASSIGN(gemm_, cuda::CublasGemm::create(size_t{32} << 20));
   device_bytes_ += 32 << 20;
@@ -503,10 +515,15 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
   return Status::Ok();
 }
 
-Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_t* ids, std::vector<NodeTiming>* timings) {
+Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_t* ids,
+                        std::vector<NodeTiming>* timings, const RowSampling* sampling) {
   KILN_TRY(check_batch(batch));
   const int64_t T = batch.num_tokens();
   const int64_t R_real = static_cast<int64_t>(batch.logit_rows.size());
+  // The rows travel in the metadata copy (the previous step synchronized: the pinned mirror is free).
+  if (sampling && R_real > 0) {
+    std::memcpy(h_sampling_, sampling, static_cast<size_t>(R_real) * sizeof(RowSampling));
+  }
   // A pure decode step: one token per sequence, logits for every token.
   bool decode = !timings && use_graphs_ && T == batch.num_seqs() && R_real == T;
   for (int64_t i = 0; decode && i < T; ++i) decode = batch.token_seq[i] == i && batch.logit_rows[i] == i;
@@ -549,7 +566,11 @@ Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_
   const float* d_logits = reinterpret_cast<const float*>(value_ptr(graph_.logits_value));
   if (R_real == 0) return check(cudaStreamSynchronize(stream_), "forward");
   if (want_ids) {
-    KILN_TRY(cuda::argmax(d_logits, R_real, vocab_size_, d_ids_, stream_));
+    if (sampling) {
+      KILN_TRY(cuda::sample(d_logits, R_real, vocab_size_, d_sampling_, d_ids_, stream_));
+    } else {
+      KILN_TRY(cuda::argmax(d_logits, R_real, vocab_size_, d_ids_, stream_));
+    }
     KILN_TRY(check(cudaMemcpyAsync(ids, d_ids_, static_cast<size_t>(R_real) * 4, cudaMemcpyDeviceToHost, stream_), "copy ids"));
     return check(cudaStreamSynchronize(stream_), "forward (argmax)");
   }
@@ -562,6 +583,13 @@ Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_
 
 Status CudaBackend::forward(const Batch& batch, float* logits) { return run(batch, false, logits, nullptr, nullptr); }
 Status CudaBackend::forward_argmax(const Batch& batch, int32_t* ids) { return run(batch, true, nullptr, ids, nullptr); }
+Status CudaBackend::forward_sample(const Batch& batch, std::span<const RowSampling> rows, int32_t* ids) {
+  if (rows.size() != batch.logit_rows.size()) {
+    return make_error("forward_sample: {} sampling rows for {} logit rows", rows.size(),
+                      batch.logit_rows.size());
+  }
+  return run(batch, true, nullptr, ids, nullptr, rows.data());
+}
 Status CudaBackend::forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) {
   timings.clear();
   return run(batch, false, logits, nullptr, &timings);
