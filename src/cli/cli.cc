@@ -253,6 +253,8 @@ int cli_main(int argc, char** argv) {
   build_cmd->add_option("--dtype", build.options.dtype, "weight precision: fp32, fp16, bf16 or auto")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "auto"}));
   build_cmd->add_option("--tokenizer", build.options.tokenizer_path, "tokenizer.json, tokenizer.model or llama2.c tokenizer .bin");
+  build_cmd->add_option("--chat-template", build.options.chat_template_path,
+                        "Jinja chat template file (overrides the model's tokenizer_config.json / chat_template.jinja)");
   build_cmd->add_option("--max-seq-len", build.options.max_seq_len, "longest sequence the engine serves")->check(CLI::PositiveNumber);
   build_cmd->add_option("--max-batch", build.options.max_batch, "most sequences at once")->check(CLI::PositiveNumber);
   build_cmd->add_option("--backend", build.options.backend, "target backend: cpu or cuda")

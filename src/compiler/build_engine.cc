@@ -8,11 +8,14 @@
 
 #include "backend/backend.h"
 #include "engine/engine_file.h"
+#include "common/mapped_file.h"
 #include "format/hf_config.h"
+#include "format/hf_tokenizer_config.h"
 #include "format/llama2c.h"
 #include "format/safetensors.h"
 #include "model/llama_builder.h"
 #include "passes/passes.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kiln {
@@ -76,6 +79,37 @@ std::string tokenizer_source_name(TokenizerSource source) {
   return "?";
 }
 
+// The chat template to embed: --chat-template FILE, else the model directory's (chat_template.jinja or
+// tokenizer_config.json's "chat_template"). Parsed here, before the weights are converted, so a
+// template kiln cannot run fails the build naming its file rather than the first chat request.
+Result<HfChatTemplate> find_chat_template(const BuildOptions& options) {
+  HfChatTemplate chat;
+  std::error_code ec;
+  if (fs::is_directory(options.model_path, ec)) {
+    KILN_ASSIGN(chat, read_hf_chat_template(options.model_path));
+  }
+  if (!options.chat_template_path.empty()) {
+    KILN_ASSIGN(chat.source, read_text_file(options.chat_template_path));
+    chat.origin = options.chat_template_path;
+    if (chat.source.empty()) return make_error("{}: the chat template file is empty", chat.origin);
+  }
+  if (!chat.source.empty()) {
+    auto parsed = ChatTemplate::parse(chat.source, "", "");
+    if (!parsed.ok()) return parsed.error().with_context(chat.origin);
+  }
+  return chat;
+}
+
+// A special token's text as a chat template should print it: the tokenizer's piece without the
+// newlines llama2.c's tokenizer.bin wraps "<s>" and "</s>" in.
+std::string special_token_text(const Tokenizer& tokenizer, int32_t id) {
+  if (id < 0) return "";
+  std::string piece = tokenizer.piece(id);
+  const size_t begin = piece.find_first_not_of(" \t\r\n");
+  if (begin == std::string::npos) return "";
+  return piece.substr(begin, piece.find_last_not_of(" \t\r\n") - begin + 1);
+}
+
 }  // namespace
 
 Result<ShapeProfile> parse_profile(const std::string& text) {
@@ -113,6 +147,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
   }
   if (options.max_batch <= 0) return make_error("--max-batch must be positive, got {}", options.max_batch);
   KILN_ASSIGN(ImportedModel imported, import_model(options.model_path));
+  KILN_ASSIGN(HfChatTemplate chat_template, find_chat_template(options));
   const ModelConfig& config = imported.config;
   ShapeProfile profile;
   profile.max_batch = options.max_batch;
@@ -179,6 +214,19 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     }
     report.tokenizer = tokenizer_path;
   }
+  nlohmann::json chat_template_metadata = nullptr;
+  if (!chat_template.source.empty()) {
+    // Without a tokenizer_config.json (llama2.c checkpoints) the special tokens are the tokenizer's.
+    if (!chat_template.has_tokenizer_config && tokenizer) {
+      chat_template.bos_token = special_token_text(*tokenizer, tokenizer->bos_id());
+      chat_template.eos_token = special_token_text(*tokenizer, tokenizer->eos_id());
+    }
+    chat_template_metadata = {{"template", chat_template.source},
+                              {"bos_token", chat_template.bos_token},
+                              {"eos_token", chat_template.eos_token},
+                              {"source", chat_template.origin}};
+    report.chat_template = chat_template.origin;
+  }
 
   EngineWriteSpec spec;
   spec.backend = options.backend;
@@ -230,6 +278,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     spec.tensors.push_back(EngineTensorSource{"tokenizer.file", DType::U8, {static_cast<int64_t>(bytes.size())},
                                               bytes.data(), bytes.size()});
   }
+  spec.metadata["chat_template"] = std::move(chat_template_metadata);
   KILN_TRY(write_engine(options.output_path, spec));
   return report;
 }

@@ -15,6 +15,7 @@ struct BuildOptions {
   std::string output_path;
   std::string dtype = "auto";   // fp32 | fp16 | bf16 | auto (the checkpoint's own; llama2.c: fp32)
   std::string tokenizer_path;   // optional: overrides the one found beside the model
+  std::string chat_template_path;  // optional: a Jinja chat template file; overrides the model's
   int64_t max_seq_len = 0;      // 0: the model's max positions (capped at 4096)
   int64_t max_batch = 8;
   std::string backend = "cpu";   // cpu | cuda
@@ -32,6 +33,7 @@ struct BuildReport {
   int64_t num_tensors = 0;
   int64_t weight_bytes = 0;
   std::string tokenizer;  // what was embedded ("" when none)
+  std::string chat_template;  // the file the embedded chat template came from ("" when none)
   std::string tactics;    // e.g. "40 timed on sm_90", or why none were
 };
 

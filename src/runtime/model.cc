@@ -22,6 +22,20 @@ Result<std::optional<Tokenizer>> tokenizer_from_engine(const LoadedEngine& engin
   }
 }
 
+Result<std::optional<ChatTemplate>> chat_template_from_engine(const LoadedEngine& engine) {
+  const auto& meta = engine.metadata;
+  if (!meta.contains("chat_template") || meta["chat_template"].is_null()) return std::optional<ChatTemplate>();
+  try {
+    const auto& entry = meta["chat_template"];
+    auto parsed = ChatTemplate::parse(entry.at("template").get<std::string>(), entry.at("bos_token").get<std::string>(),
+                                      entry.at("eos_token").get<std::string>());
+    if (!parsed.ok()) return parsed.error().with_context("engine chat template");
+    return std::optional<ChatTemplate>(std::move(parsed).value());
+  } catch (const nlohmann::json::exception& e) {
+    return make_error("engine metadata: malformed chat_template entry: {}", e.what());
+  }
+}
+
 Result<std::unique_ptr<Model>> Model::load(const std::string& engine_path, const RuntimeOptions& options) {
   std::unique_ptr<Model> model(new Model());
   LoadOptions load_options;
@@ -57,6 +71,11 @@ Result<std::unique_ptr<Model>> Model::load(const std::string& engine_path, const
   if (!backend.ok()) return backend.error().with_context(engine_path);
   model->backend_ = std::move(backend).value();
   KILN_ASSIGN(model->tokenizer_, tokenizer_from_engine(model->engine_));
+  {
+    auto chat_template = chat_template_from_engine(model->engine_);
+    if (!chat_template.ok()) return chat_template.error().with_context(engine_path);
+    model->chat_template_ = std::move(chat_template).value();
+  }
   model->kv_pool_ = std::make_unique<KvBlockPool>(model->backend_->kv_geometry().num_blocks);
   return model;
 }

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "engine/engine_file.h"
 #include "runtime/kv_block_pool.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kiln {
@@ -38,6 +39,8 @@ class Model {
   Backend& backend() { return *backend_; }
   KvBlockPool& kv_pool() { return *kv_pool_; }
   const Tokenizer* tokenizer() const { return tokenizer_ ? &*tokenizer_ : nullptr; }
+  // The chat template the engine was built with (nullptr when it has none), parsed once at load.
+  const ChatTemplate* chat_template() const { return chat_template_ ? &*chat_template_ : nullptr; }
   const LoadedEngine& engine() const { return engine_; }
 
  private:
@@ -45,11 +48,15 @@ class Model {
   LoadedEngine engine_;                 // declared first: the backend reads weights from its mapping
   std::unique_ptr<Backend> backend_;
   std::optional<Tokenizer> tokenizer_;
+  std::optional<ChatTemplate> chat_template_;
   std::unique_ptr<KvBlockPool> kv_pool_;
   ModelInfo info_;
 };
 
 // Reads the tokenizer stored in an engine's metadata/tensors (nullopt when it has none).
 Result<std::optional<Tokenizer>> tokenizer_from_engine(const LoadedEngine& engine);
+
+// Reads the chat template stored in an engine's metadata (nullopt when it has none).
+Result<std::optional<ChatTemplate>> chat_template_from_engine(const LoadedEngine& engine);
 
 }  // namespace kiln
