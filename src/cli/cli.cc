@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench_command.h"
+#include "cli/serve_command.h"
 #include "backend/kernel_plan.h"
 #include "compiler/build_engine.h"
 #include "engine/engine_file.h"
@@ -301,6 +302,9 @@ int cli_main(int argc, char** argv) {
   BenchArgs bench;
   auto* bench_cmd = add_bench_command(app, bench);
 
+  ServeArgs serve;
+  auto* serve_cmd = add_serve_command(app, serve);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -314,6 +318,7 @@ int cli_main(int argc, char** argv) {
   if (inspect_cmd->parsed()) return run_inspect(inspect_path);
   if (tokenize_cmd->parsed()) return run_tokenize(tokenize_source, tokenize_bos, tokenize_text);
   if (bench_cmd->parsed()) return run_bench_command(bench);
+  if (serve_cmd->parsed()) return run_serve_command(serve);
   return 1;
 }
 

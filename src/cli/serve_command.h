@@ -1,0 +1,30 @@
+// `kiln serve`: an OpenAI-compatible HTTP server (server/) over one engine, until SIGINT/SIGTERM.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+
+#include "server/http_server.h"
+
+namespace kiln {
+
+struct ServeArgs {
+  std::string engine;
+  ServerOptions server;
+  std::string backend;             // empty: the engine's own; else the engine must have been built for it
+  int threads = 0;                 // CPU threads of the backend (0: all cores)
+  std::string served_model_name;   // empty: the engine file's name without its extension
+  std::string chat_template_path;  // replaces the engine's chat template
+  double shutdown_timeout_seconds = 30;
+  bool no_verify = false;
+};
+
+// Adds the `serve` subcommand, writing into `args`; returns it so the caller can test parsed().
+CLI::App* add_serve_command(CLI::App& app, ServeArgs& args);
+
+// Loads the engine, serves until SIGINT or SIGTERM, then drains: new requests are refused, running
+// ones get --shutdown-timeout seconds to finish and are aborted after. Exit status 0 after a signal.
+int run_serve_command(const ServeArgs& args);
+
+}  // namespace kiln
