@@ -7,6 +7,9 @@
 // the samples is reported. Bandwidth counts the bytes the kernel must move: w + x + y. The ceiling is
 // a device-to-device cudaMemcpy of 1 GB measured in the same run (read + write bytes).
 // Besides the automatic choice, every tuning (k_split x stage_x) is timed, to keep the heuristic honest.
+// Last, the down projection with its SwiGLU input (gate_up row [gate | up], K = 11008): swiglu + gemv
+// (two launches) against gemv_swiglu (one) at every rows-per-warp and k_split, plus the plain GEMV
+// alone as the floor.
 //
 // usage: cuda_gemv_bench            (prints a table and one JSON line)
 #include <cuda_bf16.h>
@@ -88,6 +91,92 @@ struct Shape {
   const char* name;
   int64_t N, K;
 };
+
+void exit_on_error(const kiln::Status& status) {
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s\n", status.error().message.c_str());
+    std::exit(1);
+  }
+}
+
+// Down projection of Llama-2-7B (N = 4096, K = 11008) reading the gate_up output [M, 2K]: microseconds
+// per call of the plain GEMV (on a ready [M, K] input: the floor), swiglu + gemv, and gemv_swiglu for
+// every rows-per-warp (2, 4, 8) and k_split (auto, 2, 4, 8). Appends JSON objects to `json`.
+void bench_swiglu_down(std::string& json) {
+  using kiln::DType;
+  constexpr int64_t N = 4096, K = 11008;
+  const size_t w_bytes = N * K * 2;
+  const int buffers = static_cast<int>((size_t{256} << 20) / w_bytes + 1);
+  std::vector<uint16_t*> w(buffers);
+  uint16_t *gate_up, *act;
+  float* y;
+  for (auto*& b : w) CHECK_CUDA(cudaMalloc(&b, w_bytes));
+  CHECK_CUDA(cudaMalloc(&gate_up, 8 * 2 * K * 2));
+  CHECK_CUDA(cudaMalloc(&act, 8 * K * 2));
+  CHECK_CUDA(cudaMalloc(&y, 8 * N * 4));
+  std::printf("down_proj %lldx%lld with SwiGLU input, us per call (weights rotate beyond L2):\n",
+              static_cast<long long>(N), static_cast<long long>(K));
+  std::printf("%-5s %1s | %9s %9s | %9s |", "dtype", "M", "gemv", "sw+gemv", "fused");
+  const int rows_per_warp[] = {2, 4, 8};
+  const int k_splits[] = {0, 2, 4, 8};
+  for (int r : rows_per_warp)
+    for (int k : k_splits) std::printf(" R%d/k%-3s", r, k == 0 ? "a" : std::to_string(k).c_str());
+  std::printf("\n");
+  for (DType act_dtype : {DType::BF16, DType::F16}) {
+    for (int b = 0; b < buffers; ++b)
+      fill_random<<<1024, 256>>>(w[b], N * K, 29 + b, act_dtype == DType::BF16);
+    fill_random<<<64, 256>>>(gate_up, 8 * 2 * K, 5, act_dtype == DType::BF16);
+    fill_random<<<64, 256>>>(act, 8 * K, 6, act_dtype == DType::BF16);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    for (int M : {1, 2, 4, 8}) {
+      const double plain = time_per_call([&](int call) {
+        exit_on_error(
+            kiln::cuda::gemv(act, M, K, w[call % buffers], N, nullptr, y, N, act_dtype, act_dtype, nullptr));
+      });
+      const double composed = time_per_call([&](int call) {
+        exit_on_error(kiln::cuda::swiglu(gate_up, 2 * K, gate_up + K, 2 * K, M, K, act, act_dtype, nullptr));
+        exit_on_error(
+            kiln::cuda::gemv(act, M, K, w[call % buffers], N, nullptr, y, N, act_dtype, act_dtype, nullptr));
+      });
+      const auto fused_us = [&](const kiln::cuda::GemvTuning& tuning) {
+        return 1e6 * time_per_call([&](int call) {
+                 exit_on_error(kiln::cuda::gemv_swiglu_tuned(gate_up, 2 * K, gate_up + K, 2 * K, M, K,
+                                                             w[call % buffers], N, nullptr, y, N, act_dtype,
+                                                             act_dtype, tuning, nullptr));
+               });
+      };
+      const double fused_auto = fused_us({});
+      std::printf("%-5s %d | %9.2f %9.2f | %9.2f |", std::string(kiln::dtype_name(act_dtype)).c_str(), M,
+                  plain * 1e6, composed * 1e6, fused_auto);
+      std::string tunings;
+      for (int r : rows_per_warp) {
+        for (int k : k_splits) {
+          kiln::cuda::GemvTuning tuning;
+          tuning.rows_per_warp = r;
+          tuning.k_split = k;
+          const double us = fused_us(tuning);
+          std::printf(" %8.2f", us);
+          tunings += (tunings.empty() ? "" : ",") + std::string("\"R") + std::to_string(r) + "_k" +
+                     std::to_string(k) + "\":" + std::to_string(us);
+        }
+      }
+      std::printf("\n");
+      json += (json.back() == '[' ? "" : ",");
+      json += "{\"dtype\":\"" + std::string(kiln::dtype_name(act_dtype)) + "\",\"M\":" + std::to_string(M) +
+              ",\"gemv_us\":" + std::to_string(plain * 1e6) +
+              ",\"swiglu_gemv_us\":" + std::to_string(composed * 1e6) +
+              ",\"gemv_swiglu_us\":" + std::to_string(fused_auto) + ",\"tunings\":{" + tunings + "}}";
+    }
+  }
+  std::printf(
+      "(gemv: the plain GEMV on a ready [M, K] input; sw+gemv: swiglu kernel then gemv, two launches; "
+      "fused:\n"
+      " gemv_swiglu, auto tuning; R<r>/k<s>: rows per warp r, k_split s, a = auto)\n\n");
+  for (auto* b : w) CHECK_CUDA(cudaFree(b));
+  CHECK_CUDA(cudaFree(gate_up));
+  CHECK_CUDA(cudaFree(act));
+  CHECK_CUDA(cudaFree(y));
+}
 
 }  // namespace
 
@@ -176,6 +265,8 @@ int main() {
     }
     std::printf("(above: %s)\n\n", std::string(kiln::dtype_name(act)).c_str());
   }
+  json += "],\"swiglu_down\":[";
+  bench_swiglu_down(json);
   std::printf("%s]}\n", json.c_str());
   return 0;
 }

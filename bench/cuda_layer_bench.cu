@@ -9,7 +9,8 @@
 //   -> gemv o 4096x4096 (on q's columns, standing in for attention's output) -> add_rms_norm
 //   -> gemv gate_up 22016x4096 -> swiglu 11008 -> gemv down 4096x11008
 // Modes: "gemv only" (the 4 GEMVs, no small kernels: the floor the small kernels add to), "unfused"
-// (12 launches a layer, as the executor does today minus attention), "fused" (10 launches).
+// (10 launches a layer), "fused" (8 launches), "fused+swiglu" (7: the down GEMV applies SwiGLU to the
+// gate_up output itself, gemv_swiglu, as the executor does after fuse_swiglu_into_linear).
 // Method: each mode's graph is replayed after a warm-up; median of 7 samples of 5 replays. Weights
 // of 32 layers (12.9 GB) exceed L2 250 times, so every replay streams them from HBM. GB/s counts
 // weight bytes only; the ceiling is a device-to-device cudaMemcpy of 1 GB in the same run.
@@ -64,9 +65,23 @@ constexpr int64_t D = 4096, F = 11008, H = 32, HD = 128, QKV = 3 * D;
 constexpr int64_t kLayerWeights = QKV * D + D * D + 2 * F * D + D * F;  // elements
 constexpr int64_t kBlocks = 4, kBlockSize = 16, kCacheElems = kBlocks * kBlockSize * H * HD, kMaxPos = 4096;
 
-enum class Mode { kGemvOnly, kUnfused, kFused };
-const char* mode_name(Mode m) { return m == Mode::kGemvOnly ? "gemv only" : m == Mode::kUnfused ? "unfused" : "fused"; }
-int launches_per_layer(Mode m) { return m == Mode::kGemvOnly ? 4 : m == Mode::kUnfused ? 10 : 8; }
+enum class Mode { kGemvOnly, kUnfused, kFused, kFusedSwiGlu };
+const char* mode_name(Mode m) {
+  switch (m) {
+    case Mode::kGemvOnly:
+      return "gemv only";
+    case Mode::kUnfused:
+      return "unfused";
+    case Mode::kFused:
+      return "fused";
+    case Mode::kFusedSwiGlu:
+      return "fused+swiglu";
+  }
+  return "?";
+}
+int launches_per_layer(Mode m) {
+  return m == Mode::kGemvOnly ? 4 : m == Mode::kUnfused ? 10 : m == Mode::kFused ? 8 : 7;
+}
 
 struct Buffers {
   __half *weights, *residual, *residual0, *normed, *qkv, *h, *gate_up, *act, *k_cache, *v_cache;
@@ -87,7 +102,7 @@ void enqueue_chain(const Buffers& b, int layers, Mode mode, cudaStream_t s) {
     const PagedKv kv{b.k_cache + l * kCacheElems, b.v_cache + l * kCacheElems, kBlocks, kBlockSize, H, HD};
     if (mode != Mode::kGemvOnly) check_ok(add_rms_norm(b.residual, b.h, b.norm_w, 1, D, 1e-5f, b.normed, f16, s));
     check_ok(gemv(b.normed, 1, D, w_qkv, QKV, nullptr, b.qkv, QKV, f16, f16, s));
-    if (mode == Mode::kFused) {
+    if (mode == Mode::kFused || mode == Mode::kFusedSwiGlu) {
       check_ok(rope_kv_write(b.qkv, QKV, H, b.qkv + D, QKV, b.qkv + 2 * D, QKV, 1, b.position, b.cos, b.sin, false,
                              b.slot, kv, f16, s));
     } else if (mode == Mode::kUnfused) {
@@ -98,8 +113,14 @@ void enqueue_chain(const Buffers& b, int layers, Mode mode, cudaStream_t s) {
     check_ok(gemv(b.qkv, 1, D, w_o, D, nullptr, b.h, D, f16, f16, s));
     if (mode != Mode::kGemvOnly) check_ok(add_rms_norm(b.residual, b.h, b.norm_w, 1, D, 1e-5f, b.normed, f16, s));
     check_ok(gemv(b.normed, 1, D, w_gate_up, 2 * F, nullptr, b.gate_up, 2 * F, f16, f16, s));
-    if (mode != Mode::kGemvOnly) check_ok(swiglu(b.gate_up, 2 * F, b.gate_up + F, 2 * F, 1, F, b.act, f16, s));
-    check_ok(gemv(b.act, 1, F, w_down, D, nullptr, b.h, D, f16, f16, s));
+    if (mode == Mode::kFusedSwiGlu) {
+      check_ok(
+          gemv_swiglu(b.gate_up, 2 * F, b.gate_up + F, 2 * F, 1, F, w_down, D, nullptr, b.h, D, f16, f16, s));
+    } else {
+      if (mode != Mode::kGemvOnly)
+        check_ok(swiglu(b.gate_up, 2 * F, b.gate_up + F, 2 * F, 1, F, b.act, f16, s));
+      check_ok(gemv(b.act, 1, F, w_down, D, nullptr, b.h, D, f16, f16, s));
+    }
   }
 }
 
@@ -174,13 +195,13 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaEventCreate(&stop));
   const double weight_bytes = layers * kLayerWeights * 2.0;
 
-  std::printf("\n%-10s %-4s %9s %9s %9s %7s %6s  %s\n", "mode", "PDL", "ms/chain", "us/layer", "GB/s", "%copy",
-              "launch", "result vs serialized unfused");
+  std::printf("\n%-12s %-4s %9s %9s %9s %7s %6s  %s\n", "mode", "PDL", "ms/chain", "us/layer", "GB/s",
+              "%copy", "launch", "result vs serialized unfused");
   std::string json = "{\"bench\":\"cuda_layer_chain\",\"device\":\"" + std::string(prop.name) +
                      "\",\"layers\":" + std::to_string(layers) + ",\"copy_gbps\":" + std::to_string(copy_bw / 1e9) +
                      ",\"results\":[";
   std::vector<__half> reference;
-  for (Mode mode : {Mode::kUnfused, Mode::kFused, Mode::kGemvOnly}) {
+  for (Mode mode : {Mode::kUnfused, Mode::kFused, Mode::kFusedSwiGlu, Mode::kGemvOnly}) {
     for (bool pdl : {false, true}) {
       if (pdl && !pdl_supported) continue;
       kiln::cuda::set_programmatic_launch(pdl);
@@ -224,7 +245,7 @@ int main(int argc, char** argv) {
         samples.push_back(ms / 5);
       }
       const double ms = median(samples), gbps = weight_bytes / (ms * 1e-3) / 1e9;
-      std::printf("%-10s %-4s %9.3f %9.2f %9.0f %6.1f%% %6d  %s\n", mode_name(mode), pdl ? "on" : "off", ms,
+      std::printf("%-12s %-4s %9.3f %9.2f %9.0f %6.1f%% %6d  %s\n", mode_name(mode), pdl ? "on" : "off", ms,
                   ms * 1e3 / layers, gbps, 100.0 * gbps * 1e9 / copy_bw, launches_per_layer(mode), verdict);
       json += std::string(json.back() == '[' ? "" : ",") + "{\"mode\":\"" + mode_name(mode) + "\",\"pdl\":" +
               (pdl ? "true" : "false") + ",\"ms\":" + std::to_string(ms) + ",\"gbps\":" + std::to_string(gbps) + "}";

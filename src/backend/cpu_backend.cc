@@ -32,6 +32,21 @@ struct RopeTable {
   std::vector<float> sin;
 };
 
+// out[rows, F] = silu(gate) * up, gate and up column slices of (possibly one) wider value.
+void swiglu_slices(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride, int64_t rows,
+                   int64_t F, float* out) {
+  if (gate_stride == 2 * F && up_stride == 2 * F && up == gate + F) {
+    cpu::swiglu(gate, rows, F, out);  // fused gate_up layout
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t f = 0; f < F; ++f) {
+      const float x = gate[r * gate_stride + f];
+      out[r * F + f] = x / (1.0f + std::exp(-x)) * up[r * up_stride + f];
+    }
+  }
+}
+
 class CpuBackend final : public Backend {
  public:
   static Result<std::unique_ptr<Backend>> create(const LoadedEngine& engine, const BackendOptions& options);
@@ -84,6 +99,7 @@ class CpuBackend final : public Backend {
   std::vector<const RopeTable*> node_rope_;              // [node] for Rope nodes
   std::map<std::string, RopeTable> rope_tables_;
   std::vector<int64_t> value_offset_;                   // [value] float offset into arena_
+  std::vector<int64_t> node_scratch_offset_;            // [node] float offset of its scratch in arena_, -1: none
   std::vector<float> arena_;
   std::vector<float> kv_storage_;
   std::vector<cpu::PagedKv> kv_layers_;                 // [layer]
@@ -223,9 +239,23 @@ Status CpuBackend::plan_arena() {
     const int64_t rows = graph_.values[v].rows == RowSpace::Tokens ? max_tokens_ : max_logit_rows_;
     bytes[v] = rows * graph_.values[v].width * static_cast<int64_t>(sizeof(float));
   }
-  KILN_ASSIGN(const ArenaPlan plan, kiln::plan_arena(graph_, bytes, 64));
+  // A SwiGluLinear needs its SwiGLU [rows, K] in scratch for the matmul.
+  std::vector<int64_t> scratch(graph_.nodes.size(), 0);
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    const Node& n = graph_.nodes[i];
+    if (n.op != OpKind::SwiGluLinear) continue;
+    const int64_t rows = graph_.values[n.output].rows == RowSpace::Tokens ? max_tokens_ : max_logit_rows_;
+    scratch[i] = rows * n.inputs[0].width * static_cast<int64_t>(sizeof(float));
+  }
+  KILN_ASSIGN(const ArenaPlan plan, kiln::plan_arena(graph_, bytes, 64, scratch));
   value_offset_.resize(plan.value_offset.size());
   for (size_t v = 0; v < value_offset_.size(); ++v) value_offset_[v] = plan.value_offset[v] / static_cast<int64_t>(sizeof(float));
+  node_scratch_offset_.resize(plan.node_scratch_offset.size());
+  for (size_t i = 0; i < node_scratch_offset_.size(); ++i) {
+    node_scratch_offset_[i] = plan.node_scratch_offset[i] < 0
+                                  ? -1
+                                  : plan.node_scratch_offset[i] / static_cast<int64_t>(sizeof(float));
+  }
   arena_.assign(static_cast<size_t>(plan.total_bytes / static_cast<int64_t>(sizeof(float))), 0.0f);
   return Status::Ok();
 }
@@ -289,22 +319,17 @@ Status CpuBackend::run(const Batch& batch, float* logits, std::vector<NodeTiming
                              static_cast<float>(n.attr("scale")), out, *pool_);
         break;
       }
-      case OpKind::SwiGlu: {
+      case OpKind::SwiGlu:
+      case OpKind::SwiGluLinear: {
+        // SwiGluLinear: the SwiGLU goes to the node's arena scratch, then the Linear reads it.
         const ValueRef &gate = n.inputs[0], &up = n.inputs[1];
-        const int64_t F = out_width;
-        if (gate.value == up.value && gate.col_offset == 0 && up.col_offset == F &&
-            graph_.values[gate.value].width == 2 * F) {
-          cpu::swiglu(value_ptr(gate.value), rows, F, out);  // fused gate_up layout
-        } else {
-          const float* g = value_ptr(gate.value) + gate.col_offset;
-          const float* u = value_ptr(up.value) + up.col_offset;
-          const int64_t gs = graph_.values[gate.value].width, us = graph_.values[up.value].width;
-          for (int64_t r = 0; r < rows; ++r) {
-            for (int64_t f = 0; f < F; ++f) {
-              const float x = g[r * gs + f];
-              out[r * F + f] = x / (1.0f + std::exp(-x)) * u[r * us + f];
-            }
-          }
+        const int64_t F = gate.width;
+        float* act = n.op == OpKind::SwiGlu ? out : arena_.data() + node_scratch_offset_[i];
+        swiglu_slices(value_ptr(gate.value) + gate.col_offset, graph_.values[gate.value].width,
+                      value_ptr(up.value) + up.col_offset, graph_.values[up.value].width, rows, F, act);
+        if (n.op == OpKind::SwiGluLinear) {
+          cpu::matmul(act, rows, F, w[0].data, w[0].dtype, out_width,
+                      w.size() > 1 ? static_cast<const float*>(w[1].data) : nullptr, out, out_width, *pool_);
         }
         break;
       }

@@ -2,6 +2,14 @@
 
 namespace kiln {
 
+bool cuda_gemv_swiglu_layout(const Graph& graph, const Node& node) {
+  if (node.op != OpKind::SwiGluLinear || node.inputs[0].width % 8 != 0) return false;
+  for (const ValueRef& r : node.inputs) {
+    if (r.col_offset % 8 != 0 || graph.values[r.value].width % 8 != 0) return false;
+  }
+  return true;
+}
+
 std::string kernels_for_node(const std::string& backend, const Graph& graph, const Node& node, bool decode) {
   const bool cuda = backend == "cuda";
   switch (node.op) {
@@ -15,6 +23,12 @@ std::string kernels_for_node(const std::string& backend, const Graph& graph, con
     case OpKind::Linear:
       if (!cuda) return "matmul";
       return decode ? "gemv" : "cublasLt gemm";
+    case OpKind::SwiGluLinear:
+      // CUDA decode: the GEMV applies SwiGLU to its input as it loads it (tactics may still pick
+      // swiglu + gemv or swiglu + cublasLt gemm for a shape where that measured faster).
+      if (!cuda) return "swiglu + matmul";
+      if (!decode) return "swiglu + cublasLt gemm";
+      return cuda_gemv_swiglu_layout(graph, node) ? "gemv_swiglu" : "swiglu + cublasLt gemm";
     case OpKind::Attention: {
       std::string cache;
       if (node.attr("rope") != 0.0) {

@@ -12,6 +12,10 @@ namespace kiln {
 // GEMV serves Linear layers of at most this many rows on CUDA; cuBLASLt serves larger ones.
 inline constexpr int64_t kCudaGemvMaxRows = 4;
 
+// Whether a SwiGluLinear's gate and up rows suit the CUDA GEMV that applies SwiGLU as it loads its
+// input (16-byte vectors: K, column offsets and row strides multiples of 8 elements).
+bool cuda_gemv_swiglu_layout(const Graph& graph, const Node& node);
+
 // "gemv", "cublasLt gemm", "rope_kv_write + paged_attention(decode split-K)", ...
 // decode: a step of one token per sequence (few rows); otherwise a prefill step.
 std::string kernels_for_node(const std::string& backend, const Graph& graph, const Node& node, bool decode);

@@ -64,9 +64,9 @@ struct BuildArgs {
 int run_build(const BuildArgs& args) {
   auto report = build_engine(args.options);
   if (!report.ok()) return fail(report.error());
-  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm, {} rope into attention; tokenizer: {}; tactics: {})\n",
+  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm, {} rope into attention, {} swiglu into down; tokenizer: {}; tactics: {})\n",
              args.options.output_path, report->num_tensors, report->weight_bytes / 1048576.0, report->fused_qkv,
-             report->fused_gate_up, report->fused_add_rms_norm, report->fused_rope, report->tokenizer.empty() ? "none" : report->tokenizer, report->tactics);
+             report->fused_gate_up, report->fused_add_rms_norm, report->fused_rope, report->fused_swiglu_linear, report->tokenizer.empty() ? "none" : report->tokenizer, report->tactics);
   return 0;
 }
 
@@ -262,7 +262,7 @@ int cli_main(int argc, char** argv) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   build_cmd->add_option("--arch", build.options.device_arch, "cuda: target GPU architecture, e.g. sm_90 (default: the GPU present)");
   build_cmd->add_option("--profile", build.options.profile, "shape profile, e.g. batch=1:8:64,seq=1:512:4096 (min:opt:max)");
-  build_cmd->add_flag("--no-fuse{false}", build.options.fuse, "run no fusion pass (q/k/v, gate/up, add+norm, rope)");
+  build_cmd->add_flag("--no-fuse{false}", build.options.fuse, "run no fusion pass (q/k/v, gate/up, add+norm, rope, swiglu into down)");
   build_cmd->add_flag("--no-tune{false}", build.options.tune, "cuda: skip timing kernel tactics on the GPU");
 
   RunArgs run;

@@ -181,6 +181,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     KILN_ASSIGN(report.fused_gate_up, fuse_gate_up(built.graph, built.weights));
     KILN_ASSIGN(report.fused_add_rms_norm, fuse_add_rms_norm(built.graph));
     KILN_ASSIGN(report.fused_rope, fuse_rope_into_attention(built.graph));
+    KILN_ASSIGN(report.fused_swiglu_linear, fuse_swiglu_into_linear(built.graph));
   }
 
   // Tactics: on the GPU the engine is built for, time GEMV vs cuBLASLt algorithms for every Linear
@@ -260,6 +261,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
         {"fused_gate_up", report.fused_gate_up},
         {"fused_add_rms_norm", report.fused_add_rms_norm},
         {"fused_rope_into_attention", report.fused_rope},
+        {"fused_swiglu_into_linear", report.fused_swiglu_linear},
         {"kiln_version", KILN_VERSION}}},
       {"graph", built.graph.to_json()},
       {"tactics", tactics},

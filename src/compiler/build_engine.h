@@ -21,7 +21,7 @@ struct BuildOptions {
   std::string backend = "cpu";   // cpu | cuda
   std::string device_arch;      // cuda: "sm_90" etc.; empty = the GPU present at build time, else sm_90
   std::string profile;          // "batch=1:8:64,seq=1:512:4096" (min:opt:max); overrides max_batch/max_seq_len
-  bool fuse = true;             // QKV, gate/up, add+RMSNorm and RoPE-into-attention fusion
+  bool fuse = true;             // QKV, gate/up, add+RMSNorm, RoPE-into-attention and SwiGLU-into-down fusion
   bool tune = true;             // cuda: time kernel tactics on the GPU present (skipped without one)
 };
 
@@ -30,6 +30,7 @@ struct BuildReport {
   int fused_gate_up = 0;
   int fused_add_rms_norm = 0;
   int fused_rope = 0;
+  int fused_swiglu_linear = 0;
   int64_t num_tensors = 0;
   int64_t weight_bytes = 0;
   std::string tokenizer;  // what was embedded ("" when none)

@@ -7,11 +7,16 @@ namespace kiln {
 
 namespace {
 constexpr std::pair<OpKind, std::string_view> kOpNames[] = {
-    {OpKind::Embedding, "embedding"}, {OpKind::RmsNorm, "rms_norm"},
-    {OpKind::Linear, "linear"},       {OpKind::Rope, "rope"},
-    {OpKind::Attention, "attention"}, {OpKind::SwiGlu, "swiglu"},
-    {OpKind::Add, "add"},             {OpKind::SelectLogitRows, "select_logit_rows"},
+    {OpKind::Embedding, "embedding"},
+    {OpKind::RmsNorm, "rms_norm"},
+    {OpKind::Linear, "linear"},
+    {OpKind::Rope, "rope"},
+    {OpKind::Attention, "attention"},
+    {OpKind::SwiGlu, "swiglu"},
+    {OpKind::Add, "add"},
+    {OpKind::SelectLogitRows, "select_logit_rows"},
     {OpKind::AddRmsNorm, "add_rms_norm"},
+    {OpKind::SwiGluLinear, "swiglu_linear"},
 };
 
 // Expected input count per op.
@@ -20,6 +25,7 @@ size_t expected_inputs(OpKind op) {
     case OpKind::Embedding: return 0;
     case OpKind::Attention: return 3;
     case OpKind::SwiGlu:
+    case OpKind::SwiGluLinear:
     case OpKind::Add:
     case OpKind::AddRmsNorm: return 2;
     default: return 1;
@@ -106,6 +112,10 @@ Status Graph::validate() const {
         }
         break;
       }
+      case OpKind::SwiGluLinear:
+        if (node.inputs[0].width != node.inputs[1].width)
+          return make_error("{}: gate and up widths differ", where);
+        [[fallthrough]];
       case OpKind::Linear: {
         const WeightInfo* w = weight_of(node, 0);
         if (!w || w->shape.size() != 2 || w->shape[0] != out_width || w->shape[1] != node.inputs[0].width) {

@@ -36,6 +36,10 @@ enum class OpKind : uint8_t {
   Add,              // in place: in0 += in1
   SelectLogitRows,  // out[R, D] = in0[logit_rows]
   AddRmsNorm,       // fused residual: in0 += in1 (in place), out = rms_norm(in0) * weights[0]   attrs: eps
+  SwiGluLinear,     // out[., N] = (silu(in0) * in1)[., K] @ W[N, K]^T (+ bias[N])   weights as Linear; in0
+                    // (gate),
+                    //   in1 (up) K wide (pass fuse_swiglu_into_linear: the SwiGlu folded into its Linear
+                    //   consumer)
 };
 
 std::string_view op_name(OpKind op);

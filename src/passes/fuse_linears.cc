@@ -104,19 +104,23 @@ Result<bool> fuse_sibling_linears(Graph& graph, WeightStore& weights, const std:
 
 void remove_unused(Graph& graph, WeightStore& weights) {
   std::set<std::string> used_weights;
-  std::vector<bool> used_values(graph.values.size(), false);
-  for (const Node& n : graph.nodes) {
-    used_weights.insert(n.weights.begin(), n.weights.end());
-    for (const ValueRef& r : n.inputs) used_values[r.value] = true;
-    used_values[n.output] = true;
-  }
-  if (graph.logits_value >= 0) used_values[graph.logits_value] = true;
+  for (const Node& n : graph.nodes) used_weights.insert(n.weights.begin(), n.weights.end());
   for (auto it = graph.weights.begin(); it != graph.weights.end();) {
     it = used_weights.count(it->first) ? std::next(it) : graph.weights.erase(it);
   }
   for (auto it = weights.tensors.begin(); it != weights.tensors.end();) {
     it = used_weights.count(it->first) ? std::next(it) : weights.tensors.erase(it);
   }
+  remove_unused_values(graph);
+}
+
+void remove_unused_values(Graph& graph) {
+  std::vector<bool> used_values(graph.values.size(), false);
+  for (const Node& n : graph.nodes) {
+    for (const ValueRef& r : n.inputs) used_values[r.value] = true;
+    used_values[n.output] = true;
+  }
+  if (graph.logits_value >= 0) used_values[graph.logits_value] = true;
   std::vector<int32_t> remap(graph.values.size(), -1);
   std::vector<Value> kept;
   for (size_t i = 0; i < graph.values.size(); ++i) {

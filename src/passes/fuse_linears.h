@@ -25,5 +25,7 @@ int find_linear_producer(const Graph& graph, int32_t value);
 
 // Drops weights no node references and values no node touches (renumbering refs).
 void remove_unused(Graph& graph, WeightStore& weights);
+// Drops values no node touches (renumbering refs); weights are left alone.
+void remove_unused_values(Graph& graph);
 
 }  // namespace kiln

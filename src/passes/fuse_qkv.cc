@@ -35,7 +35,7 @@ Result<int> fuse_qkv(Graph& graph, WeightStore& weights) {
 Result<int> fuse_gate_up(Graph& graph, WeightStore& weights) {
   int fused = 0;
   for (size_t i = 0; i < graph.nodes.size(); ++i) {
-    if (graph.nodes[i].op != OpKind::SwiGlu) continue;
+    if (graph.nodes[i].op != OpKind::SwiGlu && graph.nodes[i].op != OpKind::SwiGluLinear) continue;
     const int gate = find_linear_producer(graph, graph.nodes[i].inputs[0].value);
     const int up = find_linear_producer(graph, graph.nodes[i].inputs[1].value);
     if (gate < 0 || up < 0 || gate >= up) continue;

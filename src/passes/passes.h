@@ -16,7 +16,7 @@ Status convert_precision(Graph& graph, WeightStore& weights, DType matrix_dtype)
 // Returns how many groups were fused.
 Result<int> fuse_qkv(Graph& graph, WeightStore& weights);
 
-// gate and up projections feeding one SwiGlu -> one Linear "<layer>.mlp.gate_up" [2F, D].
+// gate and up projections feeding one SwiGlu (or SwiGluLinear) -> one Linear "<layer>.mlp.gate_up" [2F, D].
 Result<int> fuse_gate_up(Graph& graph, WeightStore& weights);
 
 // A residual Add immediately followed by the RmsNorm of its result -> one AddRmsNorm (one pass over
@@ -26,5 +26,11 @@ Result<int> fuse_add_rms_norm(Graph& graph);
 // Rope nodes on the q and k slices that feed an Attention node move into that node (attrs rope = 1,
 // rope_*): backends then rotate q and k as they write the cache (one kernel instead of three on CUDA).
 Result<int> fuse_rope_into_attention(Graph& graph);
+
+// A SwiGlu whose only reader is a Linear over its whole output -> one SwiGluLinear reading the gate
+// and up slices directly: backends apply silu(gate) * up as they load the Linear's input (CUDA decode:
+// one GEMV instead of a swiglu kernel and a GEMV, and no [rows, F] activation written and read back).
+// Returns how many were fused.
+Result<int> fuse_swiglu_into_linear(Graph& graph);
 
 }  // namespace kiln

@@ -68,6 +68,11 @@ __device__ __forceinline__ float round_to(float v) {
   return Act<T>::to_float(Act<T>::from_float(v));
 }
 
+// SwiGLU of one element in f32: silu(g) * u with silu(g) = g / (1 + exp(-g)) (HF ACT2FN["silu"],
+// LlamaMLP: down(silu(gate) * up)). Shared by the swiglu kernel and the GEMV that applies it to its
+// input, so that the two give the same bits.
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -49,6 +49,10 @@ Result<std::string> device_arch() {
 
 namespace {
 
+// How a SwiGluLinear runs: the GEMV applying SwiGLU to its input, or the swiglu kernel into scratch
+// followed by the GEMV or a cuBLASLt GEMM.
+enum class SwiGluKernel : uint8_t { kFusedGemv, kSwiGluGemv, kSwiGluGemm };
+
 struct NodeBinding {
   std::vector<const void*> weights;  // device pointers, in node.weights order
   const void* bias_act = nullptr;    // Linear bias in the activation dtype (cuBLASLt epilogue)
@@ -89,6 +93,7 @@ class CudaBackend final : public Backend {
   // Packs the batch (padded to `rows` tokens when a graph bucket is used) and uploads it.
   Status upload_batch(const Batch& batch, int64_t padded_tokens);
   Status launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings);
+  Status launch_swiglu_linear(size_t node, int64_t rows);
   // want_ids: ids come back instead of logits, drawn under sampling[R] when given, else the argmax.
   Status run(const Batch& batch, bool want_ids, float* logits, int32_t* ids, std::vector<NodeTiming>* timings,
              const RowSampling* sampling = nullptr);
@@ -130,6 +135,8 @@ class CudaBackend final : public Backend {
   // the GEMV; at 4 rows they tie (674 vs 665).
   int64_t gemv_max_rows_ = kCudaGemvMaxRows;
   std::map<std::tuple<int64_t, int64_t, int64_t>, bool> linear_tactics_;  // (M, N, K) -> use GEMV
+  std::map<std::tuple<int64_t, int64_t, int64_t>, SwiGluKernel> swiglu_tactics_;  // SwiGluLinear (M, N, K)
+  std::vector<int64_t> node_scratch_offset_;  // [node] arena byte offset of its scratch (-1: none)
 
   int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0, max_seqs_ = 0;
   int64_t max_blocks_per_seq_ = 0, num_kv_blocks_ = 0, block_size_ = 0;
@@ -228,7 +235,7 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   for (const Node& n : graph_.nodes) {
     NodeBinding b;
     for (const std::string& w : n.weights) b.weights.push_back(weight_ptr(w));
-    if (n.op == OpKind::Linear && n.weights.size() > 1 && n.output != graph_.logits_value) {
+    if ((n.op == OpKind::Linear || n.op == OpKind::SwiGluLinear) && n.weights.size() > 1 && n.output != graph_.logits_value) {
       const TensorView* bias = engine.find(n.weights[1]);
       std::vector<uint16_t> converted(static_cast<size_t>(bias->numel()));
       const float* src = reinterpret_cast<const float*>(bias->data);
@@ -314,8 +321,17 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
     const int64_t rows = graph_.values[v].rows == RowSpace::Tokens ? std::max(max_tokens_, max_seqs_) : max_logit_rows_;
     bytes[v] = rows * graph_.values[v].width * static_cast<int64_t>(elem(static_cast<int32_t>(v)));
   }
-  KILN_ASSIGN(const ArenaPlan plan, plan_arena(graph_, bytes, 256));
+  // A SwiGluLinear that runs swiglu + GEMM (prefill, or when tactics chose it) needs [rows, K] scratch.
+  std::vector<int64_t> scratch(graph_.nodes.size(), 0);
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    if (graph_.nodes[i].op != OpKind::SwiGluLinear) continue;
+    const bool token_rows = graph_.values[graph_.nodes[i].output].rows == RowSpace::Tokens;
+    scratch[i] = (token_rows ? std::max(max_tokens_, max_seqs_) : max_logit_rows_) *
+                 graph_.nodes[i].inputs[0].width * 2;
+  }
+  KILN_ASSIGN(const ArenaPlan plan, plan_arena(graph_, bytes, 256, scratch));
   value_offset_ = plan.value_offset;
+  node_scratch_offset_ = plan.node_scratch_offset;
   arena_bytes_ = plan.total_bytes;
   KILN_ASSIGN(arena_, device_alloc(static_cast<size_t>(plan.total_bytes), "activations"));
 
@@ -348,8 +364,15 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
     try {
       for (const auto& t : engine.metadata["tactics"].at("linear")) {
         const int64_t M = t.at("m").get<int64_t>(), N = t.at("n").get<int64_t>(), K = t.at("k").get<int64_t>();
-        const bool use_gemv = t.at("kernel").get<std::string>() == "gemv";
-        linear_tactics_[{M, N, K}] = use_gemv;
+        const std::string kernel = t.at("kernel").get<std::string>();
+        const bool use_gemv = kernel == "gemv" || kernel == "gemv_swiglu";
+        if (t.value("op", std::string("linear")) == "swiglu_linear") {
+          swiglu_tactics_[{M, N, K}] = kernel == "gemv_swiglu" ? SwiGluKernel::kFusedGemv
+                                       : kernel == "gemv"      ? SwiGluKernel::kSwiGluGemv
+                                                               : SwiGluKernel::kSwiGluGemm;
+        } else {
+          linear_tactics_[{M, N, K}] = use_gemv;
+        }
         if (!use_gemv && t.contains("algo")) {
           const auto y_dtype = dtype_from_name(t.at("y_dtype").get<std::string>());
           if (!y_dtype) return make_error("engine tactics: bad y_dtype");
@@ -487,6 +510,9 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
                                        attention_workspace_, attention_workspace_bytes_, act_, stream_));
         break;
       }
+      case OpKind::SwiGluLinear:
+        KILN_TRY(launch_swiglu_linear(i, rows));
+        break;
       case OpKind::SwiGlu: {
         const ValueRef &gate = n.inputs[0], &up = n.inputs[1];
         KILN_TRY(cuda::swiglu(value_ptr(gate.value) + gate.col_offset * 2, graph_.values[gate.value].width,
@@ -513,6 +539,40 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
     cudaEventDestroy(stop);
   }
   return Status::Ok();
+}
+
+Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows) {
+  const Node& n = graph_.nodes[i];
+  const NodeBinding& b = bindings_[i];
+  const ValueRef &gate = n.inputs[0], &up = n.inputs[1];
+  const int64_t K = gate.width, N = graph_.values[n.output].width;
+  const int64_t gate_ld = graph_.values[gate.value].width, up_ld = graph_.values[up.value].width;
+  const char* gate_ptr = value_ptr(gate.value) + gate.col_offset * 2;
+  const char* up_ptr = value_ptr(up.value) + up.col_offset * 2;
+  const DType y_dtype = n.output == graph_.logits_value ? DType::F32 : act_;
+  const bool has_bias = n.weights.size() > 1;
+  const float* bias_f32 = has_bias ? static_cast<const float*>(b.weights[1]) : nullptr;
+  void* out = value_ptr(n.output);
+  const bool gemv_ok = rows <= cuda::kGemvMaxRows && K % 8 == 0;
+  SwiGluKernel kernel =
+      gemv_ok && rows <= gemv_max_rows_ ? SwiGluKernel::kFusedGemv : SwiGluKernel::kSwiGluGemm;
+  if (const auto tactic = swiglu_tactics_.find({rows, N, K}); tactic != swiglu_tactics_.end())
+    kernel = tactic->second;
+  if (kernel != SwiGluKernel::kSwiGluGemm && !gemv_ok) kernel = SwiGluKernel::kSwiGluGemm;
+  if (kernel == SwiGluKernel::kFusedGemv && !cuda_gemv_swiglu_layout(graph_, n))
+    kernel = SwiGluKernel::kSwiGluGemv;
+  if (kernel == SwiGluKernel::kFusedGemv) {
+    return cuda::gemv_swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, b.weights[0], N, bias_f32, out, N,
+                             act_, y_dtype, stream_);
+  }
+  // SwiGLU into the node's scratch, then the plain GEMV or cuBLASLt on it.
+  void* act = static_cast<char*>(arena_) + node_scratch_offset_[i];
+  KILN_TRY(cuda::swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, act, act_, stream_));
+  if (kernel == SwiGluKernel::kSwiGluGemv) {
+    return cuda::gemv(act, rows, K, b.weights[0], N, bias_f32, out, N, act_, y_dtype, stream_);
+  }
+  const void* bias = has_bias ? (y_dtype == DType::F32 ? b.weights[1] : b.bias_act) : nullptr;
+  return gemm_->run(act, rows, K, b.weights[0], N, bias, out, N, act_, y_dtype, stream_);
 }
 
 Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_t* ids,

@@ -60,7 +60,7 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, int64_t gate_ld, const
     load_vec<T, V>(gate + m * gate_ld + f, g);
     load_vec<T, V>(up + m * up_ld + f, u);
 #pragma unroll
-    for (int v = 0; v < V; ++v) g[v] = g[v] / (1.0f + __expf(-g[v])) * u[v];
+    for (int v = 0; v < V; ++v) g[v] = detail::silu_mul(g[v], u[v]);
     store_vec<T, V>(out + m * F + f, g);
   }
 }

@@ -21,7 +21,22 @@
 //
 // Measured on H100 SXM (README.md in this folder): K = 4096, N >= 12288 streams w at 89-99% of the
 // device-to-device copy bandwidth for M = 1-2 and 76-92% for M = 8; N = 4096 (16 us a call) ~75%.
+//
+// gemv_swiglu: the same kernel with x = silu(gate) * up computed as x is loaded (the MLP's down
+// projection reading the gate_up output directly), in place of a swiglu kernel writing [M, K] and the
+// GEMV reading it back: one launch and one dependent round trip less per layer. The SwiGLU math is the
+// swiglu kernel's (detail::silu_mul, rounded to the activation dtype as the stored activation is), and
+// the k order of every sum is the plain GEMV's, so the result equals swiglu + gemv bit for bit at the
+// same k_split. The price is recomputation: every row group recomputes its K slice of x (an exp and an
+// IEEE division per element, about 15 instructions instead of one conversion), N / R times in all. So
+// this variant takes R = 4 rows per warp by default (half the plain kernel's recomputation at M <= 4):
+// Llama-2-7B's down projection (N = 4096, K = 11008, M = 1) then makes 11 M SwiGLU evaluations, 85 k
+// per SM of an H100: ~6 us of issue slots and ~6 us of the SFU's exp + reciprocal throughput, under
+// ~30 us of weight streaming, which a memory-bound kernel should hide (estimate, not yet measured;
+// R = 2 and 8 are kept as tunings for bench/cuda_gemv_bench.cu). Tactics time it against swiglu +
+// gemv and swiglu + cuBLASLt per shape, so an engine built on its GPU keeps whichever is faster.
 #include <atomic>
+#include <string>
 
 #include "backend/cuda/act_traits.cuh"
 #include "backend/cuda/gemv_tuning.h"
@@ -37,10 +52,10 @@ constexpr int kWarps = 8;  // warps per block
 constexpr int kThreads = kWarps * 32;
 constexpr int kStepVecs = 32;  // 16-byte vectors per warp per K step (256 elements)
 
-// Rows per warp and K steps in flight, by M: R * U = 8 loads of 16 bytes in flight per lane, and
-// R grows with M so that x reads per weight byte (M / R) stay within L1 / shared-memory bandwidth.
+// Rows per warp R and K steps in flight U = 8 / R, by M: R * U = 8 loads of 16 bytes in flight per
+// lane, and R grows with M so that x reads per weight byte (M / R) stay within L1 / shared-memory
+// bandwidth.
 constexpr int rows_per_warp(int M) { return M <= 4 ? 2 : 4; }
-constexpr int steps_in_flight(int M) { return 8 / rows_per_warp(M); }
 
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   uint4 v;
@@ -51,12 +66,15 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 }
 
 // x: [M, K]; w: [N, K]; y: [M, N] at stride ldy (T, or float when y_f32); bias: [N] or null.
-template <class T, int M, bool kStageX>
+// kSwiGlu: x is the gate ([M, K] at row stride x_ld) and up ([M, K] at stride up_ld) is given; the
+// kernel multiplies w by silu(gate) * up, rounded to T. Otherwise x has row stride K (x_ld, up unused).
+template <class T, int M, int R, bool kStageX, bool kSwiGlu>
 __global__ void __launch_bounds__(kThreads)
-    gemv_kernel(const T* __restrict__ x, int K, const T* __restrict__ w, int N,
-                const float* __restrict__ bias, void* __restrict__ y, int64_t ldy, bool y_f32, int k_split) {
-  constexpr int R = rows_per_warp(M);
-  constexpr int U = steps_in_flight(M);
+    gemv_kernel(const T* __restrict__ x, int64_t x_ld, const T* __restrict__ up, int64_t up_ld, int K,
+                const T* __restrict__ w, int N, const float* __restrict__ bias, void* __restrict__ y,
+                int64_t ldy, bool y_f32, int k_split) {
+  static_assert(!(kStageX && kSwiGlu), "the SwiGLU input is computed as it is loaded, never staged");
+  constexpr int U = 8 / R;                  // R * U = 8 loads of 16 bytes in flight per lane
   extern __shared__ uint4 x_staged[];       // [M, K / 8] when kStageX
   __shared__ float partial[kWarps][R * M];  // per-warp sums before the k_split combine
 
@@ -86,6 +104,8 @@ __global__ void __launch_bounds__(kThreads)
   detail::wait_for_producer();
 
   const uint4* xv = reinterpret_cast<const uint4*>(x);
+  const uint4* upv = reinterpret_cast<const uint4*>(up);
+  const int64_t x_ldv = x_ld / 8, up_ldv = up_ld / 8;
   if constexpr (kStageX) {
     for (int i = threadIdx.x; i < M * kv; i += kThreads) x_staged[i] = __ldg(xv + i);
     __syncthreads();
@@ -110,7 +130,15 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[8];
-        detail::unpack8<T>(kStageX ? xv[m * kv + k] : __ldg(xv + m * kv + k), xf);
+        if constexpr (kSwiGlu) {
+          float uf[8];
+          detail::unpack8<T>(__ldg(xv + m * x_ldv + k), xf);
+          detail::unpack8<T>(__ldg(upv + m * up_ldv + k), uf);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) xf[e] = detail::round_to<T>(detail::silu_mul(xf[e], uf[e]));
+        } else {
+          detail::unpack8<T>(kStageX ? xv[m * kv + k] : __ldg(xv + m * kv + k), xf);
+        }
 #pragma unroll
         for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -130,17 +158,20 @@ __global__ void __launch_bounds__(kThreads)
       for (int m = 0; m < M; ++m) partial[warp][r * M + m] = acc[r][m];
   }
   __syncthreads();
-  // Lane i of each group's first warp finishes output i = (row r, column m) of the group.
-  if (slice == 0 && lane < R * M) {
-    const int r = lane / M, m = lane % M, row = row0 + r;
-    if (row < N) {
-      float sum = 0.0f;
-      for (int s = 0; s < k_split; ++s) sum += partial[warp + s][lane];
-      if (bias != nullptr) sum += bias[row];
-      if (y_f32) {
-        static_cast<float*>(y)[m * ldy + row] = sum;
-      } else {
-        static_cast<T*>(y)[m * ldy + row] = Act<T>::from_float(sum);
+  // Lane i of each group's first warp finishes output i = (row r, column m) of the group (and i + 32
+  // when R * M > 32).
+  if (slice == 0) {
+    for (int i = lane; i < R * M; i += 32) {
+      const int r = i / M, m = i % M, row = row0 + r;
+      if (row < N) {
+        float sum = 0.0f;
+        for (int s = 0; s < k_split; ++s) sum += partial[warp + s][i];
+        if (bias != nullptr) sum += bias[row];
+        if (y_f32) {
+          static_cast<float*>(y)[m * ldy + row] = sum;
+        } else {
+          static_cast<T*>(y)[m * ldy + row] = Act<T>::from_float(sum);
+        }
       }
     }
   }
@@ -156,14 +187,28 @@ int auto_k_split(int M, int64_t K) {
   return k_split;
 }
 
-template <class T, int M, bool kStageX>
-Status launch(const void* x, int64_t K, const void* w, int64_t N, const float* bias, void* y, int64_t ldy,
-              bool y_f32, int k_split, cudaStream_t stream) {
-  constexpr int R = rows_per_warp(M);
-  const int groups_per_block = kWarps / k_split;
-  const int64_t blocks = ((N + R - 1) / R + groups_per_block - 1) / groups_per_block;
-  const size_t smem = kStageX ? static_cast<size_t>(M) * K * sizeof(T) : 0;
-  auto* kernel = gemv_kernel<T, M, kStageX>;
+// One launch's arguments. x_ld == K except for the SwiGLU variant (gate rows); up only for it.
+struct GemvArgs {
+  const void* x;
+  int64_t x_ld;
+  const void* up;
+  int64_t up_ld;
+  int64_t K;
+  const void* w;
+  int64_t N;
+  const float* bias;
+  void* y;
+  int64_t ldy;
+  bool y_f32;
+  int k_split;
+};
+
+template <class T, int M, int R, bool kStageX, bool kSwiGlu>
+Status launch(const GemvArgs& a, cudaStream_t stream) {
+  const int groups_per_block = kWarps / a.k_split;
+  const int64_t blocks = ((a.N + R - 1) / R + groups_per_block - 1) / groups_per_block;
+  const size_t smem = kStageX ? static_cast<size_t>(M) * a.K * sizeof(T) : 0;
+  auto* kernel = gemv_kernel<T, M, R, kStageX, kSwiGlu>;
   if constexpr (kStageX) {
     // Above 48 KB, dynamic shared memory is opt-in; raised once per instantiation (and device: the
     // engine runs on one).
@@ -176,32 +221,72 @@ Status launch(const void* x, int64_t K, const void* w, int64_t N, const float* b
     }
   }
   return check(detail::launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, smem, stream,
-                                     static_cast<const T*>(x), static_cast<int>(K), static_cast<const T*>(w),
-                                     static_cast<int>(N), bias, y, ldy, y_f32, k_split),
+                                     static_cast<const T*>(a.x), a.x_ld, static_cast<const T*>(a.up), a.up_ld,
+                                     static_cast<int>(a.K), static_cast<const T*>(a.w), static_cast<int>(a.N),
+                                     a.bias, a.y, a.ldy, a.y_f32, a.k_split),
                "gemv launch");
 }
 
-template <class T, bool kStageX>
-Status launch_m(int64_t M, const void* x, int64_t K, const void* w, int64_t N, const float* bias, void* y,
-                int64_t ldy, bool y_f32, int k_split, cudaStream_t stream) {
+// Rows per warp: the plain GEMV's by M; the SwiGLU variant's from the tuning (0: 4).
+template <class T, int M, bool kStageX, bool kSwiGlu>
+Status launch_r(int rows_per_warp_tuned, const GemvArgs& a, cudaStream_t stream) {
+  if constexpr (!kSwiGlu) {
+    return launch<T, M, rows_per_warp(M), kStageX, false>(a, stream);
+  } else {
+    switch (rows_per_warp_tuned) {
+      case 2:
+        return launch<T, M, 2, kStageX, true>(a, stream);
+      case 8:
+        return launch<T, M, 8, kStageX, true>(a, stream);
+      default:
+        return launch<T, M, 4, kStageX, true>(a, stream);
+    }
+  }
+}
+
+template <class T, bool kStageX, bool kSwiGlu>
+Status launch_m(int64_t M, int rows_per_warp_tuned, const GemvArgs& a, cudaStream_t stream) {
   switch (M) {
     case 1:
-      return launch<T, 1, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+      return launch_r<T, 1, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
     case 2:
-      return launch<T, 2, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+      return launch_r<T, 2, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
     case 3:
-      return launch<T, 3, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+      return launch_r<T, 3, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
     case 4:
-      return launch<T, 4, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+      return launch_r<T, 4, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
     case 5:
-      return launch<T, 5, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+      return launch_r<T, 5, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
     case 6:
-      return launch<T, 6, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+      return launch_r<T, 6, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
     case 7:
-      return launch<T, 7, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+      return launch_r<T, 7, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
     default:
-      return launch<T, 8, kStageX>(x, K, w, N, bias, y, ldy, y_f32, k_split, stream);
+      return launch_r<T, 8, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
   }
+}
+
+// Checks shared by both entry points; fills k_split (auto when the tuning says 0). `shapes` formats
+// the call for messages (only on error: the launch path stays free of formatting).
+template <class Shapes>
+Status check_gemv(const Shapes& shapes, int64_t M, int64_t K, int64_t N, int64_t ldy, DType act,
+                  DType y_dtype, const void* w, void* y, const GemvTuning& tuning, int& k_split) {
+  if (act != DType::F16 && act != DType::BF16)
+    return make_error("{}: activation dtype must be F16 or BF16", shapes());
+  if (y_dtype != act && y_dtype != DType::F32)
+    return make_error("{}: y dtype must be the activation dtype or F32", shapes());
+  if (M < 1 || M > kGemvMaxRows) return make_error("{}: M must be in [1, {}]", shapes(), kGemvMaxRows);
+  if (K <= 0 || N <= 0 || ldy < N) return make_error("{}: need K > 0, N > 0, ldy >= N", shapes());
+  if (K % 8 != 0) return make_error("{}: K must be a multiple of 8 (16-byte rows)", shapes());
+  if (K > (int64_t{1} << 30) || N > (int64_t{1} << 30))
+    return make_error("{}: K and N must be below 2^30", shapes());
+  if (w == nullptr || y == nullptr) return make_error("{}: null pointer", shapes());
+  if (!detail::is_aligned16(w)) return make_error("{}: w must be 16-byte aligned", shapes());
+  k_split = tuning.k_split;
+  if (k_split == 0) k_split = auto_k_split(static_cast<int>(M), K);
+  if (k_split != 1 && k_split != 2 && k_split != 4 && k_split != 8)
+    return make_error("{}: k_split must be 1, 2, 4 or 8 (found {})", shapes(), k_split);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -212,23 +297,10 @@ Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N,
     return fmt::format("gemv [M={} K={} N={} ldy={} act={} y={}]", M, K, N, ldy, dtype_name(act),
                        dtype_name(y_dtype));
   };
-  if (act != DType::F16 && act != DType::BF16)
-    return make_error("{}: activation dtype must be F16 or BF16", shapes());
-  if (y_dtype != act && y_dtype != DType::F32)
-    return make_error("{}: y dtype must be the activation dtype or F32", shapes());
-  if (M < 1 || M > kGemvMaxRows) return make_error("{}: M must be in [1, {}]", shapes(), kGemvMaxRows);
-  if (K <= 0 || N <= 0 || ldy < N) return make_error("{}: need K > 0, N > 0, ldy >= N", shapes());
-  if (K % 8 != 0) return make_error("{}: K must be a multiple of 8 (16-byte rows)", shapes());
-  if (K > (int64_t{1} << 30) || N > (int64_t{1} << 30))
-    return make_error("{}: K and N must be below 2^30", shapes());
-  if (x == nullptr || w == nullptr || y == nullptr) return make_error("{}: null pointer", shapes());
-  if (!detail::is_aligned16(x) || !detail::is_aligned16(w))
-    return make_error("{}: x and w must be 16-byte aligned", shapes());
-
-  int k_split = tuning.k_split;
-  if (k_split == 0) k_split = auto_k_split(static_cast<int>(M), K);
-  if (k_split != 1 && k_split != 2 && k_split != 4 && k_split != 8)
-    return make_error("{}: k_split must be 1, 2, 4 or 8 (found {})", shapes(), k_split);
+  int k_split = 0;
+  KILN_TRY(check_gemv(shapes, M, K, N, ldy, act, y_dtype, w, y, tuning, k_split));
+  if (x == nullptr) return make_error("{}: null pointer", shapes());
+  if (!detail::is_aligned16(x)) return make_error("{}: x and w must be 16-byte aligned", shapes());
   // x through L1 by default: as fast as staging it in shared memory or faster in every measured
   // shape (README), and free of the shared-memory limit on M * K.
   const bool stage_x = tuning.stage_x == 1;
@@ -243,10 +315,36 @@ Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N,
                         smem_optin);
   }
 
-  const bool y_f32 = y_dtype == DType::F32;
-  Status status = KILN_DISPATCH_ACT(
-      act, return stage_x ? launch_m<T, true>(M, x, K, w, N, bias, y, ldy, y_f32, k_split, stream)
-                          : launch_m<T, false>(M, x, K, w, N, bias, y, ldy, y_f32, k_split, stream));
+  const GemvArgs args{x, K, nullptr, 0, K, w, N, bias, y, ldy, y_dtype == DType::F32, k_split};
+  Status status = KILN_DISPATCH_ACT(act, return stage_x ? launch_m<T, true, false>(M, 0, args, stream)
+                                                        : launch_m<T, false, false>(M, 0, args, stream));
+  if (!status.ok()) return status.error().with_context(shapes());
+  return check(cudaGetLastError(), shapes().c_str());
+}
+
+Status gemv_swiglu_tuned(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M,
+                         int64_t K, const void* w, int64_t N, const float* bias, void* y, int64_t ldy,
+                         DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream) {
+  const auto shapes = [&] {
+    return fmt::format("gemv_swiglu [M={} K={} N={} gate_ld={} up_ld={} ldy={} act={} y={}]", M, K, N,
+                       gate_ld, up_ld, ldy, dtype_name(act), dtype_name(y_dtype));
+  };
+  int k_split = 0;
+  KILN_TRY(check_gemv(shapes, M, K, N, ldy, act, y_dtype, w, y, tuning, k_split));
+  if (gate == nullptr || up == nullptr) return make_error("{}: null pointer", shapes());
+  if (gate_ld < K || up_ld < K || gate_ld % 8 != 0 || up_ld % 8 != 0)
+    return make_error("{}: gate and up strides must be >= K and multiples of 8", shapes());
+  if (!detail::is_aligned16(gate) || !detail::is_aligned16(up))
+    return make_error("{}: gate and up must be 16-byte aligned", shapes());
+  if (tuning.stage_x == 1)
+    return make_error("{}: the SwiGLU input is never staged (stage_x must be 0 or -1)", shapes());
+  if (tuning.rows_per_warp != 0 && tuning.rows_per_warp != 2 && tuning.rows_per_warp != 4 &&
+      tuning.rows_per_warp != 8)
+    return make_error("{}: rows_per_warp must be 2, 4 or 8 (found {})", shapes(), tuning.rows_per_warp);
+
+  const GemvArgs args{gate, gate_ld, up, up_ld, K, w, N, bias, y, ldy, y_dtype == DType::F32, k_split};
+  Status status =
+      KILN_DISPATCH_ACT(act, return launch_m<T, false, true>(M, tuning.rows_per_warp, args, stream));
   if (!status.ok()) return status.error().with_context(shapes());
   return check(cudaGetLastError(), shapes().c_str());
 }
@@ -254,6 +352,13 @@ Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N,
 Status gemv(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
             int64_t ldy, DType act, DType y_dtype, cudaStream_t stream) {
   return gemv_tuned(x, M, K, w, N, bias, y, ldy, act, y_dtype, GemvTuning{}, stream);
+}
+
+Status gemv_swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M, int64_t K,
+                   const void* w, int64_t N, const float* bias, void* y, int64_t ldy, DType act,
+                   DType y_dtype, cudaStream_t stream) {
+  return gemv_swiglu_tuned(gate, gate_ld, up, up_ld, M, K, w, N, bias, y, ldy, act, y_dtype, GemvTuning{},
+                           stream);
 }
 
 }  // namespace kiln::cuda

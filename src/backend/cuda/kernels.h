@@ -29,6 +29,14 @@ Status check(cudaError_t error, const char* what);
 Status gemv(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
             int64_t ldy, DType act, DType y_dtype, cudaStream_t stream);
 constexpr int64_t kGemvMaxRows = 8;
+// The same with SwiGLU applied to the input as it is loaded (an MLP's down projection reading the
+// gate_up output):  y[m, n] = sum_k round(silu(gate[m, k]) * up[m, k]) * w[n, k] (+ bias[n]),
+// round() to the act dtype; bit-identical to swiglu() into [M, K] followed by gemv().
+//   gate, up: [M, K] act dtype at row strides gate_ld / up_ld (multiples of 8, 16-byte aligned
+//   pointers; fused gate_up: up = gate + K, both strides 2K);  w, bias, y as for gemv.
+Status gemv_swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M, int64_t K,
+                   const void* w, int64_t N, const float* bias, void* y, int64_t ldy, DType act,
+                   DType y_dtype, cudaStream_t stream);
 
 // ---- normalization and elementwise ----
 // y = rms_norm(x) * weight  (HF LlamaRMSNorm: f32 math, cast at the end).  x, y: [M, D]; weight: [D] f32

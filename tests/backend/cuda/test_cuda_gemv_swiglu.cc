@@ -1,0 +1,192 @@
+// gemv_swiglu (the GEMV that applies SwiGLU to its input as it loads it) against the composition it
+// replaces, swiglu() into [M, K] then gemv(): bit for bit at the same k_split, and against a float64
+// CPU reference. f16 and bf16, M = 1..8, K = 11008 (Llama-2-7B's down projection) and small sizes
+// (a partial 256-element step, one 16-byte vector), gate and up as the two halves of one gate_up row
+// or as separate buffers with other strides, every rows-per-warp tuning, outputs poisoned (NaN).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/gemv_tuning.h"
+#include "backend/cuda/kernels.h"
+#include "cuda_test_util.h"
+
+namespace kiln::cuda::testing {
+namespace {
+
+const DType kActs[] = {DType::F16, DType::BF16};
+
+struct Case {
+  int64_t M, K, N, ldy;
+  bool fused_layout;  // gate and up as [gate | up] halves of one [M, 2K] row; else two buffers
+  bool bias;
+};
+
+// Device y as doubles (act dtype or f32), and its raw bits for the bitwise comparison.
+std::vector<double> y_values(const DeviceBuffer& y, DType y_dtype, std::vector<uint32_t>* bits) {
+  std::vector<double> out;
+  if (y_dtype == DType::F32) {
+    const auto host = y.download<float>();
+    for (float v : host) {
+      out.push_back(v);
+      uint32_t b;
+      std::memcpy(&b, &v, 4);
+      bits->push_back(b);
+    }
+  } else {
+    for (uint16_t v : y.download<uint16_t>()) {
+      out.push_back(from_act(v, y_dtype));
+      bits->push_back(v);
+    }
+  }
+  return out;
+}
+
+void run_case(std::mt19937& rng, DType act, DType y_dtype, const Case& c, const GemvTuning& tuning) {
+  SCOPED_TRACE(::testing::Message() << "act=" << dtype_name(act) << " y=" << dtype_name(y_dtype)
+                                    << " M=" << c.M << " K=" << c.K << " N=" << c.N << " ldy=" << c.ldy
+                                    << " fused=" << c.fused_layout << " bias=" << c.bias << " k_split="
+                                    << tuning.k_split << " rows_per_warp=" << tuning.rows_per_warp);
+  // Fused: one [M, 2K] buffer, gate = cols [0, K), up = cols [K, 2K). Separate: gate [M, K + 8]
+  // (stride K + 8, the pad never read) and up [M, K].
+  const int64_t gate_ld = c.fused_layout ? 2 * c.K : c.K + 8, up_ld = c.fused_layout ? 2 * c.K : c.K;
+  const HostAct gate_buf = random_act(rng, c.M * gate_ld, act, -3.0, 3.0);
+  const HostAct up_buf = random_act(rng, c.fused_layout ? 0 : c.M * up_ld, act, -3.0, 3.0);
+  const HostAct w = random_act(rng, c.N * c.K, act);
+  const std::vector<float> bias = random_f32(rng, c.N, -0.5f, 0.5f);
+  DeviceBuffer dgate(gate_buf.bits), dw(w.bits), dbias(bias);
+  DeviceBuffer dup(std::max<size_t>(up_buf.bits.size() * 2, 16));
+  if (!c.fused_layout) dup.upload(up_buf.bits);
+  const uint16_t* gate = dgate.get<uint16_t>();
+  const uint16_t* up = c.fused_layout ? gate + c.K : dup.get<uint16_t>();
+  auto gate_at = [&](int64_t m, int64_t k) { return gate_buf.values[m * gate_ld + k]; };
+  auto up_at = [&](int64_t m, int64_t k) {
+    return c.fused_layout ? gate_buf.values[m * gate_ld + c.K + k] : up_buf.values[m * up_ld + k];
+  };
+  const float* b = c.bias ? dbias.get<float>() : nullptr;
+  const size_t y_bytes = c.M * c.ldy * dtype_size(y_dtype);
+
+  DeviceBuffer fused_y(y_bytes);
+  const Status status = gemv_swiglu_tuned(gate, gate_ld, up, up_ld, c.M, c.K, dw.get(), c.N, b, fused_y.get(),
+                                          c.ldy, act, y_dtype, tuning, nullptr);
+  ASSERT_TRUE(status.ok()) << status.error().message;
+
+  // The composition: swiglu into [M, K], then the plain GEMV at the same k_split.
+  DeviceBuffer act_buf(c.M * c.K * 2), plain_y(y_bytes);
+  ASSERT_TRUE(swiglu(gate, gate_ld, up, up_ld, c.M, c.K, act_buf.get(), act, nullptr).ok());
+  GemvTuning plain_tuning;
+  plain_tuning.k_split = tuning.k_split;
+  const Status plain = gemv_tuned(act_buf.get(), c.M, c.K, dw.get(), c.N, b, plain_y.get(), c.ldy, act,
+                                  y_dtype, plain_tuning, nullptr);
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+
+  std::vector<uint32_t> fused_bits, plain_bits;
+  const std::vector<double> y = y_values(fused_y, y_dtype, &fused_bits);
+  y_values(plain_y, y_dtype, &plain_bits);
+  // Same SwiGLU arithmetic (detail::silu_mul, one rounding to act), same k order of every sum.
+  for (size_t i = 0; i < fused_bits.size(); ++i) {
+    const int64_t m = static_cast<int64_t>(i) / c.ldy, n = static_cast<int64_t>(i) % c.ldy;
+    if (n >= c.N) {
+      ASSERT_TRUE(std::isnan(y[i])) << "wrote past N at y[" << m << ", " << n << "]";
+      continue;
+    }
+    ASSERT_EQ(fused_bits[i], plain_bits[i]) << "y[" << m << ", " << n << "] differs from swiglu + gemv";
+  }
+
+  // float64 reference over x = act(silu(g) * u). The device's f32 SwiGLU (__expf) may round x to the
+  // neighbouring act value: <= 1 act ulp of |x| per element, so <= ulp * sum|x w| on y; plus the f32
+  // accumulation (2e-5 * sum|x w|, as in the GEMV test) and y's final rounding (ulp * |ref|).
+  const double out_ulp = y_dtype == DType::F32 ? 0.0 : act_ulp(y_dtype);
+  std::vector<double> x(c.M * c.K);
+  for (int64_t m = 0; m < c.M; ++m) {
+    for (int64_t k = 0; k < c.K; ++k) {
+      const double g = gate_at(m, k);
+      x[m * c.K + k] = round_act(g / (1.0 + std::exp(-g)) * up_at(m, k), act);
+    }
+  }
+  for (int64_t m = 0; m < c.M; ++m) {
+    for (int64_t n = 0; n < c.N; ++n) {
+      double ref = c.bias ? bias[n] : 0.0, magnitude = std::abs(ref);
+      for (int64_t k = 0; k < c.K; ++k) {
+        ref += x[m * c.K + k] * w.values[n * c.K + k];
+        magnitude += std::abs(x[m * c.K + k] * w.values[n * c.K + k]);
+      }
+      const double got = y[m * c.ldy + n];
+      ASSERT_LE(std::abs(got - ref), out_ulp * std::abs(ref) + (act_ulp(act) + 2e-5) * magnitude)
+          << "y[" << m << ", " << n << "] = " << got << ", expected " << ref;
+    }
+  }
+}
+
+TEST(CudaGemvSwiglu, EqualsSwigluThenGemvAndFloat64) {
+  GPU_OR_SKIP();
+  std::mt19937 rng(21);
+  for (DType act : kActs) {
+    for (int64_t M = 1; M <= kGemvMaxRows; ++M) {
+      for (bool fused : {true, false}) {
+        run_case(rng, act, act, {M, 11008, 67, 67, fused, false}, {});      // Llama-2-7B's K
+        run_case(rng, act, DType::F32, {M, 264, 37, 40, fused, true}, {});  // partial last K step
+        run_case(rng, act, act, {M, 8, 5, 5, fused, true}, {});             // one 16-byte vector per row
+      }
+    }
+  }
+}
+
+TEST(CudaGemvSwiglu, EveryTuningComputesTheSameFunction) {
+  GPU_OR_SKIP();
+  std::mt19937 rng(22);
+  for (DType act : kActs) {
+    for (int k_split : {1, 2, 4, 8}) {
+      for (int rows_per_warp : {2, 4, 8}) {
+        for (int64_t M : {1, 3, 8}) {
+          GemvTuning tuning;
+          tuning.k_split = k_split;
+          tuning.rows_per_warp = rows_per_warp;
+          run_case(rng, act, DType::F32, {M, 2056, 67, 67, true, true}, tuning);
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaGemvSwiglu, RejectsBadArgumentsNamingKernelAndShapes) {
+  GPU_OR_SKIP();
+  DeviceBuffer buf(1 << 16);
+  const auto* base = buf.get<uint16_t>();
+  const Status odd_ld = gemv_swiglu(base, 20, base + 16, 20, 1, 16, buf.get(), 4, nullptr, buf.get(), 4,
+                                    DType::F16, DType::F16, nullptr);
+  ASSERT_FALSE(odd_ld.ok());
+  EXPECT_NE(odd_ld.error().message.find("gemv_swiglu [M=1 K=16 N=4"), std::string::npos)
+      << odd_ld.error().message;
+  // Misaligned up (one element past a 16-byte boundary), stride below K, K not a multiple of 8, M too large.
+  EXPECT_FALSE(gemv_swiglu(base, 32, base + 17, 32, 1, 16, buf.get(), 4, nullptr, buf.get(), 4, DType::F16,
+                           DType::F16, nullptr)
+                   .ok());
+  EXPECT_FALSE(gemv_swiglu(base, 8, base + 16, 32, 1, 16, buf.get(), 4, nullptr, buf.get(), 4, DType::F16,
+                           DType::F16, nullptr)
+                   .ok());
+  EXPECT_FALSE(gemv_swiglu(base, 24, base + 12, 24, 1, 12, buf.get(), 4, nullptr, buf.get(), 4, DType::F16,
+                           DType::F16, nullptr)
+                   .ok());
+  EXPECT_FALSE(gemv_swiglu(base, 32, base + 16, 32, kGemvMaxRows + 1, 16, buf.get(), 4, nullptr, buf.get(), 4,
+                           DType::F16, DType::F16, nullptr)
+                   .ok());
+  GemvTuning staged;
+  staged.stage_x = 1;
+  EXPECT_FALSE(gemv_swiglu_tuned(base, 32, base + 16, 32, 1, 16, buf.get(), 4, nullptr, buf.get(), 4,
+                                 DType::F16, DType::F16, staged, nullptr)
+                   .ok());
+  GemvTuning odd_rows;
+  odd_rows.rows_per_warp = 3;
+  EXPECT_FALSE(gemv_swiglu_tuned(base, 32, base + 16, 32, 1, 16, buf.get(), 4, nullptr, buf.get(), 4,
+                                 DType::F16, DType::F16, odd_rows, nullptr)
+                   .ok());
+}
+
+}  // namespace
+}  // namespace kiln::cuda::testing
