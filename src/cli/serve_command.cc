@@ -15,12 +15,17 @@
 #include "cli/report_error.h"
 #include "server/engine_worker.h"
 #include "server/model_registry.h"
+#include "server/model_repository.h"
 
 namespace kiln {
 
 CLI::App* add_serve_command(CLI::App& app, ServeArgs& args) {
   auto* cmd = app.add_subcommand("serve", "Serve an engine over an OpenAI-compatible HTTP API");
-  cmd->add_option("ENGINE", args.engine, "engine file")->required();
+  auto* engine = cmd->add_option("ENGINE", args.engine, "engine file");
+  auto* repo = cmd->add_option("--model-repo", args.model_repo,
+                               "serve every model of DIR/<model>/<version>/model.kiln (highest version; "
+                               "load/unload over /v1/repository/...)");
+  engine->excludes(repo);
   cmd->add_option("--host", args.server.host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", args.server.port, "port (0: any free port, shown when ready)")
       ->check(CLI::Range(0, 65535))
@@ -60,11 +65,16 @@ Result<std::string> read_text_file(const std::string& path) {
   return ss.str();
 }
 
-Result<std::shared_ptr<EngineWorker>> load_worker(const ServeArgs& args) {
+RuntimeOptions runtime_options(const ServeArgs& args) {
   RuntimeOptions runtime;
   runtime.backend = args.backend;
   runtime.backend_options.num_threads = args.threads;
   runtime.verify_checksum = !args.no_verify;
+  return runtime;
+}
+
+Result<std::shared_ptr<EngineWorker>> load_worker(const ServeArgs& args) {
+  const RuntimeOptions runtime = runtime_options(args);
   const std::string name = args.served_model_name.empty() ? std::filesystem::path(args.engine).stem().string()
                                                           : args.served_model_name;
   WorkerOptions options;
@@ -85,6 +95,14 @@ Result<std::shared_ptr<EngineWorker>> load_worker(const ServeArgs& args) {
 }  // namespace
 
 int run_serve_command(const ServeArgs& args) {
+  if (args.engine.empty() == args.model_repo.empty())
+    return fail(make_error("serve: give an ENGINE file or --model-repo DIR"));
+  if (!args.model_repo.empty() && (!args.served_model_name.empty() || !args.chat_template_path.empty())) {
+    return fail(
+        make_error("serve: --served-model-name and --chat-template apply to one ENGINE; a repository's "
+                   "models are named by "
+                   "their directories and use the templates their engines were built with"));
+  }
   // SIGINT and SIGTERM go to one thread that waits for them (sigwait); every other thread, started
   // after this, inherits the blocked mask. A peer closing its socket must not kill the server.
   sigset_t signals;
@@ -95,13 +113,26 @@ int run_serve_command(const ServeArgs& args) {
   signal(SIGPIPE, SIG_IGN);
 
   ModelRegistry registry;
-  auto worker = load_worker(args);
-  if (!worker.ok()) return fail(worker.error());
-  if (Status added = registry.add(*worker); !added.ok()) return fail(added.error());
-  const std::string model_name = (*worker)->name();
-  worker = make_error("moved");  // the registry owns it now
+  std::unique_ptr<ModelRepository> repository;
+  std::string served;  // for the "serving ..." line
+  if (args.model_repo.empty()) {
+    auto worker = load_worker(args);
+    if (!worker.ok()) return fail(worker.error());
+    served = (*worker)->name();
+    if (Status added = registry.add(std::move(worker).value()); !added.ok()) return fail(added.error());
+  } else {
+    WorkerOptions options;
+    options.max_queue = args.server.max_queue;
+    repository = std::make_unique<ModelRepository>(args.model_repo, registry, runtime_options(args), options);
+    if (Status loaded = repository->load_all(); !loaded.ok()) {
+      registry.stop_all();
+      return fail(loaded.error());
+    }
+    for (const ModelRegistry::Entry& e : registry.entries())
+      served += (served.empty() ? "" : ",") + e.worker->name();
+  }
 
-  HttpServer server(registry, args.server);
+  HttpServer server(registry, args.server, repository.get());
   const Result<int> port = server.bind();
   if (!port.ok()) {
     registry.stop_all();
@@ -117,7 +148,7 @@ int run_serve_command(const ServeArgs& args) {
                signal_number == SIGINT ? "SIGINT" : "SIGTERM", args.shutdown_timeout_seconds);
     server.shutdown(std::chrono::milliseconds(static_cast<int64_t>(args.shutdown_timeout_seconds * 1000)));
   });
-  fmt::print(stderr, "kiln: serving {} on http://{}:{}\n", model_name, args.server.host, *port);
+  fmt::print(stderr, "kiln: serving {} on http://{}:{}\n", served, args.server.host, *port);
   std::fflush(stderr);
   server.serve();
   serve_ended.store(true);

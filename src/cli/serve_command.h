@@ -1,4 +1,5 @@
-// `kiln serve`: an OpenAI-compatible HTTP server (server/) over one engine, until SIGINT/SIGTERM.
+// `kiln serve`: an OpenAI-compatible HTTP server (server/) over one engine, or over a model repository
+// (DIR/<model>/<version>/model.kiln, loaded and unloaded over the API), until SIGINT/SIGTERM.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -10,7 +11,8 @@
 namespace kiln {
 
 struct ServeArgs {
-  std::string engine;
+  std::string engine;      // one engine, or
+  std::string model_repo;  // a model repository
   ServerOptions server;
   std::string backend;             // empty: the engine's own; else the engine must have been built for it
   int threads = 0;                 // CPU threads of the backend (0: all cores)

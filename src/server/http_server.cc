@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
+#include <optional>
 #include <thread>
 
 #include "server/generation_endpoint.h"
@@ -26,20 +28,23 @@ void send_api_error(httplib::Response& res, const ApiError& error) {
 }
 
 struct HttpServer::Impl {
-  Impl(ModelRegistry& r, const ServerOptions& o) : registry(r), options(o) {}
+  Impl(ModelRegistry& r, const ServerOptions& o, ModelRepository* repo)
+      : registry(r), options(o), repository(repo) {}
 
   void install_routes();
+  void install_repository_routes();
   void handle_models(const httplib::Request& req, httplib::Response& res);
 
   ModelRegistry& registry;
+  ModelRepository* repository;
   ServerOptions options;
   httplib::Server http;
   std::atomic<bool> draining{false};
   std::atomic<bool> serve_entered{false};
 };
 
-HttpServer::HttpServer(ModelRegistry& registry, const ServerOptions& options)
-    : impl_(std::make_unique<Impl>(registry, options)) {
+HttpServer::HttpServer(ModelRegistry& registry, const ServerOptions& options, ModelRepository* repository)
+    : impl_(std::make_unique<Impl>(registry, options, repository)) {
   httplib::Server& http = impl_->http;
   const int threads =
       options.http_threads > 0 ? options.http_threads : static_cast<int>(options.max_queue) + 16;
@@ -50,6 +55,7 @@ HttpServer::HttpServer(ModelRegistry& registry, const ServerOptions& options)
   http.set_keep_alive_timeout(options.keep_alive_timeout_seconds);
   http.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
   impl_->install_routes();
+  if (repository) impl_->install_repository_routes();
 }
 
 HttpServer::~HttpServer() = default;
@@ -160,6 +166,64 @@ void HttpServer::Impl::install_routes() {
     http.Patch(path, not_allowed("GET"));
     http.Delete(path, not_allowed("GET"));
   }
+}
+
+void HttpServer::Impl::install_repository_routes() {
+  http.Get("/v1/repository/index", [this](const httplib::Request&, httplib::Response& res) {
+    const Result<std::vector<ModelRepository::ModelEntry>> index = repository->index();
+    if (!index.ok()) return send_api_error(res, ApiError{500, index.error().message, "server_error", "", ""});
+    nlohmann::ordered_json data = nlohmann::ordered_json::array();
+    for (const ModelRepository::ModelEntry& e : *index) {
+      data.push_back(
+          {{"name", e.name},
+           {"versions", e.versions},
+           {"loaded_version", e.loaded ? nlohmann::ordered_json(*e.loaded) : nlohmann::ordered_json()},
+           {"state", e.loaded ? "READY" : "UNAVAILABLE"}});
+    }
+    send_json(res, 200, {{"object", "list"}, {"data", std::move(data)}});
+  });
+  http.Post("/v1/repository/models/([^/]+)/load", [this](const httplib::Request& req,
+                                                         httplib::Response& res) {
+    const std::string name = req.matches[1].str();
+    std::optional<int64_t> version;
+    if (!req.body.empty()) {
+      const nlohmann::json body = nlohmann::json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+      if (body.is_discarded() || !body.is_object())
+        return send_api_error(res, invalid_param("", "the body must be a JSON object like {\"version\": 2}"));
+      if (body.contains("version") && !body["version"].is_null()) {
+        if (!body["version"].is_number_integer())
+          return send_api_error(res, invalid_param("version", "'version' must be an integer"));
+        version = body["version"].get<int64_t>();
+      }
+    }
+    // Unknown model or version: 404; an engine that fails to load: 500 (the old version keeps serving).
+    const Result<std::vector<ModelRepository::ModelEntry>> index = repository->index();
+    if (!index.ok()) return send_api_error(res, ApiError{500, index.error().message, "server_error", "", ""});
+    const auto entry = std::find_if(index->begin(), index->end(),
+                                    [&](const ModelRepository::ModelEntry& e) { return e.name == name; });
+    if (entry == index->end() || (version && std::find(entry->versions.begin(), entry->versions.end(),
+                                                       *version) == entry->versions.end())) {
+      return send_api_error(
+          res, ApiError{404,
+                        version ? fmt::format("the repository has no model '{}' version {}", name, *version)
+                                : fmt::format("the repository has no model '{}'", name),
+                        "invalid_request_error", "model", "model_not_found"});
+    }
+    if (Status loaded = repository->load(name, version); !loaded.ok())
+      return send_api_error(res,
+                            ApiError{500, loaded.error().message, "server_error", "", "model_load_failed"});
+    send_json(res, 200,
+              {{"name", name}, {"version", version.value_or(entry->versions.back())}, {"state", "READY"}});
+  });
+  http.Post("/v1/repository/models/([^/]+)/unload",
+            [this](const httplib::Request& req, httplib::Response& res) {
+              const std::string name = req.matches[1].str();
+              if (Status unloaded = repository->unload(name); !unloaded.ok()) {
+                return send_api_error(res, ApiError{404, unloaded.error().message, "invalid_request_error",
+                                                    "model", "model_not_found"});
+              }
+              send_json(res, 200, {{"name", name}, {"state", "UNAVAILABLE"}});
+            });
 }
 
 void HttpServer::Impl::handle_models(const httplib::Request& req, httplib::Response& res) {

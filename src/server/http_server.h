@@ -5,7 +5,9 @@
 // connection so a client that goes away has its request aborted at once.
 //
 // Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id},
-// GET /health, GET /metrics (Prometheus). /health and /metrics need no API key.
+// GET /health, GET /metrics (Prometheus). /health and /metrics need no API key. With a model
+// repository also GET /v1/repository/index, POST /v1/repository/models/{name}/load (body: optional
+// {"version": N}) and POST /v1/repository/models/{name}/unload.
 #pragma once
 
 #include <chrono>
@@ -15,6 +17,7 @@
 
 #include "common/error.h"
 #include "server/model_registry.h"
+#include "server/model_repository.h"
 
 namespace kiln {
 
@@ -32,7 +35,8 @@ struct ServerOptions {
 
 class HttpServer {
  public:
-  HttpServer(ModelRegistry& registry, const ServerOptions& options);
+  // repository: when given, its load/unload routes are served (it must outlive the server).
+  HttpServer(ModelRegistry& registry, const ServerOptions& options, ModelRepository* repository = nullptr);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

@@ -15,6 +15,26 @@ Status ModelRegistry::add(std::shared_ptr<EngineWorker> worker) {
   return Status::Ok();
 }
 
+std::shared_ptr<EngineWorker> ModelRegistry::put(std::shared_ptr<EngineWorker> worker) {
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  std::lock_guard<std::mutex> lock(mutex_);
+  Entry& entry = models_[worker->name()];
+  std::shared_ptr<EngineWorker> previous = std::move(entry.worker);
+  entry = Entry{std::move(worker), now};
+  return previous;
+}
+
+std::shared_ptr<EngineWorker> ModelRegistry::remove(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto it = models_.find(name);
+  if (it == models_.end()) return nullptr;
+  std::shared_ptr<EngineWorker> worker = std::move(it->second.worker);
+  models_.erase(it);
+  return worker;
+}
+
 std::shared_ptr<EngineWorker> ModelRegistry::find(const std::string& name) const {
   std::lock_guard<std::mutex> lock(mutex_);
   if (name.empty()) return models_.size() == 1 ? models_.begin()->second.worker : nullptr;

@@ -24,6 +24,11 @@ class ModelRegistry {
 
   // Errors: the name is taken.
   Status add(std::shared_ptr<EngineWorker> worker);
+  // Serves `worker` under its name, in place of the worker serving it now, which is returned:
+  // requests running on it finish, and it stops when the last one lets it go.
+  std::shared_ptr<EngineWorker> put(std::shared_ptr<EngineWorker> worker);
+  // Stops serving `name`; returns its worker (nullptr when none), which stops as put()'s does.
+  std::shared_ptr<EngineWorker> remove(const std::string& name);
   // The model named `name`; an empty name means the only model when exactly one is served.
   std::shared_ptr<EngineWorker> find(const std::string& name) const;
   std::vector<Entry> entries() const;  // by name
