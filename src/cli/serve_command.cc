@@ -52,6 +52,9 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& args) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--no-verify", args.no_verify, "skip the engine checksum");
+  cmd->add_flag("--no-prefix-caching", args.no_prefix_caching, "never share KV blocks between requests");
+  cmd->add_flag("--static-batching", args.static_batching,
+                "benchmark baseline: admit requests in batches, none joining a running batch");
   return cmd;
 }
 
@@ -79,6 +82,8 @@ Result<std::shared_ptr<EngineWorker>> load_worker(const ServeArgs& args) {
                                                           : args.served_model_name;
   WorkerOptions options;
   options.max_queue = args.server.max_queue;
+  options.prefix_caching = !args.no_prefix_caching;
+  options.static_batching = args.static_batching;
   KILN_ASSIGN(std::shared_ptr<EngineWorker> worker, EngineWorker::load(name, args.engine, runtime, options));
   if (!args.chat_template_path.empty()) {
     const Tokenizer* tokenizer = worker->tokenizer();
@@ -123,6 +128,8 @@ int run_serve_command(const ServeArgs& args) {
   } else {
     WorkerOptions options;
     options.max_queue = args.server.max_queue;
+    options.prefix_caching = !args.no_prefix_caching;
+    options.static_batching = args.static_batching;
     repository = std::make_unique<ModelRepository>(args.model_repo, registry, runtime_options(args), options);
     if (Status loaded = repository->load_all(); !loaded.ok()) {
       registry.stop_all();

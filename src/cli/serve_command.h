@@ -20,6 +20,8 @@ struct ServeArgs {
   std::string chat_template_path;  // replaces the engine's chat template
   double shutdown_timeout_seconds = 30;
   bool no_verify = false;
+  bool no_prefix_caching = false;
+  bool static_batching = false;
 };
 
 // Adds the `serve` subcommand, writing into `args`; returns it so the caller can test parsed().

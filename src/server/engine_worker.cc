@@ -63,6 +63,8 @@ EngineWorker::EngineWorker(std::string name, std::unique_ptr<Model> model, const
   config.max_tokens_per_step = backend.max_tokens_per_step();
   config.max_logit_rows = backend.max_logit_rows();
   config.max_running = std::max<int64_t>(1, model_->info().max_batch);
+  config.prefix_caching = options.prefix_caching;
+  config.static_batching = options.static_batching;
   scheduler_ = std::make_unique<Scheduler>(config, model_->kv_pool());
   seen_.assign(static_cast<size_t>(backend.vocab_size()), 0);
   raw_row_.resize(static_cast<size_t>(backend.vocab_size()));

@@ -63,6 +63,8 @@ struct Job {
 
 struct WorkerOptions {
   int64_t max_queue = 64;  // requests waiting or running; submit() refuses more (the server's 503)
+  bool prefix_caching = true;
+  bool static_batching = false;  // the benchmark baseline (SchedulerConfig::static_batching)
 };
 
 class EngineWorker {

@@ -8,7 +8,7 @@ name=$1; shift
 out=.dev/$name
 rm -rf "$out"; mkdir -p "$out/lib"
 for bin in "$@"; do cp "$bin" "$out/"; done
-for lib in libfmt.so.9 libpcre2-8.so.0 libxxhash.so.0; do
+for lib in libfmt.so.9 libpcre2-8.so.0 libxxhash.so.0 libcpp-httplib.so.0.11 libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1; do
   cp -L "/usr/lib/x86_64-linux-gnu/$lib" "$out/lib/"
 done
 du -sh "$out"

@@ -62,7 +62,10 @@ void check_step(Backend& backend, const Batch& batch, uint32_t seed, std::vector
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
   const RowSampling settings[] = {{1.0f, 0, 1.0f, 0.0f, 0},   {0.7f, 0, 0.9f, 0.0f, 0},
                                   {1.3f, 40, 0.95f, 0.0f, 0}, {1.0f, 0, 1.0f, 0.02f, 0},
-                                  {0.8f, 20, 0.8f, 0.05f, 0}, {1e-3f, 0, 0.5f, 0.0f, 0}};
+                                  {0.8f, 20, 0.8f, 0.05f, 0}, {1e-3f, 0, 0.5f, 0.0f, 0},
+                                  // tiny-qwen2's random-weight logits can be so peaked that T = 1 never
+                                  // leaves the argmax: flatten them so some draws must
+                                  {20.0f, 0, 1.0f, 0.0f, 0},  {100.0f, 64, 0.99f, 0.0f, 0}};
   SampleScratch scratch;
   int non_greedy = 0;
   for (const RowSampling& setting : settings) {
