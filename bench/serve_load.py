@@ -249,6 +249,8 @@ def main():
             "prefix_cache_hit_rate": round(h / q, 4) if q else 0.0,
             "preemptions": after.get("kiln_preemptions_total", 0) - before.get("kiln_preemptions_total", 0),
             "kv_blocks_total": total_blocks, "kv_blocks_free_after": after.get("kiln_kv_blocks_free", float("nan")),
+            "kv_blocks_used_peak": after.get("kiln_kv_blocks_used_peak", float("nan")),
+            "kv_cache_gib": round(after.get("kiln_kv_cache_bytes", float("nan")) / 2**30, 2),
             "kv_leak": after.get("kiln_kv_blocks_free") != total_blocks,
             "errors": s["errors"],
         }

@@ -356,7 +356,10 @@ void EngineWorker::publish_gauges() {
   metrics_.running = scheduler_->num_running();
   metrics_.kv_blocks_total = blocks.num_blocks();
   metrics_.kv_blocks_free = blocks.num_available_blocks();
-  metrics_.kv_blocks_used = blocks.num_blocks() - blocks.num_available_blocks();
+  const int64_t used = blocks.num_blocks() - blocks.num_available_blocks();
+  metrics_.kv_blocks_used = used;
+  if (used > metrics_.kv_blocks_used_peak.load()) metrics_.kv_blocks_used_peak = used;  // only this thread writes
+  metrics_.kv_cache_bytes = model_->backend().kv_cache_bytes();
   metrics_.prefix_cache_query_tokens = blocks.stats().query_tokens;
   metrics_.prefix_cache_hit_tokens = blocks.stats().hit_tokens;
   metrics_.preemptions = scheduler_->num_preemptions();

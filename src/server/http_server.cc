@@ -1,5 +1,10 @@
 #include "server/http_server.h"
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 #include <httplib.h>
 
@@ -41,6 +46,7 @@ struct HttpServer::Impl {
   httplib::Server http;
   std::atomic<bool> draining{false};
   std::atomic<bool> serve_entered{false};
+  int listen_fd = -1;  // the listening socket, seen through httplib's socket-options hook
 };
 
 HttpServer::HttpServer(ModelRegistry& registry, const ServerOptions& options, ModelRepository* repository)
@@ -54,6 +60,13 @@ HttpServer::HttpServer(ModelRegistry& registry, const ServerOptions& options, Mo
   http.set_write_timeout(options.write_timeout_seconds, 0);
   http.set_keep_alive_timeout(options.keep_alive_timeout_seconds);
   http.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
+  // Debian's httplib is a compiled library whose listen() backlog is 5: a burst of concurrent clients
+  // overflows the accept queue and connections fail ("Read" errors seen with 32 clients). The hook
+  // runs on the socket before bind; bind() below re-listens on it with the system's maximum.
+  http.set_socket_options([impl = impl_.get()](socket_t sock) {
+    httplib::default_socket_options(sock);
+    impl->listen_fd = sock;
+  });
   impl_->install_routes();
   if (repository) impl_->install_repository_routes();
 }
@@ -246,14 +259,17 @@ void HttpServer::Impl::handle_models(const httplib::Request& req, httplib::Respo
 
 Result<int> HttpServer::bind() {
   const ServerOptions& o = impl_->options;
+  int port = o.port;
   if (o.port == 0) {
-    const int port = impl_->http.bind_to_any_port(o.host);
+    port = impl_->http.bind_to_any_port(o.host);
     if (port <= 0) return make_error("cannot bind to {} (any port)", o.host);
-    return port;
-  }
-  if (!impl_->http.bind_to_port(o.host, o.port))
+  } else if (!impl_->http.bind_to_port(o.host, o.port)) {
     return make_error("cannot bind to {}:{} (in use?)", o.host, o.port);
-  return o.port;
+  }
+  // A second listen() on a listening socket only changes its backlog (POSIX; Linux applies it).
+  if (impl_->listen_fd >= 0 && ::listen(impl_->listen_fd, SOMAXCONN) != 0)
+    return make_error("listen on {}:{}: {}", o.host, port, std::strerror(errno));
+  return port;
 }
 
 void HttpServer::serve() {

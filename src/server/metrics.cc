@@ -140,6 +140,10 @@ std::string render_prometheus(const std::vector<NamedMetrics>& models) {
             [](const ModelMetrics& m) { return static_cast<double>(m.kv_blocks_free.load()); });
   per_model("kiln_kv_blocks_total", "gauge", "KV cache blocks.",
             [](const ModelMetrics& m) { return static_cast<double>(m.kv_blocks_total.load()); });
+  per_model("kiln_kv_blocks_used_peak", "gauge", "Most KV cache blocks referenced at once since start.",
+            [](const ModelMetrics& m) { return static_cast<double>(m.kv_blocks_used_peak.load()); });
+  per_model("kiln_kv_cache_bytes", "gauge", "Memory of the whole KV cache (its budget), bytes.",
+            [](const ModelMetrics& m) { return static_cast<double>(m.kv_cache_bytes.load()); });
   per_model("kiln_prefix_cache_query_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.",
             [](const ModelMetrics& m) { return static_cast<double>(m.prefix_cache_query_tokens.load()); });
   per_model("kiln_prefix_cache_hit_tokens_total", "counter", "Prompt tokens found in the prefix cache.",

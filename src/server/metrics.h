@@ -53,6 +53,8 @@ struct ModelMetrics {
   std::atomic<int64_t> kv_blocks_used{0};
   std::atomic<int64_t> kv_blocks_free{0};
   std::atomic<int64_t> kv_blocks_total{0};
+  std::atomic<int64_t> kv_blocks_used_peak{0};  // most blocks referenced at once since start
+  std::atomic<int64_t> kv_cache_bytes{0};       // device (or host) memory of the whole KV cache
   std::atomic<int64_t> prefix_cache_query_tokens{0};
   std::atomic<int64_t> prefix_cache_hit_tokens{0};
   std::atomic<int64_t> preemptions{0};

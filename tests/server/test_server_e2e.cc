@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <mutex>
 #include <random>
 
 #include "runtime/generator.h"
@@ -128,6 +129,8 @@ TEST_F(ServerEndToEnd, ConcurrentRequestsEachEqualTheirSoloResult) {
   std::vector<json> results(kRequests);
   std::vector<std::thread> clients;
   std::atomic<int> failures{0};
+  std::mutex failure_mutex;
+  std::vector<std::string> failure_reasons;
   for (int i = 0; i < kRequests; ++i) {
     clients.emplace_back([&, i] {
       auto client = server.client();
@@ -141,6 +144,9 @@ TEST_F(ServerEndToEnd, ConcurrentRequestsEachEqualTheirSoloResult) {
       auto res = client->Post("/v1/completions", body.dump(), "application/json");
       if (!res || res->status != 200) {
         ++failures;
+        std::lock_guard<std::mutex> lock(failure_mutex);
+        failure_reasons.push_back(res ? std::to_string(res->status) + " " + res->body
+                                      : httplib::to_string(res.error()));
         return;
       }
       if (i % 2 == 0) {
@@ -162,7 +168,7 @@ TEST_F(ServerEndToEnd, ConcurrentRequestsEachEqualTheirSoloResult) {
     });
   }
   for (std::thread& t : clients) t.join();
-  ASSERT_EQ(failures.load(), 0);
+  ASSERT_EQ(failures.load(), 0) << (failure_reasons.empty() ? "" : failure_reasons.front());
   for (int i = 0; i < kRequests; ++i) {
     EXPECT_EQ(results[i]["text"], expected[i].text) << "request " << i;
     EXPECT_EQ(results[i]["finish_reason"], finish_reason_of(expected[i])) << "request " << i;
@@ -171,6 +177,12 @@ TEST_F(ServerEndToEnd, ConcurrentRequestsEachEqualTheirSoloResult) {
   EXPECT_TRUE(testing::wait_until_idle(server));
   const std::string m = testing::scrape(server);
   EXPECT_EQ(testing::metric(m, "kiln_requests_total{model=\"stories\",status=\"success\"}"), kRequests);
+  // KV cache use against its budget: some blocks were held at once, never more than there are.
+  const double peak = testing::metric(m, "kiln_kv_blocks_used_peak{model=\"stories\"}");
+  EXPECT_GT(peak, 0);
+  EXPECT_LE(peak, testing::metric(m, "kiln_kv_blocks_total{model=\"stories\"}"));
+  EXPECT_EQ(testing::metric(m, "kiln_kv_blocks_used{model=\"stories\"}"), 0);
+  EXPECT_GT(testing::metric(m, "kiln_kv_cache_bytes{model=\"stories\"}"), 0);
 }
 
 TEST_F(ServerEndToEnd, StreamedDeltasConcatenateToTheNonStreamingText) {
