@@ -53,8 +53,10 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& args) {
       ->capture_default_str();
   cmd->add_flag("--no-verify", args.no_verify, "skip the engine checksum");
   cmd->add_flag("--no-prefix-caching", args.no_prefix_caching, "never share KV blocks between requests");
-  cmd->add_flag("--static-batching", args.static_batching,
-                "benchmark baseline: admit requests in batches, none joining a running batch");
+  cmd->add_option("--static-batching", args.static_batching,
+                  "benchmark baseline: admit requests in batches, none joining a running batch; finished "
+                  "rows 'drop' out or 'pad' on until the batch ends (as HF generate)")
+      ->check(CLI::IsMember({"drop", "pad"}));
   return cmd;
 }
 
@@ -83,7 +85,8 @@ Result<std::shared_ptr<EngineWorker>> load_worker(const ServeArgs& args) {
   WorkerOptions options;
   options.max_queue = args.server.max_queue;
   options.prefix_caching = !args.no_prefix_caching;
-  options.static_batching = args.static_batching;
+  options.static_batching = !args.static_batching.empty();
+  options.pad_finished_rows = args.static_batching == "pad";
   KILN_ASSIGN(std::shared_ptr<EngineWorker> worker, EngineWorker::load(name, args.engine, runtime, options));
   if (!args.chat_template_path.empty()) {
     const Tokenizer* tokenizer = worker->tokenizer();
@@ -129,7 +132,8 @@ int run_serve_command(const ServeArgs& args) {
     WorkerOptions options;
     options.max_queue = args.server.max_queue;
     options.prefix_caching = !args.no_prefix_caching;
-    options.static_batching = args.static_batching;
+    options.static_batching = !args.static_batching.empty();
+    options.pad_finished_rows = args.static_batching == "pad";
     repository = std::make_unique<ModelRepository>(args.model_repo, registry, runtime_options(args), options);
     if (Status loaded = repository->load_all(); !loaded.ok()) {
       registry.stop_all();

@@ -21,7 +21,7 @@ struct ServeArgs {
   double shutdown_timeout_seconds = 30;
   bool no_verify = false;
   bool no_prefix_caching = false;
-  bool static_batching = false;
+  std::string static_batching;  // empty: continuous; "drop" or "pad" (SchedulerConfig)
 };
 
 // Adds the `serve` subcommand, writing into `args`; returns it so the caller can test parsed().

@@ -43,6 +43,10 @@ Status Scheduler::add(SchedulerRequest request) {
 }
 
 void Scheduler::preempt(Sequence& seq) {
+  if (seq.padding) {  // nothing to recompute: a padding row just goes
+    abort(seq.id);
+    return;
+  }
   // Recompute rather than swap (vLLM v1): the KV is rebuilt from tokens, most of it often still cached.
   blocks_.free(seq.id);
   seq.num_computed = 0;
@@ -159,6 +163,11 @@ void Scheduler::schedule(SchedulerStep& step) {
     batch_open_ = false;
 }
 
+namespace {
+// A request that reached the context's end has no position left to pad with.
+bool done_reason_pads(const std::string& reason) { return reason != "context"; }
+}  // namespace
+
 std::vector<FinishedRequest> Scheduler::commit(const SchedulerStep& step,
                                                std::span<const int32_t> sampled_ids) {
   assert(sampled_ids.size() == step.logit_requests.size());
@@ -174,6 +183,11 @@ std::vector<FinishedRequest> Scheduler::commit(const SchedulerStep& step,
     blocks_.cache_full_blocks(seq.id, seq.tokens, seq.num_computed);
     if (!scheduled.samples) continue;
     const int32_t next = sampled_ids[this_row];
+    if (seq.padding) {  // computes on, outputs nothing; ends at the context's end
+      seq.tokens.push_back(next);
+      if (static_cast<int64_t>(seq.tokens.size()) >= config_.max_seq_len) abort(seq.id);
+      continue;
+    }
     const int64_t generated = static_cast<int64_t>(seq.tokens.size()) - seq.prompt_len;
     std::string reason;
     if (std::find(seq.eos_token_ids.begin(), seq.eos_token_ids.end(), next) != seq.eos_token_ids.end()) {
@@ -190,11 +204,26 @@ std::vector<FinishedRequest> Scheduler::commit(const SchedulerStep& step,
     FinishedRequest done;
     done.id = seq.id;
     done.output_ids.assign(seq.tokens.begin() + seq.prompt_len, seq.tokens.end());
+    const bool pad = config_.static_batching && config_.pad_finished_rows && done_reason_pads(reason);
     done.finish_reason = std::move(reason);
     finished.push_back(std::move(done));
-    abort(seq.id);
+    if (pad) {
+      seq.padding = true;
+      if (seq.tokens.size() == static_cast<size_t>(seq.num_computed)) seq.tokens.push_back(next);  // EOS
+    } else {
+      abort(seq.id);
+    }
   }
+  release_padding_if_batch_done();
   return finished;
+}
+
+void Scheduler::release_padding_if_batch_done() {
+  if (!config_.pad_finished_rows) return;
+  for (const Sequence* seq : running_) {
+    if (!seq->padding) return;
+  }
+  while (!running_.empty()) abort(running_.back()->id);
 }
 
 bool Scheduler::abort(int64_t id) {

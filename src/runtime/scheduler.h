@@ -46,6 +46,10 @@ struct SchedulerConfig {
   // Baseline for benchmarks: admit requests in batches and admit no more until the whole batch has
   // finished (static batching), instead of joining the running batch at any step (continuous).
   bool static_batching = false;
+  // With static_batching: a finished request keeps its row and computes (discarded) tokens until the
+  // batch's last request finishes, as engines without per-request scheduling do (HF generate() and
+  // FasterTransformer pad finished rows). Its output is returned when it finishes, not at batch end.
+  bool pad_finished_rows = false;
 };
 
 struct SchedulerRequest {
@@ -115,12 +119,15 @@ class Scheduler {
     int32_t max_new_tokens = 0;
     std::vector<int32_t> eos_token_ids;
     int64_t num_computed = 0;  // tokens whose KV is in this sequence's blocks
+    bool padding = false;      // finished, kept computing until its static batch ends
   };
 
   // KV capacity policy.
   bool reserve_decode_block(Sequence& seq,
                             SchedulerStep& step);  // preempts until seq fits or is itself preempted
   void preempt(Sequence& seq);
+  // Static batching with padded rows: frees the padding rows once no real request runs.
+  void release_padding_if_batch_done();
   // Token packing.
   void add_to_step(Sequence& seq, int64_t num_tokens, SchedulerStep& step);
   // Schedules a chunk of a prefilling sequence (admitting it when waiting); false when nothing fit.

@@ -65,6 +65,7 @@ EngineWorker::EngineWorker(std::string name, std::unique_ptr<Model> model, const
   config.max_running = std::max<int64_t>(1, model_->info().max_batch);
   config.prefix_caching = options.prefix_caching;
   config.static_batching = options.static_batching;
+  config.pad_finished_rows = options.pad_finished_rows;
   scheduler_ = std::make_unique<Scheduler>(config, model_->kv_pool());
   seen_.assign(static_cast<size_t>(backend.vocab_size()), 0);
   raw_row_.resize(static_cast<size_t>(backend.vocab_size()));
@@ -231,21 +232,27 @@ void EngineWorker::step() {
   const size_t rows = step_.logit_requests.size();
   ids_.resize(rows);
   bool host_logits = false;
-  for (int64_t id : step_.logit_requests)
-    host_logits = host_logits || sequences_.at(id)->spec.needs_host_logits();
+  // A row whose request has finished is a padding row of a static batch (--static-batching=pad): it
+  // is computed and its token discarded.
+  auto active = [&](size_t r) -> ActiveSequence* {
+    const auto it = sequences_.find(step_.logit_requests[r]);
+    return it == sequences_.end() ? nullptr : it->second.get();
+  };
+  for (size_t r = 0; r < rows; ++r)
+    host_logits = host_logits || (active(r) && active(r)->spec.needs_host_logits());
   Status status;
   if (!host_logits) {
     // The backend draws every row (CUDA: on the device, only ids come back), from each request's
     // own random stream: the same ids as the host path below for the same seed (sample_row.h).
     row_sampling_.resize(rows);
     for (size_t r = 0; r < rows; ++r)
-      row_sampling_[r] = sequences_.at(step_.logit_requests[r])->sampler.next_row();
+      row_sampling_[r] = active(r) ? active(r)->sampler.next_row() : RowSampling{};
     status = backend.forward_sample(step_.batch, row_sampling_, ids_.data());
   } else {
     logits_.resize(rows * static_cast<size_t>(vocab));
     status = backend.forward(step_.batch, logits_.data());
     for (size_t r = 0; status.ok() && r < rows; ++r) {
-      ids_[r] = sample_row(*sequences_.at(step_.logit_requests[r]), logits_.data() + r * vocab);
+      ids_[r] = active(r) ? sample_row(*active(r), logits_.data() + r * vocab) : 0;
     }
   }
   if (!status.ok()) {
@@ -256,7 +263,9 @@ void EngineWorker::step() {
   }
   std::vector<FinishedRequest> finished = scheduler_->commit(step_, ids_);
   const Clock::time_point now = Clock::now();
-  for (size_t r = 0; r < rows; ++r) on_token(*sequences_.at(step_.logit_requests[r]), ids_[r], now);
+  for (size_t r = 0; r < rows; ++r) {
+    if (ActiveSequence* seq = active(r)) on_token(*seq, ids_[r], now);
+  }
   for (FinishedRequest& done : finished) {
     const auto it = sequences_.find(done.id);
     if (it == sequences_.end()) continue;
@@ -358,7 +367,8 @@ void EngineWorker::publish_gauges() {
   metrics_.kv_blocks_free = blocks.num_available_blocks();
   const int64_t used = blocks.num_blocks() - blocks.num_available_blocks();
   metrics_.kv_blocks_used = used;
-  if (used > metrics_.kv_blocks_used_peak.load()) metrics_.kv_blocks_used_peak = used;  // only this thread writes
+  if (used > metrics_.kv_blocks_used_peak.load())
+    metrics_.kv_blocks_used_peak = used;  // only this thread writes
   metrics_.kv_cache_bytes = model_->backend().kv_cache_bytes();
   metrics_.prefix_cache_query_tokens = blocks.stats().query_tokens;
   metrics_.prefix_cache_hit_tokens = blocks.stats().hit_tokens;

@@ -65,6 +65,7 @@ struct WorkerOptions {
   int64_t max_queue = 64;  // requests waiting or running; submit() refuses more (the server's 503)
   bool prefix_caching = true;
   bool static_batching = false;  // the benchmark baseline (SchedulerConfig::static_batching)
+  bool pad_finished_rows = false;  // with static_batching: SchedulerConfig::pad_finished_rows
 };
 
 class EngineWorker {

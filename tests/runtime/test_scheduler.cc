@@ -306,6 +306,35 @@ TEST(Scheduler, StaticBatchingAdmitsOnlyBetweenBatches) {
   EXPECT_LT(steps[0], steps[1]) << "continuous batching should need fewer steps";
 }
 
+// Padded static batching (HF generate()'s way): a finished request's row keeps computing until the
+// batch's longest request finishes; outputs are still each request's own, returned at its finish.
+TEST(Scheduler, PaddedStaticBatchKeepsFinishedRowsUntilTheBatchEnds) {
+  KvBlockPool pool(64);
+  SchedulerConfig c = config(16);
+  c.max_running = 3;
+  c.static_batching = true;
+  c.pad_finished_rows = true;
+  Scheduler scheduler(c, pool);
+  Driver d{scheduler, 16};
+  const int64_t lengths[] = {3, 5, 2, 4};
+  const int32_t max_new[] = {2, 9, 4, 3};
+  for (int64_t i = 0; i < 4; ++i) d.add(i, iota_tokens(static_cast<int32_t>(i * 20), lengths[i]), max_new[i]);
+  // The first batch is requests 0-2: every step of it has three rows until request 1 (9 tokens) ends.
+  int64_t batch_steps = 0;
+  while (!d.outputs.count(1)) {
+    const SchedulerStep s = d.step();
+    ASSERT_EQ(s.sequences.size(), 3u) << "step " << batch_steps;
+    for (const ScheduledSequence& q : s.sequences) ASSERT_NE(q.request_id, 3) << "request 3 joined the batch";
+    ++batch_steps;
+  }
+  EXPECT_EQ(d.outputs[0], alone(0, lengths[0], max_new[0])) << "finished rows still return their own output";
+  EXPECT_EQ(d.outputs[2], alone(2, lengths[2], max_new[2]));
+  EXPECT_EQ(scheduler.num_running(), 0) << "the padding rows go with the batch's last request";
+  d.run();
+  EXPECT_EQ(d.outputs[3], alone(3, lengths[3], max_new[3]));
+  EXPECT_EQ(scheduler.block_manager().num_available_blocks(), pool.num_blocks());
+}
+
 TEST(PrefixCache, SharedSystemPromptIsComputedOnce) {
   KvBlockPool pool(32);
   Scheduler scheduler(config(64), pool);
