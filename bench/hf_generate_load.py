@@ -42,6 +42,10 @@ def main():
         tok.pad_token = tok.unk_token or tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype, attn_implementation="sdpa").cuda().eval()
 
+    # Warm-up (CUDA context, cuBLAS handles and kernels), so that the first level is not charged for it.
+    with torch.no_grad():
+        warm = tok(["once upon a time"] * 2, return_tensors="pt", padding=True).to("cuda")
+        model.generate(**warm, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     rows = []
     for c in [int(x) for x in args.concurrency.split(",")]:
         work = [r for i in range(c) for r in serve_load.client_workload(args, i)]
@@ -79,7 +83,8 @@ def main():
     line = json.dumps({"bench": "hf_generate_load", "model": args.model_dir, "dtype": args.dtype,
                        "transformers": transformers.__version__, "torch": torch.__version__,
                        "gpu": torch.cuda.get_device_name(), "prompt_words": args.prompt_words,
-                       "max_tokens": args.max_tokens, "levels": rows})
+                       "max_tokens": args.max_tokens, "output_dist": args.output_dist,
+                       "requests_per_client": args.requests_per_client, "levels": rows})
     print(line)
     if args.json_out:
         with open(args.json_out, "w") as f:

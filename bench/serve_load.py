@@ -133,7 +133,12 @@ def client_workload(args, client_index):
     out = []
     for _ in range(args.requests_per_client):
         words = [rng.choice(WORDS) for _ in range(rng.randint(*args.prompt_words))]
-        out.append((prefix + " ".join(words), rng.randint(*args.max_tokens)))
+        lo, hi = args.max_tokens
+        if args.output_dist == "longtail":  # exponential, mean (hi - lo) / 6 above lo, cut at hi
+            n = lo + min(hi - lo, int(rng.expovariate(6.0 / max(1, hi - lo))))
+        else:
+            n = rng.randint(lo, hi)
+        out.append((prefix + " ".join(words), n))
     return out
 
 
@@ -142,6 +147,9 @@ def add_workload_args(ap):
     ap.add_argument("--prompt-words", type=span, default=(8, 64))
     ap.add_argument("--max-tokens", type=span, default=(16, 128))
     ap.add_argument("--system-prompt-words", type=int, default=0)
+    ap.add_argument("--output-dist", choices=("uniform", "longtail"), default="uniform",
+                    help="max_tokens: uniform over --max-tokens, or long-tailed (exponential from its low end, "
+                         "mean a sixth of the range, cut at its high end: most answers short, a few long)")
     ap.add_argument("--seed", type=int, default=0)
 
 
@@ -265,6 +273,7 @@ def main():
             print(f"  error: {e}")
     line = json.dumps({"bench": "serve_load", "url": base, "model": args.model, "api": args.api,
                        "prompt_words": args.prompt_words, "max_tokens": args.max_tokens,
+                       "output_dist": args.output_dist, "requests_per_client": args.requests_per_client,
                        "system_prompt_words": args.system_prompt_words, "levels": rows})
     print(line)
     if args.json_out:

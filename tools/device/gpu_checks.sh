@@ -29,6 +29,17 @@ for what in "$@"; do
       python3 bench/compare_hf.py /tmp/l7b --kiln .dev/gpu/kiln --engine /tmp/l7b.kiln --ttft-prompts 128,512,2048 \
         --decode-batches 1,8,32,64 --compile-batches 1,8 --reps 3 --json-out "$out/compare_hf.json" > "$out/compare_hf.log" 2>&1
       echo "compare: exit $?"; grep -v '^\[compare_hf' "$out/compare_hf.log" | tail -30 ;;
+    batching7b)  # continuous vs static batching (drop, pad) with long-tailed output lengths, same engine
+      .dev/gpu/kiln build /tmp/l7b -o /tmp/l7b256.kiln --backend cuda --profile batch=1:64:256,seq=1:512:4096 2>&1 | tail -1
+      for mode in "" "drop" "pad"; do
+        .dev/gpu/kiln serve /tmp/l7b256.kiln --port 8123 --max-queue 1024 --no-verify ${mode:+--static-batching $mode} >> "$out/serve.log" 2>&1 &
+        spid=$!; for i in $(seq 120); do curl -sf localhost:8123/health > /dev/null && break; sleep 0.5; done
+        python3 bench/serve_load.py --url http://127.0.0.1:8123 --concurrency 64 --requests-per-client 4 --max-tokens 8:512 \
+          --output-dist longtail 2>&1 | tail -1 | tee -a "$out/batching.jsonl" | python3 -c '
+import json,sys; d=json.load(sys.stdin); r=d["levels"][0]; print(sys.argv[1], r["output_tok_per_s"], r["completion_tokens"], r["wall_s"], r["failed"], r["kv_leak"])' "mode=${mode:-continuous}"
+        kill -INT $spid; wait $spid
+      done
+      python3 bench/hf_generate_load.py /tmp/l7b --concurrency 64,256 --json-out "$out/hf_generate_load.json" 2>&1 | grep -v Loading | tail -4 ;;
     serve7b)  # issue 4 on the GPU: kiln serve (continuous and static batching) and transformers generate()
       .dev/gpu/kiln build /tmp/l7b -o /tmp/l7b256.kiln --backend cuda --profile batch=1:64:256,seq=1:512:4096 2>&1 | tail -1
       serve() {  # serve [flags]: starts kiln serve on port 8123 and waits for /health
@@ -48,8 +59,9 @@ for r in d["levels"]: print(d.get("label",""), {k: r[k] for k in ("concurrency",
         load --concurrency 64 --requests-per-client 4 --max-tokens 8:256  # mixed lengths: continuous
         load --concurrency 64 --requests-per-client 1 --system-prompt-words 750 --max-tokens 16:64  # shared ~1000-token prefix
         stop; }
-      serve --static-batching && { load --concurrency 64 --requests-per-client 4 --max-tokens 8:256; stop; }  # the same, static
-      python3 bench/hf_generate_load.py /tmp/l7b --concurrency 64,256 --json-out "$out/hf_generate_load.json" 2>&1 | grep -v Loading | tail -4 ;;
+      serve --static-batching drop && { load --concurrency 64 --requests-per-client 4 --max-tokens 8:256; stop; }  # the same, static
+      serve --static-batching pad && { load --concurrency 64 --requests-per-client 4 --max-tokens 8:256; stop; }
+      [ -n "${SKIP_HF:-}" ] || python3 bench/hf_generate_load.py /tmp/l7b --concurrency 64,256 --json-out "$out/hf_generate_load.json" 2>&1 | grep -v Loading | tail -4 ;;
     7b)
       for b in 1 8 64; do
         .dev/gpu/kiln bench /tmp/l7b.kiln --batch $b --prompt-len 512 --gen-len 128 --iterations 3 --warmup 1 --json --no-verify \
