@@ -1,15 +1,13 @@
 #include "server/http_server.h"
 
-#include <sys/socket.h>
-
-#include <cerrno>
-#include <cstring>
-
 #include <fmt/format.h>
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <optional>
 #include <thread>
 
@@ -191,14 +189,18 @@ void HttpServer::Impl::install_repository_routes() {
           {{"name", e.name},
            {"versions", e.versions},
            {"loaded_version", e.loaded ? nlohmann::ordered_json(*e.loaded) : nlohmann::ordered_json()},
+           {"pinned_versions", e.pinned},
            {"state", e.loaded ? "READY" : "UNAVAILABLE"}});
     }
     send_json(res, 200, {{"object", "list"}, {"data", std::move(data)}});
   });
   http.Post("/v1/repository/models/([^/]+)/load", [this](const httplib::Request& req,
                                                          httplib::Response& res) {
-    const std::string name = req.matches[1].str();
-    std::optional<int64_t> version;
+    const std::string key = req.matches[1].str();  // "model" or "model@version"
+    const auto split = ModelRepository::split_key(key);
+    if (!split.ok()) return send_api_error(res, invalid_param("model", split.error().message));
+    const std::string& name = split->first;
+    std::optional<int64_t> version = split->second;
     if (!req.body.empty()) {
       const nlohmann::json body = nlohmann::json::parse(req.body, nullptr, /*allow_exceptions=*/false);
       if (body.is_discarded() || !body.is_object())
@@ -206,6 +208,8 @@ void HttpServer::Impl::install_repository_routes() {
       if (body.contains("version") && !body["version"].is_null()) {
         if (!body["version"].is_number_integer())
           return send_api_error(res, invalid_param("version", "'version' must be an integer"));
+        if (version && *version != body["version"].get<int64_t>())
+          return send_api_error(res, invalid_param("version", "'version' disagrees with the one after '@'"));
         version = body["version"].get<int64_t>();
       }
     }
@@ -222,11 +226,11 @@ void HttpServer::Impl::install_repository_routes() {
                                 : fmt::format("the repository has no model '{}'", name),
                         "invalid_request_error", "model", "model_not_found"});
     }
-    if (Status loaded = repository->load(name, version); !loaded.ok())
+    if (Status loaded = repository->load(key, version); !loaded.ok())
       return send_api_error(res,
                             ApiError{500, loaded.error().message, "server_error", "", "model_load_failed"});
     send_json(res, 200,
-              {{"name", name}, {"version", version.value_or(entry->versions.back())}, {"state", "READY"}});
+              {{"name", key}, {"version", version.value_or(entry->versions.back())}, {"state", "READY"}});
   });
   http.Post("/v1/repository/models/([^/]+)/unload",
             [this](const httplib::Request& req, httplib::Response& res) {

@@ -20,6 +20,14 @@ std::optional<int64_t> parse_version(const std::string& s) {
 
 }  // namespace
 
+Result<std::pair<std::string, std::optional<int64_t>>> ModelRepository::split_key(const std::string& key) {
+  const size_t at = key.rfind('@');
+  if (at == std::string::npos) return std::make_pair(key, std::optional<int64_t>());
+  const std::optional<int64_t> v = parse_version(key.substr(at + 1));
+  if (!v) return make_error("'{}': the version after '@' must be a positive integer", key);
+  return std::make_pair(key.substr(0, at), v);
+}
+
 ModelRepository::ModelRepository(std::string root, ModelRegistry& registry, const RuntimeOptions& runtime,
                                  const WorkerOptions& worker)
     : root_(std::move(root)), registry_(registry), runtime_(runtime), worker_(worker) {}
@@ -56,6 +64,9 @@ Result<std::vector<ModelRepository::ModelEntry>> ModelRepository::index() const 
   std::lock_guard<std::mutex> lock(mutex_);
   for (ModelEntry& entry : entries) {
     if (const auto it = loaded_.find(entry.name); it != loaded_.end()) entry.loaded = it->second;
+    for (int64_t v : entry.versions) {
+      if (loaded_.count(entry.name + "@" + std::to_string(v))) entry.pinned.push_back(v);
+    }
   }
   std::sort(entries.begin(), entries.end(),
             [](const ModelEntry& a, const ModelEntry& b) { return a.name < b.name; });
@@ -69,7 +80,14 @@ Status ModelRepository::load_all() {
   return Status::Ok();
 }
 
-Status ModelRepository::load(const std::string& name, std::optional<int64_t> version) {
+Status ModelRepository::load(const std::string& key, std::optional<int64_t> version) {
+  KILN_ASSIGN(auto split, split_key(key));
+  const std::string& name = split.first;
+  if (split.second) {
+    if (version && *version != *split.second)
+      return make_error("'{}' names version {}, the request version {}", key, *split.second, *version);
+    version = split.second;
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   KILN_ASSIGN(std::vector<int64_t> versions, versions_of(name));
   if (versions.empty()) return make_error("model repository {}: model '{}' has no version", root_, name);
@@ -77,9 +95,9 @@ Status ModelRepository::load(const std::string& name, std::optional<int64_t> ver
   if (std::find(versions.begin(), versions.end(), v) == versions.end())
     return make_error("model repository {}: model '{}' has no version {}", root_, name, v);
   const std::string path = (fs::path(root_) / name / std::to_string(v) / "model.kiln").string();
-  KILN_ASSIGN(std::shared_ptr<EngineWorker> worker, EngineWorker::load(name, path, runtime_, worker_));
+  KILN_ASSIGN(std::shared_ptr<EngineWorker> worker, EngineWorker::load(key, path, runtime_, worker_));
   registry_.put(std::move(worker));  // the previous version stops once its last request ends
-  loaded_[name] = v;
+  loaded_[key] = v;
   return Status::Ok();
 }
 

@@ -76,8 +76,16 @@ TEST_F(ModelRepositoryTest, ServesTheHighestVersionOfEveryModel) {
   EXPECT_EQ(models["data"][1]["id"], "b");
   const json index = get("/v1/repository/index")["data"];
   ASSERT_EQ(index.size(), 2u) << index.dump();
-  EXPECT_EQ(index[0], json({{"name", "a"}, {"versions", {1, 3}}, {"loaded_version", 3}, {"state", "READY"}}));
-  EXPECT_EQ(index[1], json({{"name", "b"}, {"versions", {2}}, {"loaded_version", 2}, {"state", "READY"}}));
+  EXPECT_EQ(index[0], json({{"name", "a"},
+                            {"versions", {1, 3}},
+                            {"loaded_version", 3},
+                            {"pinned_versions", json::array()},
+                            {"state", "READY"}}));
+  EXPECT_EQ(index[1], json({{"name", "b"},
+                            {"versions", {2}},
+                            {"loaded_version", 2},
+                            {"pinned_versions", json::array()},
+                            {"state", "READY"}}));
   EXPECT_EQ(complete("a"), 200);
   EXPECT_EQ(complete("b"), 200);
   EXPECT_EQ(complete(""), 400) << "several models: 'model' is required";
@@ -99,6 +107,26 @@ TEST_F(ModelRepositoryTest, LoadAndUnloadOverTheApi) {
   EXPECT_EQ(post("/v1/repository/models/nope/load"), 404);
   EXPECT_EQ(post("/v1/repository/models/empty/load"), 404);
   EXPECT_EQ(get("/v1/repository/index")["data"][0]["loaded_version"], 1) << "failed loads change nothing";
+}
+
+// "model@version" selects a version loaded beside the default one.
+TEST_F(ModelRepositoryTest, ModelAtVersionServesAPinnedVersionBesideTheDefault) {
+  EXPECT_EQ(complete("a@1"), 404) << "not loaded yet";
+  EXPECT_EQ(post("/v1/repository/models/a@1/load"), 200);
+  EXPECT_EQ(complete("a@1"), 200);
+  EXPECT_EQ(complete("a"), 200) << "the default version keeps serving";
+  const json a = get("/v1/repository/index")["data"][0];
+  EXPECT_EQ(a["loaded_version"], 3);
+  EXPECT_EQ(a["pinned_versions"], json({1}));
+  const json models = get("/v1/models")["data"];
+  ASSERT_EQ(models.size(), 3u);
+  EXPECT_EQ(models[1]["id"], "a@1");
+  EXPECT_EQ(post("/v1/repository/models/a@1/load", R"({"version": 3})"), 400) << "two versions named";
+  EXPECT_EQ(post("/v1/repository/models/a@x/load"), 400);
+  EXPECT_EQ(post("/v1/repository/models/a@4/load"), 404) << "version 4 has no engine";
+  EXPECT_EQ(post("/v1/repository/models/a@1/unload"), 200);
+  EXPECT_EQ(complete("a@1"), 404);
+  EXPECT_EQ(complete("a"), 200);
 }
 
 TEST_F(ModelRepositoryTest, UnloadingLetsRunningRequestsFinish) {
