@@ -3,6 +3,7 @@
 // plus llama2.c parity from BOS and batch equivalence on the GPU. Label `gpu`: skipped without one.
 #include <cuda_runtime.h>
 
+#include "backend/cuda/cuda_test_util.h"
 #include "parity_checks.h"
 
 namespace kiln {
@@ -10,20 +11,10 @@ namespace {
 
 using namespace kiln::testing;
 
-bool have_gpu() {
-  int count = 0;
-  const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-  cudaGetLastError();
-  return ok;
-}
-
-#define REQUIRE_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "skipped: no GPU"
-
 class CudaStoriesReference : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaStoriesReference, MatchesFloat64Reference) {
-  REQUIRE_GPU();
+  GPU_OR_SKIP();
   check_stories_reference(GetParam(), "cuda");
 }
 
@@ -32,16 +23,18 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CudaStoriesReference, ::testing::Values("fp16",
 class CudaHfParity : public ::testing::TestWithParam<HfCase> {};
 
 TEST_P(CudaHfParity, MatchesTransformersFloat64) {
-  REQUIRE_GPU();
+  GPU_OR_SKIP();
   check_hf_golden(GetParam(), "cuda");
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CudaHfParity, ::testing::ValuesIn(hf_cases({"fp16", "bf16"})), hf_case_name);
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaHfParity, ::testing::ValuesIn(hf_cases({"fp16", "bf16"})),
+                         hf_case_name);
 
 TEST(CudaParity, Stories260KFromBosMatchesLlama2c) {
-  REQUIRE_GPU();
+  GPU_OR_SKIP();
   TempDir dir;
-  auto model = build_and_load(dir, shared_path("models/stories260K/stories260K.bin"), "fp16", true, 512, 2, 512, "cuda");
+  auto model = build_and_load(dir, shared_path("models/stories260K/stories260K.bin"), "fp16", true, 512, 2,
+                              512, "cuda");
   ASSERT_TRUE(model);
   const auto expected = read_json(shared_path("models/stories260K/EXPECTED.json"));
   const auto result = greedy(*model, {1}, 128);
@@ -59,9 +52,10 @@ TEST(CudaParity, Stories260KFromBosMatchesLlama2c) {
 // A prefill chunk that asks for no logits (the first chunks of a long prompt) runs, and the next
 // chunk's logits equal those of the whole prompt in one step.
 TEST(CudaParity, PrefillChunkWithoutLogitRows) {
-  REQUIRE_GPU();
+  GPU_OR_SKIP();
   TempDir dir;
-  auto model = build_and_load(dir, shared_path("models/stories260K/stories260K.bin"), "fp16", true, 512, 2, 512, "cuda");
+  auto model = build_and_load(dir, shared_path("models/stories260K/stories260K.bin"), "fp16", true, 512, 2,
+                              512, "cuda");
   ASSERT_TRUE(model);
   Backend& backend = model->backend();
   const std::vector<int32_t> prompt{1, 403, 407, 261, 378, 432, 383};
@@ -96,12 +90,14 @@ TEST(CudaParity, PrefillChunkWithoutLogitRows) {
 // Greedy ids taken on the device (forward_argmax, used by decode loops) equal the host argmax of
 // the logits of the same step, for several rows (a decode step of 3 sequences, graph-replayed).
 TEST(CudaParity, DeviceArgmaxEqualsHostArgmax) {
-  REQUIRE_GPU();
+  GPU_OR_SKIP();
   TempDir dir;
-  auto model = build_and_load(dir, shared_path("fixtures/hf-tiny/tiny-llama"), "fp16", true, 512, 2, 512, "cuda");
+  auto model =
+      build_and_load(dir, shared_path("fixtures/hf-tiny/tiny-llama"), "fp16", true, 512, 2, 512, "cuda");
   ASSERT_TRUE(model);
   Backend& backend = model->backend();
-  const int32_t max_blocks = static_cast<int32_t>(model->info().max_seq_len / backend.kv_geometry().block_size);
+  const int32_t max_blocks =
+      static_cast<int32_t>(model->info().max_seq_len / backend.kv_geometry().block_size);
   Batch b;
   b.max_blocks_per_seq = max_blocks;
   std::vector<int32_t> blocks;
@@ -129,7 +125,7 @@ TEST(CudaParity, DeviceArgmaxEqualsHostArgmax) {
 // Built on a GPU, a cuda engine records the kernel chosen (by timing) for every Linear shape and
 // decode bucket; the parity tests above run such engines, so the chosen kernels are also checked.
 TEST(CudaParity, BuildRecordsTimedTactics) {
-  REQUIRE_GPU();
+  GPU_OR_SKIP();
   TempDir dir;
   BuildOptions options;
   options.model_path = shared_path("fixtures/hf-tiny/tiny-llama");
@@ -156,7 +152,7 @@ TEST(CudaParity, BuildRecordsTimedTactics) {
 }
 
 TEST(CudaParity, RefusesAnEngineBuiltForAnotherArchitecture) {
-  REQUIRE_GPU();
+  GPU_OR_SKIP();
   TempDir dir;
   BuildOptions options;
   options.model_path = shared_path("models/stories260K/stories260K.bin");
@@ -166,7 +162,8 @@ TEST(CudaParity, RefusesAnEngineBuiltForAnotherArchitecture) {
   ASSERT_TRUE(build_engine(options).ok());
   auto model = Model::load(options.output_path, RuntimeOptions{});
   ASSERT_FALSE(model.ok());
-  EXPECT_NE(model.error().message.find("engine built for sm_75, this GPU is sm_"), std::string::npos) << model.error().message;
+  EXPECT_NE(model.error().message.find("engine built for sm_75, this GPU is sm_"), std::string::npos)
+      << model.error().message;
 }
 
 }  // namespace

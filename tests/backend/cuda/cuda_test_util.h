@@ -17,7 +17,9 @@ namespace kiln::cuda::testing {
 
 inline bool has_gpu() {
   int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  cudaGetLastError();  // without a driver the failed query would stay as the sticky last error
+  return ok;
 }
 
 #define GPU_OR_SKIP()                                                         \

@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/cuda/cuda_test_util.h"
 #include "backend/sample_row.h"
 #include "test_util.h"
 
@@ -20,16 +21,6 @@ namespace {
 using testing::build_and_load;
 using testing::shared_path;
 using testing::TempDir;
-
-bool have_gpu() {
-  int count = 0;
-  const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-  cudaGetLastError();
-  return ok;
-}
-
-#define REQUIRE_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "skipped: no GPU"
 
 #define STATUS_OK(expr)                                   \
   do {                                                    \
@@ -60,12 +51,16 @@ void check_step(Backend& backend, const Batch& batch, uint32_t seed, std::vector
 
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
-  const RowSampling settings[] = {{1.0f, 0, 1.0f, 0.0f, 0},   {0.7f, 0, 0.9f, 0.0f, 0},
-                                  {1.3f, 40, 0.95f, 0.0f, 0}, {1.0f, 0, 1.0f, 0.02f, 0},
-                                  {0.8f, 20, 0.8f, 0.05f, 0}, {1e-3f, 0, 0.5f, 0.0f, 0},
+  const RowSampling settings[] = {{1.0f, 0, 1.0f, 0.0f, 0},
+                                  {0.7f, 0, 0.9f, 0.0f, 0},
+                                  {1.3f, 40, 0.95f, 0.0f, 0},
+                                  {1.0f, 0, 1.0f, 0.02f, 0},
+                                  {0.8f, 20, 0.8f, 0.05f, 0},
+                                  {1e-3f, 0, 0.5f, 0.0f, 0},
                                   // tiny-qwen2's random-weight logits can be so peaked that T = 1 never
                                   // leaves the argmax: flatten them so some draws must
-                                  {20.0f, 0, 1.0f, 0.0f, 0},  {100.0f, 64, 0.99f, 0.0f, 0}};
+                                  {20.0f, 0, 1.0f, 0.0f, 0},
+                                  {100.0f, 64, 0.99f, 0.0f, 0}};
   SampleScratch scratch;
   int non_greedy = 0;
   for (const RowSampling& setting : settings) {
@@ -94,7 +89,7 @@ void check_step(Backend& backend, const Batch& batch, uint32_t seed, std::vector
 }
 
 TEST(CudaForwardSample, EqualsSampleRowOnForwardLogitsAndArgmaxWhenGreedy) {
-  REQUIRE_GPU();
+  GPU_OR_SKIP();
   TempDir dir;
   auto model =
       build_and_load(dir, shared_path("fixtures/hf-tiny/tiny-qwen2"), "fp16", true, 256, 2, 256, "cuda");
