@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <random>
+#include <string_view>
 
 #include "server/openai_response.h"
 
@@ -15,6 +16,34 @@ using Clock = std::chrono::steady_clock;
 // How often a response writer with nothing to write checks that its client is still there.
 constexpr std::chrono::milliseconds kPollInterval(50);
 constexpr int64_t kMaxChoices = 256;  // prompts x n of one request
+// nlohmann's parser builds every level of a nested array before it can fail: a 4 MiB body of "[[[[..."
+// took ~300 MiB (and glibc kept most of it). The API's requests nest a few levels; deeper ones are
+// refused before parsing.
+constexpr int kMaxJsonDepth = 64;
+
+bool nested_too_deeply(std::string_view text) {
+  int depth = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
 
 std::string random_id(std::string_view prefix) {
   thread_local std::mt19937_64 rng(std::random_device{}());
@@ -250,10 +279,15 @@ std::vector<SequenceSpec> make_sequence_specs(const CompletionRequest& request,
 void handle_generation(ModelRegistry& registry, Endpoint endpoint, const httplib::Request& req,
                        httplib::Response& res) {
   const auto arrival = Clock::now();
+  if (nested_too_deeply(req.body)) {
+    return send_api_error(
+        res, ApiError{400, fmt::format("the request body nests deeper than {} levels", kMaxJsonDepth),
+                      "invalid_request_error", "", "invalid_json"});
+  }
   nlohmann::json body;
   try {
     body = nlohmann::json::parse(req.body);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for 1e400
     return send_api_error(res, ApiError{400, fmt::format("the request body is not valid JSON: {}", e.what()),
                                         "invalid_request_error", "", "invalid_json"});
   }

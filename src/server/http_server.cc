@@ -1,12 +1,17 @@
 #include "server/http_server.h"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <thread>
@@ -19,9 +24,350 @@ namespace kiln {
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
 void send_json(httplib::Response& res, int status, const nlohmann::ordered_json& body) {
   res.status = status;
   res.set_content(dump_json(body), "application/json");
+}
+
+// Debian's cpp-httplib (0.11) reads a request with a timeout per recv() only, and bounds neither the
+// number of header lines, nor a line without its newline, nor a chunked body (each is read into memory
+// whole). A client sending a byte every few seconds therefore holds a connection thread forever
+// (slowloris: --http-threads of them and nobody else is served), and one sending headers or chunks
+// without end grows the server's memory without end. GuardedServer replaces httplib's connection loop
+// (Server::process_and_close_socket, a virtual) to read each request through a GuardedStream, which
+// enforces:
+//   - the head (request line and headers) arrives whole within head_timeout_seconds of its first byte,
+//     is at most kMaxHeadBytes, and every header line is `name: value` ended by CRLF;
+//   - the body arrives at min_body_bytes_per_second on average after a grace of read_timeout_seconds
+//     (the rule of ASP.NET Kestrel's MinRequestBodyDataRate), and is at most twice max_body_bytes on the
+//     wire (chunk framing included; the routes hold the decoded body to max_body_bytes);
+//   - no read waits longer than read_timeout_seconds for a byte, and reads stop when the server stops.
+// A request that breaks a limit is answered (408, 413, 431 or 400) where httplib gets that far, and its
+// connection is closed after a lingering drain so that the client can read the answer (nginx's
+// lingering_close: closing a socket with unread input sends a reset, which can destroy the answer).
+constexpr size_t kMaxHeadBytes = 64 << 10;
+constexpr auto kLingerTime = std::chrono::seconds(2);
+constexpr int64_t kStopPollMs = 100;  // how often a waiting read checks that the server still runs
+
+enum class ReadFault { None, HeadTimeout, HeadTooLarge, HeadMalformed, BodyTimeout, BodyTooLarge, Stopping };
+
+class GuardedStream final : public httplib::Stream {
+ public:
+  GuardedStream(socket_t sock, const ServerOptions& options, const std::atomic<socket_t>& listen_sock)
+      : sock_(sock),
+        options_(options),
+        listen_sock_(listen_sock),
+        max_wire_body_(2 * static_cast<uint64_t>(options.max_body_bytes) + kMaxHeadBytes) {}
+
+  // Waits up to `timeout` for the next request's first byte (false: none came, or the server stops),
+  // then starts its limits.
+  bool next_request(std::chrono::seconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (pos_ == end_) {
+      if (stopping()) return false;
+      const int64_t left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return false;
+      const int ready = poll_socket(POLLIN, std::min(left, kStopPollMs));
+      if (ready < 0) return false;
+      if (ready > 0) break;
+    }
+    in_head_ = true;
+    first_line_ = true;
+    line_ = Line{};
+    head_bytes_ = 0;
+    body_bytes_ = 0;
+    fault_ = ReadFault::None;
+    close_after_response_ = false;
+    head_deadline_ = Clock::now() + std::chrono::seconds(options_.head_timeout_seconds);
+    return true;
+  }
+
+  ReadFault fault() const { return fault_; }
+  // The request's input may not have been read to its end: answer, then close the connection.
+  void close_after_response() { close_after_response_ = true; }
+  bool must_close() const { return close_after_response_ || fault_ != ReadFault::None; }
+
+  bool is_readable() const override { return pos_ < end_ || poll_socket(POLLIN, read_timeout_ms()) > 0; }
+
+  bool is_writable() const override {
+    return poll_socket(POLLOUT, static_cast<int64_t>(options_.write_timeout_seconds) * 1000) > 0 &&
+           peer_open();
+  }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (fault_ != ReadFault::None) return -1;
+    if (pos_ == end_) {
+      const ssize_t n = fill();
+      if (n <= 0) return n;
+    }
+    const size_t n = std::min(size, end_ - pos_);
+    if (!account(buffer_ + pos_, n)) return -1;
+    std::memcpy(ptr, buffer_ + pos_, n);
+    pos_ += n;
+    return static_cast<ssize_t>(n);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    for (;;) {
+      const ssize_t n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      return n;
+    }
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    sockaddr_storage address{};
+    socklen_t length = sizeof(address);
+    if (::getpeername(sock_, reinterpret_cast<sockaddr*>(&address), &length) == 0)
+      describe(address, ip, port);
+  }
+
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    sockaddr_storage address{};
+    socklen_t length = sizeof(address);
+    if (::getsockname(sock_, reinterpret_cast<sockaddr*>(&address), &length) == 0)
+      describe(address, ip, port);
+  }
+
+  socket_t socket() const override { return sock_; }
+
+  // Closing with unread input would reset the connection: send FIN, read and discard until the client
+  // closes too (or kLingerTime passes), then close.
+  void linger_and_close() {
+    ::shutdown(sock_, SHUT_WR);
+    const auto deadline = Clock::now() + kLingerTime;
+    char sink[4096];
+    for (;;) {
+      const int64_t left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0 || poll_socket(POLLIN, left) <= 0) break;
+      const ssize_t n = ::recv(sock_, sink, sizeof(sink), 0);
+      if (n == 0 || (n < 0 && errno != EINTR)) break;
+    }
+    ::close(sock_);
+  }
+
+ private:
+  struct Line {
+    size_t length = 0;      // bytes so far, CR included
+    bool colon = false;     // a ':' seen
+    bool bad_name = false;  // nothing or whitespace before the ':' (or a folded continuation line)
+    bool cr = false;        // the last byte was CR
+  };
+
+  bool stopping() const { return listen_sock_.load() == INVALID_SOCKET; }
+  int64_t read_timeout_ms() const { return static_cast<int64_t>(options_.read_timeout_seconds) * 1000; }
+
+  int poll_socket(short events, int64_t timeout_ms) const {
+    pollfd p{sock_, events, 0};
+    for (;;) {
+      const int r = ::poll(&p, 1, static_cast<int>(std::clamp<int64_t>(timeout_ms, 0, 1 << 30)));
+      if (r < 0 && errno == EINTR) continue;
+      return r;
+    }
+  }
+
+  // As httplib's is_socket_alive: readable with nothing to read means the peer closed (or reset).
+  bool peer_open() const {
+    if (pos_ < end_ || poll_socket(POLLIN, 0) <= 0) return true;
+    char byte;
+    for (;;) {
+      const ssize_t n = ::recv(sock_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    }
+  }
+
+  static void describe(const sockaddr_storage& address, std::string& ip, int& port) {
+    char text[INET6_ADDRSTRLEN] = {};
+    if (address.ss_family == AF_INET) {
+      const auto& a = reinterpret_cast<const sockaddr_in&>(address);
+      ::inet_ntop(AF_INET, &a.sin_addr, text, sizeof(text));
+      port = ntohs(a.sin_port);
+    } else if (address.ss_family == AF_INET6) {
+      const auto& a = reinterpret_cast<const sockaddr_in6&>(address);
+      ::inet_ntop(AF_INET6, &a.sin6_addr, text, sizeof(text));
+      port = ntohs(a.sin6_port);
+    }
+    ip = text;
+  }
+
+  // When the bytes read so far must all have come: the head's deadline, or the body's at the minimum rate.
+  Clock::time_point deadline() const {
+    if (in_head_) return head_deadline_;
+    const double rate = static_cast<double>(std::max<int64_t>(1, options_.min_body_bytes_per_second));
+    return body_start_ + std::chrono::seconds(options_.read_timeout_seconds) +
+           std::chrono::duration_cast<Clock::duration>(
+               std::chrono::duration<double>(static_cast<double>(body_bytes_) / rate));
+  }
+
+  ssize_t fail(ReadFault fault) {
+    fault_ = fault;
+    return -1;
+  }
+
+  // Refills the buffer from the socket: the bytes read, 0 at the end of the stream, -1 on an error or
+  // a broken limit.
+  ssize_t fill() {
+    const auto byte_deadline = Clock::now() + std::chrono::milliseconds(read_timeout_ms());
+    for (;;) {
+      if (stopping()) return fail(ReadFault::Stopping);
+      const auto now = Clock::now();
+      const auto until = std::min(deadline(), byte_deadline);
+      if (now >= until) return fail(in_head_ ? ReadFault::HeadTimeout : ReadFault::BodyTimeout);
+      const int64_t wait = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count() + 1;
+      const int ready = poll_socket(POLLIN, std::min(wait, kStopPollMs));
+      if (ready < 0) return -1;
+      if (ready == 0) continue;
+      const ssize_t n = ::recv(sock_, buffer_, sizeof(buffer_), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return n;
+      pos_ = 0;
+      end_ = static_cast<size_t>(n);
+      return n;
+    }
+  }
+
+  // Counts the bytes handed to httplib against the head's and the body's limits; checks header lines.
+  bool account(const char* data, size_t n) {
+    size_t i = 0;
+    for (; i < n && in_head_; ++i) {
+      if (++head_bytes_ > kMaxHeadBytes) return fail(ReadFault::HeadTooLarge) == 0;
+      const char c = data[i];
+      if (c == '\n') {
+        const bool blank = line_.length == 1 && line_.cr;
+        // httplib checks the request line itself; a header line must be `name: value` ended by CRLF.
+        if (!first_line_ && !blank && (!line_.cr || !line_.colon || line_.bad_name))
+          return fail(ReadFault::HeadMalformed) == 0;
+        if (blank && !first_line_) {
+          in_head_ = false;
+          body_start_ = Clock::now();
+        }
+        first_line_ = false;
+        line_ = Line{};
+        continue;
+      }
+      if (line_.cr) line_.bad_name = true;  // a CR not followed by LF
+      ++line_.length;
+      line_.cr = c == '\r';
+      if (!line_.colon && !line_.cr) {
+        if (c == ':') {
+          line_.colon = true;
+          line_.bad_name = line_.bad_name || line_.length == 1;
+        } else if (c == ' ' || c == '\t') {
+          line_.bad_name = true;
+        }
+      }
+    }
+    body_bytes_ += n - i;
+    if (body_bytes_ > max_wire_body_) return fail(ReadFault::BodyTooLarge) == 0;
+    return true;
+  }
+
+  const socket_t sock_;
+  const ServerOptions& options_;
+  const std::atomic<socket_t>& listen_sock_;
+  const uint64_t max_wire_body_;
+  char buffer_[4096];
+  size_t pos_ = 0, end_ = 0;  // the unread bytes of buffer_
+
+  bool in_head_ = true;
+  bool first_line_ = true;
+  Line line_;
+  size_t head_bytes_ = 0;
+  uint64_t body_bytes_ = 0;
+  Clock::time_point head_deadline_;
+  Clock::time_point body_start_;
+  ReadFault fault_ = ReadFault::None;
+  bool close_after_response_ = false;
+};
+
+// The stream of the request this thread serves (httplib runs the route and error handlers on it).
+thread_local GuardedStream* t_stream = nullptr;
+
+// For answers sent before the body is read: the rest of the input is not a request.
+void close_after_response(httplib::Response& res) {
+  res.set_header("Connection", "close");
+  if (t_stream) t_stream->close_after_response();
+}
+
+class GuardedServer final : public httplib::Server {
+ public:
+  explicit GuardedServer(const ServerOptions& options) : options_(options) {}
+
+ private:
+  // httplib's keep-alive loop (process_server_socket_core) over a GuardedStream.
+  bool process_and_close_socket(socket_t sock) override {
+    GuardedStream stream(sock, options_, svr_sock_);
+    t_stream = &stream;
+    bool ok = false;
+    for (size_t left = keep_alive_max_count_;
+         left > 0 && stream.next_request(std::chrono::seconds(keep_alive_timeout_sec_)); --left) {
+      bool connection_closed = false;
+      ok = process_request(stream, /*close_connection=*/left == 1, connection_closed, nullptr);
+      if (!ok || connection_closed || stream.must_close()) break;
+    }
+    t_stream = nullptr;
+    if (stream.must_close()) {
+      stream.linger_and_close();
+    } else {
+      ::shutdown(sock, SHUT_RDWR);
+      ::close(sock);
+    }
+    return ok;
+  }
+
+  const ServerOptions& options_;
+};
+
+// Framing that httplib would accept but must not, checked on the head before the body is read: a
+// content coding (httplib inflates gzip without a bound: a bomb), a transfer coding other than chunked
+// or beside a Content-Length (request smuggling, RFC 9112 section 6.3), a Content-Length that is not
+// one decimal number or is over the limit (httplib would read and discard it all before its 413), a
+// body without a length (httplib would read it to the end of the connection).
+std::optional<ApiError> check_framing(const httplib::Request& req, int64_t max_body_bytes) {
+  auto framing_error = [](int status, std::string message, std::string code) {
+    return ApiError{status, std::move(message), "invalid_request_error", "", std::move(code)};
+  };
+  const std::string encoding = req.get_header_value("Content-Encoding");
+  if (!encoding.empty() && encoding != "identity") {
+    return framing_error(
+        415, fmt::format("Content-Encoding '{}' is not supported: send the body uncompressed", encoding),
+        "unsupported_content_encoding");
+  }
+  const size_t lengths = req.get_header_value_count("Content-Length");
+  if (req.has_header("Transfer-Encoding")) {
+    std::string coding = req.get_header_value("Transfer-Encoding");
+    std::transform(coding.begin(), coding.end(), coding.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (coding != "chunked" || req.get_header_value_count("Transfer-Encoding") > 1 || lengths > 0) {
+      return framing_error(400, "Transfer-Encoding must be chunked, once, and without a Content-Length",
+                           "invalid_framing");
+    }
+    return std::nullopt;
+  }
+  if (lengths == 0) {
+    if (req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
+      return framing_error(411,
+                           "a request with a body needs a Content-Length (or Transfer-Encoding: chunked)",
+                           "length_required");
+    }
+    return std::nullopt;
+  }
+  const std::string length = req.get_header_value("Content-Length");
+  bool valid = !length.empty() && length.size() <= 18 &&
+               std::all_of(length.begin(), length.end(), [](char c) { return c >= '0' && c <= '9'; });
+  for (size_t i = 1; i < lengths; ++i) valid = valid && req.get_header_value("Content-Length", i) == length;
+  if (!valid) return framing_error(400, "Content-Length must be one decimal number", "invalid_framing");
+  if (std::stoll(length) > max_body_bytes) {
+    return framing_error(413, fmt::format("request body larger than {} bytes", max_body_bytes),
+                         "request_too_large");
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -32,7 +378,7 @@ void send_api_error(httplib::Response& res, const ApiError& error) {
 
 struct HttpServer::Impl {
   Impl(ModelRegistry& r, const ServerOptions& o, ModelRepository* repo)
-      : registry(r), options(o), repository(repo) {}
+      : registry(r), repository(repo), options(o) {}
 
   void install_routes();
   void install_repository_routes();
@@ -41,7 +387,7 @@ struct HttpServer::Impl {
   ModelRegistry& registry;
   ModelRepository* repository;
   ServerOptions options;
-  httplib::Server http;
+  GuardedServer http{options};
   std::atomic<bool> draining{false};
   std::atomic<bool> serve_entered{false};
   int listen_fd = -1;  // the listening socket, seen through httplib's socket-options hook
@@ -76,8 +422,13 @@ void HttpServer::Impl::install_routes() {
   http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     // The playground page is open: it asks for the key itself.
     const bool open_route = req.path == "/health" || req.path == "/metrics" || req.path == "/";
+    if (std::optional<ApiError> framing = check_framing(req, options.max_body_bytes)) {
+      close_after_response(res);
+      send_api_error(res, *framing);
+      return httplib::Server::HandlerResponse::Handled;
+    }
     if (draining.load() && !open_route) {
-      res.set_header("Connection", "close");
+      close_after_response(res);
       send_api_error(res, ApiError{503, "the server is shutting down", "server_error", "", "shutting_down"});
       return httplib::Server::HandlerResponse::Handled;
     }
@@ -97,6 +448,26 @@ void HttpServer::Impl::install_routes() {
   http.set_error_handler(
       httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        // A request the GuardedStream cut off: httplib says 400; say why.
+        switch (t_stream ? t_stream->fault() : ReadFault::None) {
+          case ReadFault::HeadTimeout:
+          case ReadFault::BodyTimeout:
+            res.status = 408;
+            break;
+          case ReadFault::Stopping:
+            res.status = 503;
+            break;
+          case ReadFault::HeadTooLarge:
+            res.status = 431;
+            break;
+          case ReadFault::BodyTooLarge:
+            res.status = 413;
+            break;
+          case ReadFault::HeadMalformed:
+          case ReadFault::None:
+            break;
+        }
+        if (t_stream && t_stream->fault() != ReadFault::None) res.set_header("Connection", "close");
         ApiError e{res.status, "", "invalid_request_error", "", ""};
         switch (res.status) {
           case 404:
@@ -108,7 +479,21 @@ void HttpServer::Impl::install_routes() {
             e.code = "request_too_large";
             break;
           case 400:
-            e.message = "malformed HTTP request";
+            e.message = t_stream && t_stream->fault() == ReadFault::HeadMalformed
+                            ? "malformed HTTP request: a header line is not 'name: value' ended by CRLF"
+                            : "malformed HTTP request";
+            break;
+          case 408:
+            e.message = "the request did not arrive in time";
+            e.code = "request_timeout";
+            break;
+          case 503:
+            e = ApiError{503, "the server is shutting down", "server_error", "", "shutting_down"};
+            break;
+          case 431:
+            e.message =
+                fmt::format("the request head (request line and headers) is over {} bytes", kMaxHeadBytes);
+            e.code = "request_header_fields_too_large";
             break;
           default:
             e.message = fmt::format("HTTP error {}", res.status);
@@ -128,12 +513,19 @@ void HttpServer::Impl::install_routes() {
     send_api_error(res, ApiError{500, "internal error: " + what, "server_error", "", ""});
   });
 
-  http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_generation(registry, Endpoint::Completions, req, res);
-  });
-  http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_generation(registry, Endpoint::ChatCompletions, req, res);
-  });
+  // A chunked body's size is known only once read (the GuardedStream bounds it on the wire).
+  auto generation = [this](Endpoint endpoint) {
+    return [this, endpoint](const httplib::Request& req, httplib::Response& res) {
+      if (static_cast<int64_t>(req.body.size()) > options.max_body_bytes) {
+        return send_api_error(
+            res, ApiError{413, fmt::format("request body larger than {} bytes", options.max_body_bytes),
+                          "invalid_request_error", "", "request_too_large"});
+      }
+      handle_generation(registry, endpoint, req, res);
+    };
+  };
+  http.Post("/v1/completions", generation(Endpoint::Completions));
+  http.Post("/v1/chat/completions", generation(Endpoint::ChatCompletions));
   http.Get("/v1/models",
            [this](const httplib::Request& req, httplib::Response& res) { handle_models(req, res); });
   http.Get("/v1/models/(.+)",

@@ -2,7 +2,9 @@
 // backpressure, and graceful shutdown. Each connection is served by a thread of a bounded pool; a
 // generation request's thread validates and tokenizes, submits a Job to the model's EngineWorker,
 // then writes the results (SSE chunks or one JSON body) as the worker produces them, polling the
-// connection so a client that goes away has its request aborted at once.
+// connection so a client that goes away has its request aborted at once. Requests are read under limits
+// httplib lacks (a deadline for the head, a minimum body rate, bounded head and body sizes; see
+// GuardedStream in http_server.cc), so slow or endless clients cannot hold threads or memory.
 //
 // Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id},
 // GET /health, GET /metrics (Prometheus). /health and /metrics need no API key. With a model
@@ -31,6 +33,11 @@ struct ServerOptions {
   int read_timeout_seconds = 10;     // a client sending nothing for this long is dropped (slowloris)
   int write_timeout_seconds = 10;    // a client reading nothing for this long is dropped, its request aborted
   int keep_alive_timeout_seconds = 5;
+  // A request's head (request line and headers, at most 64 KiB) must arrive whole within this of its first
+  // byte, and its body at this average rate or faster after a grace of read_timeout_seconds: a client
+  // trickling a byte at a time would otherwise hold a connection thread forever (slowloris).
+  int head_timeout_seconds = 10;
+  int64_t min_body_bytes_per_second = 16 << 10;
 };
 
 class HttpServer {

@@ -110,6 +110,12 @@ std::optional<ApiError> read_prompts(const json& body, std::vector<PromptInput>&
   }
   if (!v->is_array()) return invalid_param("prompt", fmt::format("{}, got {}", shape, type_name(*v)));
   if (v->empty()) return invalid_param("prompt", "'prompt' must not be an empty array");
+  // Each prompt becomes a sequence, and a request may have 256 (kMaxChoices in generation_endpoint.cc):
+  // refuse more before copying them (690k prompts of one token id took ~170 MiB).
+  constexpr size_t kMaxPrompts = 256;
+  if (!(*v)[0].is_number() && v->size() > kMaxPrompts) {
+    return invalid_param("prompt", fmt::format("{} prompts: at most {} per request", v->size(), kMaxPrompts));
+  }
   if ((*v)[0].is_number()) {
     PromptInput p{true, "", {}};
     if (auto e = read_token_ids(*v, "prompt", p.ids)) return e;
