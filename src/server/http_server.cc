@@ -209,6 +209,10 @@ class GuardedStream final : public httplib::Stream {
     fault_ = fault;
     return -1;
   }
+  bool broke(ReadFault fault) {
+    fault_ = fault;
+    return false;
+  }
 
   // Refills the buffer from the socket: the bytes read, 0 at the end of the stream, -1 on an error or
   // a broken limit.
@@ -236,13 +240,13 @@ class GuardedStream final : public httplib::Stream {
   bool account(const char* data, size_t n) {
     size_t i = 0;
     for (; i < n && in_head_; ++i) {
-      if (++head_bytes_ > kMaxHeadBytes) return fail(ReadFault::HeadTooLarge) == 0;
+      if (++head_bytes_ > kMaxHeadBytes) return broke(ReadFault::HeadTooLarge);
       const char c = data[i];
       if (c == '\n') {
         const bool blank = line_.length == 1 && line_.cr;
         // httplib checks the request line itself; a header line must be `name: value` ended by CRLF.
         if (!first_line_ && !blank && (!line_.cr || !line_.colon || line_.bad_name))
-          return fail(ReadFault::HeadMalformed) == 0;
+          return broke(ReadFault::HeadMalformed);
         if (blank && !first_line_) {
           in_head_ = false;
           body_start_ = Clock::now();
@@ -264,7 +268,7 @@ class GuardedStream final : public httplib::Stream {
       }
     }
     body_bytes_ += n - i;
-    if (body_bytes_ > max_wire_body_) return fail(ReadFault::BodyTooLarge) == 0;
+    if (body_bytes_ > max_wire_body_) return broke(ReadFault::BodyTooLarge);
     return true;
   }
 
@@ -427,6 +431,13 @@ void HttpServer::Impl::install_routes() {
       send_api_error(res, *framing);
       return httplib::Server::HandlerResponse::Handled;
     }
+    // httplib reads a body only for these methods: another's (GET with a body) would be taken for the
+    // next request on the connection.
+    const bool body_read = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+                           req.method == "DELETE" || req.method == "PRI";
+    const std::string length = req.get_header_value("Content-Length");
+    if (!body_read && (req.has_header("Transfer-Encoding") || (!length.empty() && length != "0")))
+      close_after_response(res);
     if (draining.load() && !open_route) {
       close_after_response(res);
       send_api_error(res, ApiError{503, "the server is shutting down", "server_error", "", "shutting_down"});

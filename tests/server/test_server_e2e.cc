@@ -2,9 +2,12 @@
 // equals generate() alone (ids and text); 32 concurrent requests, batched by the scheduler, each
 // equal their solo result; streamed deltas concatenate to the non-streaming text; a client that
 // disconnects mid-stream (or mid non-streaming request) has its request aborted and every KV block
-// freed; and the HTTP errors: 503 past --max-queue, 401, 413, 400 on malformed JSON, 404, 405.
+// freed; and the HTTP errors: 503 past --max-queue, 401, 413, 400 on malformed JSON, 404, 405; slow
+// heads and bodies cut at their deadlines, and framing httplib would accept refused (411, 413, 415, 431).
 #include <arpa/inet.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -410,6 +413,135 @@ TEST_F(ServerEndToEnd, SlowClientsAreDroppedAndDoNotBlockOthers) {
   ::close(fd);
   EXPECT_EQ(got, 0) << "the server should have closed the stalled connection";
   EXPECT_LT(seconds, 5.0);
+}
+
+// A connection to the server on 127.0.0.1 (-1 on failure), with a 10 s receive timeout.
+int connect_to(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval wait{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Sends `request` whole, then returns all the server sends until it closes.
+std::string exchange(int port, const std::string& request) {
+  const int fd = connect_to(port);
+  EXPECT_GE(fd, 0);
+  if (fd < 0) return "";
+  EXPECT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  std::string answer;
+  char buffer[4096];
+  for (ssize_t n; (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;)
+    answer.append(buffer, static_cast<size_t>(n));
+  ::close(fd);
+  return answer;
+}
+
+// Sends `prefix` at once, then `trickle` a byte every 100 ms; returns the seconds until the server
+// closed the connection (-1: it had not after 10 s) and what it answered.
+std::pair<double, std::string> trickle(int port, const std::string& prefix, const std::string& trickle) {
+  const int fd = connect_to(port);
+  EXPECT_GE(fd, 0);
+  if (fd < 0) return {-1, ""};
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  ::send(fd, prefix.data(), prefix.size(), MSG_NOSIGNAL);
+  std::string answer;
+  for (size_t i = 0; seconds() < 10; ++i) {
+    if (i < trickle.size() && ::send(fd, &trickle[i], 1, MSG_NOSIGNAL) != 1) break;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) > 0) {
+      char buffer[4096];
+      const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+      if (n <= 0) {
+        ::close(fd);
+        return {seconds(), answer};
+      }
+      answer.append(buffer, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  return {-1, answer};
+}
+
+TEST_F(ServerEndToEnd, TrickledHeadsAndBodiesAreCutAtTheirDeadlines) {
+  ServerOptions options;
+  options.read_timeout_seconds = 2;  // more than the trickle's 100 ms gaps: the deadlines must cut it
+  options.head_timeout_seconds = 1;
+  options.min_body_bytes_per_second = 1024;
+  options.http_threads = 4;
+  TestServer server(*engine_, options);
+  // A head a byte every 100 ms: cut at its 1 s deadline (without an answer: the request line is unread).
+  const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Padding: " + std::string(200, 'x');
+  auto [head_seconds, head_answer] = trickle(server.port(), "", head);
+  EXPECT_GT(head_seconds, 0.9);
+  EXPECT_LT(head_seconds, 2.5);
+  // A body at 10 bytes/s: cut after the 2 s grace, as 10 bytes/s is under the minimum rate; 408.
+  const std::string body = R"({"prompt": "Once", "max_tokens": 2, "user": ")" + std::string(100, 'x') + "\"}";
+  auto [body_seconds, body_answer] = trickle(
+      server.port(),
+      fmt::format("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.size()),
+      body);
+  EXPECT_GT(body_seconds, 1.9);
+  EXPECT_LT(body_seconds, 3.5);
+  EXPECT_EQ(body_answer.rfind("HTTP/1.1 408 ", 0), 0u) << body_answer;
+  EXPECT_NE(body_answer.find(R"("code":"request_timeout")"), std::string::npos) << body_answer;
+  // The same body at once is served.
+  auto res = server.client()->Post("/v1/completions", body, "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+}
+
+TEST_F(ServerEndToEnd, FramingHttplibWouldAcceptIsRefused) {
+  ServerOptions options;
+  options.max_body_bytes = 1000;
+  TestServer server(*engine_, options);
+  const std::string ok = R"({"prompt": "Once", "max_tokens": 2})";
+  auto status_of = [&](const std::string& request) {
+    const std::string answer = exchange(server.port(), request);
+    return answer.size() > 12 && answer.rfind("HTTP/1.1 ", 0) == 0 ? std::stoi(answer.substr(9, 3)) : -1;
+  };
+  const std::string post = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+  // Sanity: the well-framed request is served, chunked too.
+  EXPECT_EQ(status_of(post + fmt::format("Content-Length: {}\r\n\r\n", ok.size()) + ok), 200);
+  EXPECT_EQ(status_of(post + fmt::format("Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+                                         ok.size(), ok)),
+            200);
+  // Two lengths (httplib took the first), both framings, a length that is not a number.
+  EXPECT_EQ(status_of(post + fmt::format("Content-Length: {}\r\nContent-Length: 5\r\n\r\n", ok.size()) + ok),
+            400);
+  EXPECT_EQ(status_of(post + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"), 400);
+  EXPECT_EQ(status_of(post + "Content-Length: -5\r\n\r\n"), 400);
+  // No length (httplib read to the end of the connection), a compressed body (httplib inflated it
+  // without a bound), a body over the limit sent chunked (httplib had no limit for those).
+  EXPECT_EQ(status_of(post + "\r\n" + ok), 411);
+  EXPECT_EQ(status_of(post + "Content-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc"), 415);
+  const std::string big = R"({"prompt": "Once", "user": ")" + std::string(1500, 'x') + "\"}";
+  EXPECT_EQ(status_of(post + fmt::format("Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+                                         big.size(), big)),
+            413);
+  EXPECT_EQ(status_of(post + fmt::format("Content-Length: {}\r\n\r\n", big.size()) + big), 413);
+  // Heads: over 64 KiB (431), a header line that is not `name: value` (400).
+  std::string headers;
+  for (int i = 0; i < 70; ++i) headers += fmt::format("X-H{}: {}\r\n", i, std::string(1000, 'v'));
+  EXPECT_EQ(status_of("GET /health HTTP/1.1\r\nConnection: close\r\n" + headers + "\r\n"), 431);
+  EXPECT_EQ(status_of("GET /health HTTP/1.1\r\nConnection: close\r\nBad header\r\n\r\n"), 400);
+  // Nesting deeper than 64 levels (nlohmann builds them all before failing), a number too large.
+  const std::string deep_small = R"({"prompt": )" + std::string(100, '[') + std::string(100, ']') + "}";
+  EXPECT_EQ(status_of(post + fmt::format("Content-Length: {}\r\n\r\n", deep_small.size()) + deep_small), 400);
+  const std::string overflow = R"({"prompt": "Once", "max_tokens": 1e400})";
+  EXPECT_EQ(status_of(post + fmt::format("Content-Length: {}\r\n\r\n", overflow.size()) + overflow), 400);
 }
 
 TEST_F(ServerEndToEnd, ShutdownLetsRunningRequestsFinishThenAbortsTheRest) {
