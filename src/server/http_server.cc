@@ -81,6 +81,7 @@ class GuardedStream final : public httplib::Stream {
     body_bytes_ = 0;
     fault_ = ReadFault::None;
     close_after_response_ = false;
+    answered_ = false;
     head_deadline_ = Clock::now() + std::chrono::seconds(options_.head_timeout_seconds);
     return true;
   }
@@ -89,6 +90,8 @@ class GuardedStream final : public httplib::Stream {
   // The request's input may not have been read to its end: answer, then close the connection.
   void close_after_response() { close_after_response_ = true; }
   bool must_close() const { return close_after_response_ || fault_ != ReadFault::None; }
+  // Something was written since the request began: an answer the client should get to read.
+  bool answered() const { return answered_; }
 
   bool is_readable() const override { return pos_ < end_ || poll_socket(POLLIN, read_timeout_ms()) > 0; }
 
@@ -112,6 +115,7 @@ class GuardedStream final : public httplib::Stream {
 
   ssize_t write(const char* ptr, size_t size) override {
     if (!is_writable()) return -1;
+    answered_ = true;
     for (;;) {
       const ssize_t n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
       if (n < 0 && errno == EINTR) continue;
@@ -135,8 +139,8 @@ class GuardedStream final : public httplib::Stream {
 
   socket_t socket() const override { return sock_; }
 
-  // Closing with unread input would reset the connection: send FIN, read and discard until the client
-  // closes too (or kLingerTime passes), then close.
+  // Closing with unread input would reset the connection, and the client could lose the answer: send
+  // FIN, read and discard until the client closes too (or kLingerTime passes), then close.
   void linger_and_close() {
     ::shutdown(sock_, SHUT_WR);
     const auto deadline = Clock::now() + kLingerTime;
@@ -288,6 +292,7 @@ class GuardedStream final : public httplib::Stream {
   Clock::time_point body_start_;
   ReadFault fault_ = ReadFault::None;
   bool close_after_response_ = false;
+  bool answered_ = false;
 };
 
 // The stream of the request this thread serves (httplib runs the route and error handlers on it).
@@ -316,7 +321,7 @@ class GuardedServer final : public httplib::Server {
       if (!ok || connection_closed || stream.must_close()) break;
     }
     t_stream = nullptr;
-    if (stream.must_close()) {
+    if (stream.must_close() && stream.answered() && svr_sock_ != INVALID_SOCKET) {
       stream.linger_and_close();
     } else {
       ::shutdown(sock, SHUT_RDWR);
@@ -395,6 +400,9 @@ struct HttpServer::Impl {
   std::atomic<bool> draining{false};
   std::atomic<bool> serve_entered{false};
   int listen_fd = -1;  // the listening socket, seen through httplib's socket-options hook
+  // Generation responses whose body is still being written (their httplib::Response not yet
+  // destroyed): shutdown waits for them, since httplib's stop() cuts chunked bodies in flight.
+  std::atomic<int64_t> open_responses{0};
 };
 
 HttpServer::HttpServer(ModelRegistry& registry, const ServerOptions& options, ModelRepository* repository)
@@ -533,6 +541,14 @@ void HttpServer::Impl::install_routes() {
                           "invalid_request_error", "", "request_too_large"});
       }
       handle_generation(registry, endpoint, req, res);
+      if (res.content_provider_) {  // counted until httplib destroys the response, after the last chunk
+        ++open_responses;
+        res.content_provider_resource_releaser_ =
+            [this, inner = std::move(res.content_provider_resource_releaser_)](bool success) {
+              if (inner) inner(success);
+              --open_responses;
+            };
+      }
     };
   };
   http.Post("/v1/completions", generation(Endpoint::Completions));
@@ -691,13 +707,21 @@ void HttpServer::shutdown(std::chrono::milliseconds grace) {
   for (int i = 0; i < 1000 && impl_->serve_entered.load() && !impl_->http.is_running(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  impl_->http.stop();  // closes the listening socket; serve() returns once the handlers have
+  // New requests already get 503 (draining). Running ones get the grace period, then are aborted
+  // (their streams end with an error event); then their responses are let finish writing, and only
+  // then is the socket closed: httplib's stop() would cut a chunked body in flight.
   const auto deadline = std::chrono::steady_clock::now() + grace;
   while (impl_->registry.active_requests() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (impl_->registry.active_requests() > 0) impl_->registry.abort_all("the server is shutting down");
   while (impl_->registry.active_requests() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const auto flush_deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(impl_->options.write_timeout_seconds + 1);
+  while (impl_->open_responses.load() > 0 && std::chrono::steady_clock::now() < flush_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  impl_->http.stop();  // closes the listening socket; serve() returns once the handlers have
 }
 
 }  // namespace kiln
