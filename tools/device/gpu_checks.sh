@@ -40,6 +40,17 @@ import json,sys; d=json.load(sys.stdin); r=d["levels"][0]; print(sys.argv[1], r[
         kill -INT $spid; wait $spid
       done
       python3 bench/hf_generate_load.py /tmp/l7b --concurrency 64,256 --json-out "$out/hf_generate_load.json" 2>&1 | grep -v Loading | tail -4 ;;
+    prefix7b)  # a ~1,000-token system prompt: one request first, then 64 at once sharing it
+      .dev/gpu/kiln build /tmp/l7b -o /tmp/l7b256.kiln --backend cuda --profile batch=1:64:256,seq=1:512:4096 2>&1 | tail -1
+      .dev/gpu/kiln serve /tmp/l7b256.kiln --port 8123 --max-queue 1024 --no-verify >> "$out/serve.log" 2>&1 &
+      spid=$!; for i in $(seq 120); do curl -sf localhost:8123/health > /dev/null && break; sleep 0.5; done
+      for c in 1 64; do
+        python3 bench/serve_load.py --url http://127.0.0.1:8123 --concurrency $c --requests-per-client 1 \
+          --system-prompt-words ${PREFIX_WORDS:-960} --max-tokens 16:64 2>&1 | tail -1 | tee -a "$out/prefix.jsonl" | python3 -c '
+import json,sys; r=json.load(sys.stdin)["levels"][0]; print({k: r[k] for k in ("concurrency","requests","failed","prompt_tokens","prefix_cache_hit_rate","ttft_p50_ms","ttft_p99_ms","kv_leak")})'
+      done
+      curl -s localhost:8123/metrics | grep -E "^kiln_prefix|^kiln_prompt_tokens" | tee "$out/prefix_metrics.txt"
+      kill -INT $spid; wait $spid ;;
     serve7b)  # issue 4 on the GPU: kiln serve (continuous and static batching) and transformers generate()
       .dev/gpu/kiln build /tmp/l7b -o /tmp/l7b256.kiln --backend cuda --profile batch=1:64:256,seq=1:512:4096 2>&1 | tail -1
       serve() {  # serve [flags]: starts kiln serve on port 8123 and waits for /health
