@@ -549,15 +549,21 @@ TEST_F(ServerEndToEnd, ShutdownLetsRunningRequestsFinishThenAbortsTheRest) {
   // One short request finishes within the grace period; one that runs to the end of the context
   // cannot and is aborted: its stream ends with an error event and [DONE].
   json short_result, long_events;
-  std::thread short_client([&] {
-    short_result = post(*server.client(), "/v1/completions",
-                        {{"prompt", "Once"}, {"max_tokens", 50}, {"ignore_eos", true}});
-  });
+  std::atomic<bool> short_done{false};
+  // The long request first: it runs until the shutdown. The short one may finish before the stop
+  // (it takes milliseconds): waiting for both to be active could wait forever.
   std::thread long_client([&] {
     long_events = post(*server.client(), "/v1/completions",
                        {{"prompt", "Once"}, {"ignore_eos", true}, {"stream", true}, {"temperature", 0}});
   });
-  while (server.worker().active_requests() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  while (server.worker().active_requests() < 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  std::thread short_client([&] {
+    short_result = post(*server.client(), "/v1/completions",
+                        {{"prompt", "Once"}, {"max_tokens", 50}, {"ignore_eos", true}});
+    short_done = true;
+  });
+  while (server.worker().active_requests() < 2 && !short_done.load())
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   server.stop(std::chrono::milliseconds(500));
   short_client.join();
   long_client.join();
