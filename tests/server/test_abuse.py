@@ -67,6 +67,10 @@ GARBAGE_PER_ROUND = 3334  # 10,002 in all
 GARBAGE_CONCURRENCY = 8
 RSS_ROUND_GROWTH_MIB = 2  # rounds 2 -> 3 (identical requests)
 RSS_FINAL_GROWTH_MIB = 24  # end vs warm-up
+# Under AddressSanitizer (.ci/run's second pass sets ASAN_OPTIONS) freed memory sits in ASan's quarantine,
+# so RSS grows without a leak: the RSS bounds are not checked there; LeakSanitizer checks the server at
+# its exit instead (detect_leaks=1), and the exit status 0 is asserted.
+UNDER_ASAN = "ASAN_OPTIONS" in os.environ
 
 
 class Failure(Exception):
@@ -820,7 +824,7 @@ def phase_garbage(server, warm_rss):
     growth = rss[-1] - rss[-2]
     log(f"garbage: RSS after each round {', '.join(f'{r:.1f}' for r in rss)} MiB (warm-up {warm_rss:.1f}); "
         f"round {GARBAGE_ROUNDS - 1} -> {GARBAGE_ROUNDS}: {growth:+.1f} MiB")
-    check(growth <= RSS_ROUND_GROWTH_MIB,
+    check(UNDER_ASAN or growth <= RSS_ROUND_GROWTH_MIB,
           f"RSS grew by {growth:.1f} MiB between two identical garbage rounds (bound {RSS_ROUND_GROWTH_MIB} MiB): "
           f"a leak")
     return n
@@ -991,7 +995,7 @@ def main():
             log(f"after all: running 0, queue 0, KV blocks {m['kiln_kv_blocks_free']:.0f}/"
                 f"{m['kiln_kv_blocks_total']:.0f} free, /health 200, greedy text unchanged; RSS {final_rss:.1f} MiB "
                 f"(warm-up {warm_rss:.1f}, bound +{RSS_FINAL_GROWTH_MIB})")
-            check(final_rss <= warm_rss + RSS_FINAL_GROWTH_MIB,
+            check(UNDER_ASAN or final_rss <= warm_rss + RSS_FINAL_GROWTH_MIB,
                   f"RSS {final_rss:.1f} MiB > warm-up {warm_rss:.1f} + {RSS_FINAL_GROWTH_MIB} MiB")
 
             # Phase 7: SIGTERM, with slowloris clients connected: they must not hold the exit.
