@@ -85,10 +85,7 @@ def main():
                        "gpu": torch.cuda.get_device_name(), "prompt_words": args.prompt_words,
                        "max_tokens": args.max_tokens, "output_dist": args.output_dist,
                        "requests_per_client": args.requests_per_client, "levels": rows})
-    print(line)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(line + "\n")
+    serve_load.emit_json_line(line, args.json_out)
 
 
 if __name__ == "__main__":

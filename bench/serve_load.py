@@ -53,6 +53,14 @@ def percentile(values, q):
     return s[f] + (s[c] - s[f]) * (k - f)
 
 
+def emit_json_line(line, json_out):
+    """Prints the result line and, with --json-out, writes it to that file too."""
+    print(line)
+    if json_out:
+        with open(json_out, "w") as f:
+            f.write(line + "\n")
+
+
 def fetch_metrics(base, api_key):
     req = urllib.request.Request(base + "/metrics")
     if api_key:
@@ -275,10 +283,7 @@ def main():
                        "prompt_words": args.prompt_words, "max_tokens": args.max_tokens,
                        "output_dist": args.output_dist, "requests_per_client": args.requests_per_client,
                        "system_prompt_words": args.system_prompt_words, "levels": rows})
-    print(line)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(line + "\n")
+    emit_json_line(line, args.json_out)
     sys.exit(1 if any(r["failed"] or r["kv_leak"] for r in rows) else 0)
 
 
