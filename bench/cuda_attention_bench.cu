@@ -84,6 +84,7 @@ Result run(const Case& c, cudaStream_t stream) {
   CHECK_CUDA(cudaMalloc(&out, size_t(M) * kHeads * kHeadDim * 2));
   const size_t ws_bytes = kiln::cuda::attention_workspace_bytes(M, kHeads, kHeadDim, c.max_position);
   CHECK_CUDA(cudaMalloc(&workspace, std::max<size_t>(ws_bytes, 16)));
+  CHECK_CUDA(cudaMemset(workspace, 0, std::max<size_t>(ws_bytes, 16)));  // split-K arrival counters
   fill_random<<<1024, 256>>>(static_cast<__half*>(k_cache), layer_elems * layers, 1);
   fill_random<<<1024, 256>>>(static_cast<__half*>(v_cache), layer_elems * layers, 2);
   fill_random<<<1024, 256>>>(static_cast<__half*>(q), size_t(M) * q_ld, 3);

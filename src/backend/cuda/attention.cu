@@ -36,7 +36,7 @@ size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_heads, int64_t 
   const int64_t splits = max_splits(max_seq_len);
   if (splits <= 1 || max_tokens <= 0) return 0;
   const int64_t rows = std::min(max_tokens * splits, kMaxPartialRows);
-  return static_cast<size_t>(rows * num_heads * (head_dim + 2)) * sizeof(float);
+  return attention::kDecodeCounterBytes + static_cast<size_t>(rows * num_heads * (head_dim + 2)) * sizeof(float);
 }
 
 Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch, const PagedKv& kv,
@@ -91,9 +91,14 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
   const int64_t base_ctas = M * kv.num_kv_heads * ((group + 7) / 8);
   const int64_t resident = static_cast<int64_t>(attention::decode_ctas_per_sm(p, act)) * multiprocessor_count();
   const int64_t wanted = resident / base_ctas;
-  const int64_t fits = workspace && aligned16(workspace)
-                           ? static_cast<int64_t>(workspace_bytes / ((D + 2) * sizeof(float))) / (M * num_heads)
-                           : 0;
+  // Split-K needs an arrival counter per (token, head tile) at the front of the workspace.
+  const bool counters_fit = workspace && aligned16(workspace) &&
+                            workspace_bytes > attention::kDecodeCounterBytes &&
+                            base_ctas <= attention::kDecodeCounterSlots;
+  const int64_t fits =
+      counters_fit ? static_cast<int64_t>((workspace_bytes - attention::kDecodeCounterBytes) /
+                                          ((D + 2) * sizeof(float))) / (M * num_heads)
+                   : 0;
   const int64_t splits = std::max<int64_t>(1, std::min({wanted, max_splits(batch.max_position), fits}));
 
   if (p.prefill_enabled) {
@@ -101,7 +106,7 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
     if (err != cudaSuccess) return check(err, (what + " (prefill tiles)").c_str());
   }
   const cudaError_t err =
-      attention::launch_decode(p, act, static_cast<int>(splits), static_cast<float*>(workspace), stream);
+      attention::launch_decode(p, act, static_cast<int>(splits), splits > 1 ? workspace : nullptr, stream);
   return check(err, (what + fmt::format(" (split-K, {} splits)", splits)).c_str());
 }
 

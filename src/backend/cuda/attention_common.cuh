@@ -98,10 +98,10 @@ __device__ __forceinline__ bool prefill_tile_owns_row(const Params& p, int m) {
 // only bounds the number of splits (it knows max_position, which a captured CUDA graph sets to the
 // engine's max sequence length, not the real context). A token of context L gets chunks of
 // max(kDecodeMinChunk, L / splits rounded up to kDecodeChunkAlign) positions; CTAs past the last
-// chunk exit at once, and a context that fits one chunk is written by its CTA directly (no combine).
+// chunk exit at once, and a context that fits one chunk is written by its CTA directly (no merge).
 constexpr int kDecodeMinChunk = 32;  // one step of the decode CTA (4 warps x 8 positions at head_dim 128)
 constexpr int kDecodeChunkAlign = 32;
-constexpr int kDecodeMaxSplits = 64;  // the combine kernel holds one split per lane, two per lane at most
+constexpr int kDecodeMaxSplits = 64;  // the merge holds one split per lane, two per lane at most
 __host__ __device__ __forceinline__ int decode_chunk(int context, int splits) {
   const int even = (context + splits - 1) / splits;
   const int aligned = (even + kDecodeChunkAlign - 1) / kDecodeChunkAlign * kDecodeChunkAlign;
@@ -109,10 +109,15 @@ __host__ __device__ __forceinline__ int decode_chunk(int context, int splits) {
 }
 
 // Launchers of the two paths (no argument checks: attention.cu validated them).
-// Split-K: up to `splits` chunks per (token, kv head) (decode_chunk); tokens whose context spans
-// several chunks write partial results to `partials` (16-byte aligned: [M, num_heads, splits, head_dim]
-// accumulators, then [M, num_heads, splits, 2] (max, sum) pairs) and a combine kernel merges them.
-cudaError_t launch_decode(const Params& p, DType act, int splits, float* partials, cudaStream_t stream);
+// Split-K: up to `splits` chunks per (token, kv head) (decode_chunk). `workspace` (16-byte aligned,
+// null only when splits == 1) holds kDecodeCounterSlots arrival counters (zero before the call, zero
+// after it), then the partial results of tokens whose context spans several chunks:
+// [M, num_heads, splits, head_dim] accumulators and [M, num_heads, splits, 2] (max, sum) pairs. The
+// last CTA of each (token, head tile) merges them. Needs M * num_kv_heads * head tiles <=
+// kDecodeCounterSlots when splits > 1.
+constexpr int kDecodeCounterSlots = 4096;
+constexpr size_t kDecodeCounterBytes = kDecodeCounterSlots * sizeof(unsigned);
+cudaError_t launch_decode(const Params& p, DType act, int splits, void* workspace, cudaStream_t stream);
 // CTAs of the split-K kernel for p's shapes that one multiprocessor holds at once.
 int decode_ctas_per_sm(const Params& p, DType act);
 cudaError_t launch_prefill(const Params& p, DType act, cudaStream_t stream);

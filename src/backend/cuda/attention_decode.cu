@@ -1,7 +1,7 @@
 // Split-K paged attention ("flash-decoding", Dao et al. 2023; vLLM PagedAttention v2): for query
 // rows with few siblings (decode tokens, short or mixed tiles) the context is cut into chunks
 // (decode_chunk, attention_common.cuh); one CTA computes the partial softmax (max, sum, unnormalized
-// output) of one (token, GQA group, chunk) and a second kernel merges the partials:
+// output) of one (token, GQA group, chunk) and the last of those CTAs to finish merges the partials:
 //   out = Σ_s 2^(m_s - m) acc_s / Σ_s 2^(m_s - m) l_s,   m = max_s m_s
 // One CTA serves up to HEADS (8) query heads of one KV head, so each K/V row is read once for the
 // whole group; without GQA, HEADS = 1 (a quarter of the registers: 4x the CTAs per SM). Lanes read K/V in 16-byte vectors: a row of head_dim is covered by LANES lanes
@@ -13,7 +13,12 @@
 // time), so the kernel keeps the chain of dependent memory accesses short: a CTA issues its first
 // K and V loads together, before it stages q, and each later step's loads are issued before the
 // current step is consumed (register double-buffering); a chunk of kDecodeMinChunk positions is one
-// step. The combine is one warp per (token, head) and skips tokens whose context fits one chunk.
+// step. The merge needs no second kernel (threadfence reduction, as in the CUDA samples): each CTA
+// publishes its partials, fences, and counts itself in an arrival counter of its (token, head tile);
+// the CTA that arrives last merges. atomicInc wraps the counter back to 0 at the last arrival, so the
+// counters (kDecodeCounterSlots at the front of the workspace, zero-filled once by the caller) are
+// zero again after every call and a replayed CUDA graph needs no reset node. A context that fits one
+// chunk is written directly by its only CTA.
 #include <atomic>
 #include <cfloat>
 
@@ -64,11 +69,53 @@ __device__ __forceinline__ void load_step(const uint4* cache, const int64_t (&ro
   for (int u = 0; u < UNROLL; ++u) raw[u] = rows[u] >= 0 ? cache[rows[u]] : make_uint4(0, 0, 0, 0);
 }
 
+// One warp merges the `used` partials of one (token, head): lane s holds split s (and s + 32) of the
+// (max, sum) pairs; each lane owns 4 of the head's dims per 128. Partials written by other CTAs of
+// this grid are read with __ldcg (L2; L1 is not coherent).
+template <class T>
+__device__ __forceinline__ void merge_head(const Params& p, int m, int head, int splits, int used,
+                                           const float* partials) {
+  static_assert(kDecodeMaxSplits <= 64, "two splits per lane");
+  const int lane = threadIdx.x % 32;
+  const int D = p.head_dim;
+  const int64_t row0 = (static_cast<int64_t>(m) * p.num_heads + head) * splits;
+  const float* ml = partials + static_cast<int64_t>(p.num_tokens) * p.num_heads * splits * D + row0 * 2;
+  const float m0 = lane < used ? __ldcg(ml + lane * 2) : -FLT_MAX, l0 = lane < used ? __ldcg(ml + lane * 2 + 1) : 0.f;
+  const float m1 = lane + 32 < used ? __ldcg(ml + (lane + 32) * 2) : -FLT_MAX;
+  const float l1 = lane + 32 < used ? __ldcg(ml + (lane + 32) * 2 + 1) : 0.f;
+  const float m_all = warp_max(fmaxf(m0, m1));
+  const float w0 = lane < used ? exp2f(m0 - m_all) : 0.f, w1 = lane + 32 < used ? exp2f(m1 - m_all) : 0.f;
+  const float inv = 1.f / warp_sum(w0 * l0 + w1 * l1);
+  const float* acc = partials + row0 * D;
+  T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(m) * p.num_heads + head) * D;
+  for (int d0 = 0; d0 < D; d0 += 128) {  // every lane runs the loop: the shuffles need the whole warp
+    const int d = d0 + lane * 4;
+    const bool mine = d < D;
+    float4 num = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int s = 0; s < used; ++s) {
+      const float w = __shfl_sync(0xffffffffu, s < 32 ? w0 : w1, s % 32);
+      const float4 a = mine ? __ldcg(reinterpret_cast<const float4*>(acc + static_cast<int64_t>(s) * D + d))
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+      num.x += w * a.x;
+      num.y += w * a.y;
+      num.z += w * a.z;
+      num.w += w * a.w;
+    }
+    if (!mine) continue;
+    out[d] = Act<T>::from_float(num.x * inv);
+    out[d + 1] = Act<T>::from_float(num.y * inv);
+    out[d + 2] = Act<T>::from_float(num.z * inv);
+    out[d + 3] = Act<T>::from_float(num.w * inv);
+  }
+}
+
 // Grid: (token, split, kv_head * head_tiles). Shared memory: q [HEADS][D] f32 (pre-scaled), then a
 // region used as scores [HEADS][kSubChunk] during the loop and as the cross-warp sum [4][HEADS][D] after it.
 // Min CTAs per SM: 6 without GQA caps registers at 80 (ptxas picks ~90 unbounded: 5 CTAs per SM).
 template <class T, int LANES, int HEADS>
-__global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3) decode_kernel(Params p, int splits, float* partials) {
+__global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
+    decode_kernel(Params p, int splits, float* partials, unsigned* counters) {
   constexpr int kKeysPerWarp = 32 / LANES;     // positions one warp reads per load
   constexpr int kUnroll = LANES >= 8 ? 4 : 2;  // independent 16-byte loads per lane per step (K and V each)
   constexpr int kWarpStep = kKeysPerWarp * kUnroll;
@@ -89,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3) decode_kernel(Pa
   const int context = p.positions[m] + 1;
   const int chunk = decode_chunk(context, splits);
   const int begin = split * chunk;
-  if (begin >= context) return;  // past this token's context; the combine kernel knows it too
+  if (begin >= context) return;  // past this token's context: not counted (`used` below excludes it)
   const int end = min(begin + chunk, context);
   const bool direct = chunk >= context;  // the whole context is this CTA's: write the output
 
@@ -100,6 +147,10 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3) decode_kernel(Pa
   float* score_s = smem + HEADS * D;  // [8][kSubChunk], later [kWarps][8][D]
   __shared__ float max_s[HEADS], sum_s[HEADS], alpha_s[HEADS];
   __shared__ int32_t blocks_s[kSubChunk];  // block-table entries of the round (block size >= 1)
+  // Chunks of this token (for the merge at the end; kept in shared memory, not in a register across
+  // the loop: the instance without GQA has no register to spare under its occupancy bound).
+  __shared__ unsigned used_s;
+  if (threadIdx.x == 0) used_s = static_cast<unsigned>((context + chunk - 1) / chunk);
 
   const int32_t* table = p.block_tables + p.token_seq[m] * p.max_blocks_per_seq;
   const uint4* k_cache = static_cast<const uint4*>(p.k_cache);
@@ -269,58 +320,21 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3) decode_kernel(Pa
       }
     }
   }
+  if (direct) return;  // CTA-uniform
+
+  // Publish the partials, count this CTA in; the last of the token's `used` chunks merges them.
+  __shared__ bool last_s;
+  __threadfence();
+  __syncthreads();
+  const unsigned used = used_s;
+  if (tid == 0) last_s = atomicInc(counters + m * gridDim.z + blockIdx.z, used - 1) == used - 1;
+  __syncthreads();
+  if (!last_s) return;
+  __threadfence();  // the other CTAs' partials are read below (through L2: __ldcg)
+  for (int g = warp; g < nh; g += kWarps) merge_head<T>(p, m, h0 + g, splits, static_cast<int>(used), partials);
 }
 
-// Grid: (token, ceil(num_heads / kWarps)); one warp merges the partials of one (token, head). Lane s
-// holds split s (and s + 32) of the max/sum pairs; each lane owns 4 of the head's dims per 128.
-template <class T>
-__global__ void __launch_bounds__(kThreads) combine_kernel(Params p, int splits, const float* partials) {
-  static_assert(kDecodeMaxSplits <= 64, "two splits per lane");
-  detail::allow_dependents();
-  detail::wait_for_producer();
-  const int m = blockIdx.x;
-  const int head = blockIdx.y * kWarps + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (prefill_tile_owns_row(p, m)) return;  // whole warps: the predicate is warp-collective
-  if (head >= p.num_heads) return;
-  const int context = p.positions[m] + 1;
-  const int chunk = decode_chunk(context, splits);
-  const int used = (context + chunk - 1) / chunk;
-  if (used == 1) return;  // written by the decode kernel
-  const int D = p.head_dim;
-  const int64_t row0 = (static_cast<int64_t>(m) * p.num_heads + head) * splits;
-  const float* ml = partials + static_cast<int64_t>(p.num_tokens) * p.num_heads * splits * D + row0 * 2;
-  const float m0 = lane < used ? ml[lane * 2] : -FLT_MAX, l0 = lane < used ? ml[lane * 2 + 1] : 0.f;
-  const float m1 = lane + 32 < used ? ml[(lane + 32) * 2] : -FLT_MAX;
-  const float l1 = lane + 32 < used ? ml[(lane + 32) * 2 + 1] : 0.f;
-  const float m_all = warp_max(fmaxf(m0, m1));
-  const float w0 = lane < used ? exp2f(m0 - m_all) : 0.f, w1 = lane + 32 < used ? exp2f(m1 - m_all) : 0.f;
-  const float inv = 1.f / warp_sum(w0 * l0 + w1 * l1);
-  const float* acc = partials + row0 * D;
-  T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(m) * p.num_heads + head) * D;
-  for (int d0 = 0; d0 < D; d0 += 128) {  // every lane runs the loop: the shuffles need the whole warp
-    const int d = d0 + lane * 4;
-    const bool mine = d < D;
-    float4 num = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-    for (int s = 0; s < used; ++s) {
-      const float w = __shfl_sync(0xffffffffu, s < 32 ? w0 : w1, s % 32);
-      const float4 a = mine ? *reinterpret_cast<const float4*>(acc + static_cast<int64_t>(s) * D + d)
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-      num.x += w * a.x;
-      num.y += w * a.y;
-      num.z += w * a.z;
-      num.w += w * a.w;
-    }
-    if (!mine) continue;
-    out[d] = Act<T>::from_float(num.x * inv);
-    out[d + 1] = Act<T>::from_float(num.y * inv);
-    out[d + 2] = Act<T>::from_float(num.z * inv);
-    out[d + 3] = Act<T>::from_float(num.w * inv);
-  }
-}
-
-using DecodeKernel = void (*)(Params, int, float*);
+using DecodeKernel = void (*)(Params, int, float*, unsigned*);
 
 // The instance for (T, head_dim, GQA or not), its dynamic shared memory and the grid's z extent.
 struct DecodeInstance {
@@ -349,15 +363,13 @@ DecodeInstance instance(const Params& p) {
 }
 
 template <class T>
-cudaError_t launch(const Params& p, int splits, float* partials, cudaStream_t stream) {
+cudaError_t launch(const Params& p, int splits, void* workspace, cudaStream_t stream) {
   const DecodeInstance k = instance<T>(p);
   const int group = p.num_heads / p.num_kv_heads;
   const dim3 grid(p.num_tokens, splits, p.num_kv_heads * ((group + k.heads_per_cta - 1) / k.heads_per_cta));
-  cudaError_t err = detail::launch_kernel(k.kernel, grid, dim3(kThreads), k.smem, stream, p, splits, partials);
-  if (err != cudaSuccess || splits == 1) return err;
-  const dim3 combine_grid(p.num_tokens, (p.num_heads + kWarps - 1) / kWarps);
-  return detail::launch_kernel(combine_kernel<T>, combine_grid, dim3(kThreads), 0, stream, p, splits,
-                               static_cast<const float*>(partials));
+  unsigned* counters = static_cast<unsigned*>(workspace);
+  float* partials = workspace ? reinterpret_cast<float*>(static_cast<char*>(workspace) + kDecodeCounterBytes) : nullptr;
+  return detail::launch_kernel(k.kernel, grid, dim3(kThreads), k.smem, stream, p, splits, partials, counters);
 }
 
 }  // namespace
@@ -377,9 +389,9 @@ int decode_ctas_per_sm(const Params& p, DType act) {
   return ctas;
 }
 
-cudaError_t launch_decode(const Params& p, DType act, int splits, float* partials, cudaStream_t stream) {
-  return act == DType::F16 ? launch<__half>(p, splits, partials, stream)
-                           : launch<__nv_bfloat16>(p, splits, partials, stream);
+cudaError_t launch_decode(const Params& p, DType act, int splits, void* workspace, cudaStream_t stream) {
+  return act == DType::F16 ? launch<__half>(p, splits, workspace, stream)
+                           : launch<__nv_bfloat16>(p, splits, workspace, stream);
 }
 
 }  // namespace kiln::cuda::attention

@@ -314,6 +314,8 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   }
   attention_workspace_bytes_ = cuda::attention_workspace_bytes(std::max(max_tokens_, max_seqs_), max_heads, max_head_dim, max_seq_len_);
   KILN_ASSIGN(attention_workspace_, device_alloc(attention_workspace_bytes_, "attention workspace"));
+  KILN_TRY(check(cudaMemset(attention_workspace_, 0, std::max<size_t>(attention_workspace_bytes_, 256)),
+                 "zeroing the attention workspace"));  // its split-K arrival counters start at 0
 
   // (4) activation arena
   std::vector<int64_t> bytes(graph_.values.size());

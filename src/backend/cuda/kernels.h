@@ -104,7 +104,9 @@ struct AttentionBatch {
 
 // Causal GQA attention over the paged cache for M query tokens of many sequences (mixed prefill and
 // decode). q rows at q + m * q_ld (num_heads * head_dim wide); out: [M, num_heads * head_dim].
-// `workspace` of attention_workspace_bytes(...) bytes serves split-K partial results.
+// `workspace` of attention_workspace_bytes(...) bytes serves split-K partial results and arrival
+// counters; it must be zero-filled once before its first use (every call leaves the counters zero).
+// Calls sharing a workspace must be ordered on one stream.
 Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch, const PagedKv& kv,
                        int64_t num_heads, float scale, void* out, void* workspace, size_t workspace_bytes,
                        DType act, cudaStream_t stream);
