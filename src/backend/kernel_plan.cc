@@ -10,6 +10,23 @@ bool cuda_gemv_swiglu_layout(const Graph& graph, const Node& node) {
   return true;
 }
 
+namespace {
+// q, k and v (the Attention node's inputs) in 16-byte vectors: head_dim, column offsets and row strides
+// multiples of 8 elements.
+bool attention_vector_layout(const Graph& graph, const Node& node) {
+  bool vector_layout = static_cast<int64_t>(node.attr("head_dim")) % 8 == 0;
+  for (const ValueRef& r : node.inputs) {
+    vector_layout = vector_layout && r.col_offset % 8 == 0 && graph.values[r.value].width % 8 == 0;
+  }
+  return vector_layout;
+}
+}  // namespace
+
+bool cuda_decode_fuses_rope_kv(const Graph& graph, const Node& node) {
+  if (node.op != OpKind::Attention || !attention_vector_layout(graph, node)) return false;
+  return node.attr("rope") == 0.0 || static_cast<int64_t>(node.attr("head_dim")) % 16 == 0;
+}
+
 std::string kernels_for_node(const std::string& backend, const Graph& graph, const Node& node, bool decode) {
   const bool cuda = backend == "cuda";
   switch (node.op) {
@@ -30,21 +47,20 @@ std::string kernels_for_node(const std::string& backend, const Graph& graph, con
       if (!decode) return "swiglu + cublasLt gemm";
       return cuda_gemv_swiglu_layout(graph, node) ? "gemv_swiglu" : "swiglu + cublasLt gemm";
     case OpKind::Attention: {
+      if (cuda && decode && cuda_decode_fuses_rope_kv(graph, node)) {
+        return node.attr("rope") != 0.0 ? "attention_decode (split-K, with rope + kv write)"
+                                         : "attention_decode (split-K, with kv write)";
+      }
       std::string cache;
       if (node.attr("rope") != 0.0) {
-        const int64_t head_dim = static_cast<int64_t>(node.attr("head_dim"));
-        bool vector_layout = head_dim % 8 == 0;
-        for (const ValueRef& r : node.inputs) {
-          vector_layout = vector_layout && r.col_offset % 8 == 0 && graph.values[r.value].width % 8 == 0;
-        }
-        cache = cuda && vector_layout ? "rope_kv_write" : "rope(q) + rope(k) + kv_cache_write";
+        cache = cuda && attention_vector_layout(graph, node) ? "rope_kv_write" : "rope(q) + rope(k) + kv_cache_write";
       } else {
         cache = "kv_cache_write";
       }
       if (!cuda) return cache + " + paged_attention";
       const int64_t head_dim = static_cast<int64_t>(node.attr("head_dim"));
       const bool prefill_kernel = !decode && (head_dim == 64 || head_dim == 128);
-      return cache + (prefill_kernel ? " + attention_prefill (flash, tensor cores)" : " + attention_decode (split-K) + combine");
+      return cache + (prefill_kernel ? " + attention_prefill (flash, tensor cores)" : " + attention_decode (split-K)");
     }
   }
   return "?";

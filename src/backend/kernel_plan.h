@@ -16,6 +16,12 @@ inline constexpr int64_t kCudaGemvMaxRows = 4;
 // input (16-byte vectors: K, column offsets and row strides multiples of 8 elements).
 bool cuda_gemv_swiglu_layout(const Graph& graph, const Node& node);
 
+// Whether the CUDA decode steps of an Attention node run RoPE and the KV-cache write inside the
+// split-K attention kernel (paged_attention_decode): q, k, v in 16-byte vectors and, with RoPE,
+// head_dim a multiple of 16. Prefill steps (and other layouts) launch rope_kv_write (or rope +
+// kv_cache_write) first.
+bool cuda_decode_fuses_rope_kv(const Graph& graph, const Node& node);
+
 // "gemv", "cublasLt gemm", "rope_kv_write + paged_attention(decode split-K)", ...
 // decode: a step of one token per sequence (few rows); otherwise a prefill step.
 std::string kernels_for_node(const std::string& backend, const Graph& graph, const Node& node, bool decode);

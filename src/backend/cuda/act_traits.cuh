@@ -73,6 +73,16 @@ __device__ __forceinline__ float round_to(float v) {
 // input, so that the two give the same bits.
 __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
 
+// RoPE: rotates the pair (a, b) by the angle whose cosine and sine are c and s (HF
+// apply_rotary_pos_emb: a' = a c - b s, b' = b c + a s). Products and sums are rounded separately
+// (no FMA contraction), so every kernel that rotates (rope, rope_kv_write, the decode attention that
+// rotates its own q and the new k) gets the same bits whatever the compiler fuses around it.
+__device__ __forceinline__ void rope_rotate(float& a, float& b, float c, float s) {
+  const float a0 = a, b0 = b;
+  a = __fsub_rn(__fmul_rn(a0, c), __fmul_rn(b0, s));
+  b = __fadd_rn(__fmul_rn(b0, c), __fmul_rn(a0, s));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

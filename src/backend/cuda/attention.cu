@@ -39,13 +39,17 @@ size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_heads, int64_t 
   return attention::kDecodeCounterBytes + static_cast<size_t>(rows * num_heads * (head_dim + 2)) * sizeof(float);
 }
 
-Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch, const PagedKv& kv,
-                       int64_t num_heads, float scale, void* out, void* workspace, size_t workspace_bytes,
-                       DType act, cudaStream_t stream) {
+namespace {
+
+// Both entry points; fresh: the decode step's own k/v (paged_attention_decode) or null.
+Status run_attention(const void* q, int64_t q_ld, const AttentionBatch& batch, const NewTokens* fresh,
+                     const PagedKv& kv, int64_t num_heads, float scale, void* out, void* workspace,
+                     size_t workspace_bytes, DType act, cudaStream_t stream) {
   const int64_t M = batch.num_tokens, D = kv.head_dim;
   const std::string what = fmt::format(
-      "paged_attention [M={}, heads={}, kv_heads={}, head_dim={}, block_size={}, max_position={}, {}]", M,
-      num_heads, kv.num_kv_heads, D, kv.block_size, batch.max_position, dtype_name(act));
+      "{} [M={}, heads={}, kv_heads={}, head_dim={}, block_size={}, max_position={}, {}]",
+      fresh ? "paged_attention_decode" : "paged_attention", M, num_heads, kv.num_kv_heads, D, kv.block_size,
+      batch.max_position, dtype_name(act));
   if (act != DType::F16 && act != DType::BF16) return make_error("{}: act dtype must be F16 or BF16", what);
   if (D < 8 || D > attention::kMaxHeadDim || D % 8 != 0)
     return make_error("{}: head_dim must be a multiple of 8 in [8, {}]", what, attention::kMaxHeadDim);
@@ -56,6 +60,16 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
   if (M < 0 || M > INT_MAX || num_heads * D > INT_MAX) return make_error("{}: sizes out of range", what);
   if (q_ld < num_heads * D || q_ld % 8 != 0)
     return make_error("{}: q_ld={} must be >= {} and a multiple of 8", what, q_ld, num_heads * D);
+  if (fresh) {
+    const int64_t kv_width = kv.num_kv_heads * D;
+    if (!fresh->k || !fresh->v || !fresh->slots || !aligned16(fresh->k) || !aligned16(fresh->v) ||
+        fresh->k_ld < kv_width || fresh->v_ld < kv_width || fresh->k_ld % 8 != 0 || fresh->v_ld % 8 != 0)
+      return make_error("{}: new k/v rows must be non-null, 16-byte aligned, with strides >= {} and multiples of 8",
+                        what, kv_width);
+    if (fresh->rope_cos && (!fresh->rope_sin || D % 16 != 0 || !aligned16(fresh->rope_cos) ||
+                            !aligned16(fresh->rope_sin)))
+      return make_error("{}: RoPE needs both 16-byte aligned tables and head_dim % 16 == 0", what);
+  }
   if (M == 0) return Status::Ok();
   if (batch.max_position < 1 || batch.max_blocks_per_seq * kv.block_size < batch.max_position)
     return make_error("{}: max_position must be in [1, max_blocks_per_seq * block_size = {}]", what,
@@ -80,7 +94,19 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
   p.head_dim = static_cast<int>(D);
   p.block_size = static_cast<int>(kv.block_size);
   p.scale_log2 = scale * attention::kLog2e;
-  p.prefill_enabled = attention::prefill_supports_head_dim(p.head_dim) && M >= attention::kPrefillMinRows;
+  p.prefill_enabled =
+      !fresh && attention::prefill_supports_head_dim(p.head_dim) && M >= attention::kPrefillMinRows;
+  if (fresh) {
+    p.new_k = fresh->k;
+    p.new_k_ld = fresh->k_ld;
+    p.new_v = fresh->v;
+    p.new_v_ld = fresh->v_ld;
+    p.slots = fresh->slots;
+    p.num_slots = kv.num_blocks * kv.block_size;
+    p.rope_cos = fresh->rope_cos;
+    p.rope_sin = fresh->rope_sin;
+    p.rope_interleaved = fresh->rope_interleaved;
+  }
 
   // Split count: as many CTAs as the GPU holds at once (one wave: a second wave would add a whole
   // CTA's latency) when tokens are few (batch 1 at 4k context), bounded by what max_position can
@@ -108,6 +134,22 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
   const cudaError_t err =
       attention::launch_decode(p, act, static_cast<int>(splits), splits > 1 ? workspace : nullptr, stream);
   return check(err, (what + fmt::format(" (split-K, {} splits)", splits)).c_str());
+}
+
+}  // namespace
+
+Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch, const PagedKv& kv,
+                       int64_t num_heads, float scale, void* out, void* workspace, size_t workspace_bytes,
+                       DType act, cudaStream_t stream) {
+  return run_attention(q, q_ld, batch, nullptr, kv, num_heads, scale, out, workspace, workspace_bytes, act,
+                       stream);
+}
+
+Status paged_attention_decode(const void* q, int64_t q_ld, const AttentionBatch& batch, const NewTokens& fresh,
+                              const PagedKv& kv, int64_t num_heads, float scale, void* out, void* workspace,
+                              size_t workspace_bytes, DType act, cudaStream_t stream) {
+  return run_attention(q, q_ld, batch, &fresh, kv, num_heads, scale, out, workspace, workspace_bytes, act,
+                       stream);
 }
 
 }  // namespace kiln::cuda

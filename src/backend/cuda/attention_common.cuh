@@ -41,6 +41,18 @@ struct Params {
   int block_size;
   float scale_log2;      // softmax scale * log2(e): scores are kept in the exp2 domain
   bool prefill_enabled;  // false: the split-K kernel owns every row
+  // Decode steps only (paged_attention_decode; new_k non-null): q is not yet rotated and the cache
+  // lacks the step's own k/v; the split-K kernel rotates q as it stages it, reads each token's newest
+  // k/v row from new_k/new_v (rotating k) instead of the cache and stores it there (slot >= 0).
+  const void* new_k;  // [M] rows at new_k + m * new_k_ld, num_kv_heads * head_dim wide
+  int64_t new_k_ld;
+  const void* new_v;
+  int64_t new_v_ld;
+  const int32_t* slots;  // [M] cache slot of each token; negative (padding) or >= num_slots: not stored
+  int64_t num_slots;
+  const float* rope_cos;  // [max_position, head_dim / 2]; null: no rotation
+  const float* rope_sin;
+  bool rope_interleaved;  // llama2.c pairs (2j, 2j + 1); else HF (j, j + head_dim / 2)
 };
 
 template <class T>

@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cfloat>
 
+#include "backend/cuda/act_traits.cuh"
 #include "backend/cuda/attention_common.cuh"
 #include "backend/cuda/launch.cuh"
 
@@ -43,12 +44,14 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // Where one lane's K/V vectors of one step live: position base + u * KEYS + key_slot, 16-byte
-// vector `sub` of its row; rows[u] < 0 when the position is past `limit` (or the lane idle).
+// vector `sub` of its row; rows[u] < 0 when the position is past `limit` (or the lane idle), and
+// kNewRow for position `newest` (the token's own, not yet in the cache: paged_attention_decode).
 // `blocks` holds the block-table entries from block `origin` on (the global table with origin 0, or
 // the round's entries staged in shared memory: then no table load sits in front of each K/V load).
+constexpr int64_t kNewRow = -2;
 template <int UNROLL, int KEYS>
 __device__ __forceinline__ void step_rows(const Params& p, const int32_t* blocks, int origin, int kv_head,
-                                          int base, int limit, int key_slot, int sub, bool active,
+                                          int base, int limit, int newest, int key_slot, int sub, bool active,
                                           int64_t (&rows)[UNROLL]) {
   const int vecs_per_row = p.head_dim / 8;
 #pragma unroll
@@ -57,16 +60,79 @@ __device__ __forceinline__ void step_rows(const Params& p, const int32_t* blocks
     if (pos < limit && active) {
       const int64_t block = blocks[pos / p.block_size - origin];
       const int64_t slot = block * p.block_size + pos % p.block_size;
-      rows[u] = (slot * p.num_kv_heads + kv_head) * vecs_per_row + sub;
+      rows[u] = pos == newest ? kNewRow : (slot * p.num_kv_heads + kv_head) * vecs_per_row + sub;
     } else {
       rows[u] = -1;
     }
   }
 }
-template <int UNROLL>
-__device__ __forceinline__ void load_step(const uint4* cache, const int64_t (&rows)[UNROLL], uint4 (&raw)[UNROLL]) {
+
+// 16-byte vector `sub` of token m's own k (kIsV false, rotated as rope_kv_write rotates it) or v row
+// of `kv_head`, read from the step's k/v rows; also stored to the cache when the token has a slot.
+// Bit for bit what rope_kv_write would have left in the cache.
+template <class T, bool kIsV>
+__device__ __forceinline__ uint4 new_row(const Params& p, int m, int kv_head, int sub, int position) {
+  const int D = p.head_dim;
+  const int64_t col = static_cast<int64_t>(kv_head) * D;
+  uint4 raw;
+  if constexpr (kIsV) {
+    raw = *reinterpret_cast<const uint4*>(static_cast<const T*>(p.new_v) + m * p.new_v_ld + col + sub * 8);
+  } else {
+    const T* k = static_cast<const T*>(p.new_k) + m * p.new_k_ld + col;
+    raw = *reinterpret_cast<const uint4*>(k + sub * 8);
+    if (p.rope_cos != nullptr) {
+      const int half = D / 2;  // a multiple of 8 (checked by the host): pairs never straddle vectors
+      const int64_t t = static_cast<int64_t>(position) * half;
+      float x[8];
+      unpack8<T>(raw, x);
+      if (p.rope_interleaved) {  // pairs (2j, 2j + 1) inside the vector: j = 4 sub .. 4 sub + 3
+        const float4 c = *reinterpret_cast<const float4*>(p.rope_cos + t + sub * 4);
+        const float4 sn = *reinterpret_cast<const float4*>(p.rope_sin + t + sub * 4);
+        detail::rope_rotate(x[0], x[1], c.x, sn.x);
+        detail::rope_rotate(x[2], x[3], c.y, sn.y);
+        detail::rope_rotate(x[4], x[5], c.z, sn.z);
+        detail::rope_rotate(x[6], x[7], c.w, sn.w);
+      } else {  // pairs (j, j + half): the partner vector is half / 8 vectors away
+        const int d0 = sub * 8;
+        const bool low = d0 < half;
+        const int j0 = low ? d0 : d0 - half;
+        float y[8];
+        unpack8<T>(*reinterpret_cast<const uint4*>(k + (low ? d0 + half : d0 - half)), y);
+        const float4 c0 = *reinterpret_cast<const float4*>(p.rope_cos + t + j0);
+        const float4 c1 = *reinterpret_cast<const float4*>(p.rope_cos + t + j0 + 4);
+        const float4 s0 = *reinterpret_cast<const float4*>(p.rope_sin + t + j0);
+        const float4 s1 = *reinterpret_cast<const float4*>(p.rope_sin + t + j0 + 4);
+        const float c[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+        const float sn[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
 #pragma unroll
-  for (int u = 0; u < UNROLL; ++u) raw[u] = rows[u] >= 0 ? cache[rows[u]] : make_uint4(0, 0, 0, 0);
+        for (int e = 0; e < 8; ++e) {
+          float a = low ? x[e] : y[e], b = low ? y[e] : x[e];
+          detail::rope_rotate(a, b, c[e], sn[e]);
+          x[e] = low ? a : b;
+        }
+      }
+      raw = pack8<T>(x);
+    }
+  }
+  const int64_t slot = p.slots[m];
+  if (slot >= 0 && slot < p.num_slots) {
+    T* cache = static_cast<T*>(const_cast<void*>(kIsV ? p.v_cache : p.k_cache));
+    *reinterpret_cast<uint4*>(cache + (slot * p.num_kv_heads + kv_head) * D + sub * 8) = raw;
+  }
+  return raw;
+}
+
+// `fresh`: the token's own row (shared memory, filled from new_k / new_v) for kNewRow entries; null
+// before it is filled (those entries are patched after the barrier).
+template <int UNROLL>
+__device__ __forceinline__ void load_step(const uint4* cache, const int64_t (&rows)[UNROLL], const uint4* fresh,
+                                          int sub, uint4 (&raw)[UNROLL]) {
+#pragma unroll
+  for (int u = 0; u < UNROLL; ++u) {
+    raw[u] = rows[u] >= 0                          ? cache[rows[u]]
+             : fresh != nullptr && rows[u] == kNewRow ? fresh[sub]
+                                                       : make_uint4(0, 0, 0, 0);
+  }
 }
 
 // One warp merges the `used` partials of one (token, head): lane s holds split s (and s + 32) of the
@@ -139,6 +205,7 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
   if (begin >= context) return;  // past this token's context: not counted (`used` below excludes it)
   const int end = min(begin + chunk, context);
   const bool direct = chunk >= context;  // the whole context is this CTA's: write the output
+  const int newest = p.new_k != nullptr && end == context ? context - 1 : -1;  // read from new_k / new_v
 
   const int D = p.head_dim;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -163,9 +230,9 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
   int64_t rows[kUnroll];
   uint4 k_raw[kUnroll], v_raw[kUnroll];
   step_rows<kUnroll, kKeysPerWarp>(p, table, 0, kv_head, begin + warp * kWarpStep, min(begin + kSubChunk, end),
-                                   key_slot, sub, active, rows);
-  load_step(k_cache, rows, k_raw);
-  load_step(v_cache, rows, v_raw);
+                                   newest, key_slot, sub, active, rows);
+  load_step(k_cache, rows, nullptr, sub, k_raw);
+  load_step(v_cache, rows, nullptr, sub, v_raw);
   auto stage_table = [&](int c0, int c1) {
     const int b0 = c0 / p.block_size, n = (c1 - 1) / p.block_size - b0 + 1;
     for (int i = tid; i < n; i += kThreads) blocks_s[i] = table[b0 + i];
@@ -173,12 +240,46 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
   stage_table(begin, min(begin + kSubChunk, end));
 
   const T* q = static_cast<const T*>(p.q) + m * p.q_ld + static_cast<int64_t>(h0) * D;
-  for (int i = tid; i < nh * D; i += kThreads) q_s[i] = Act<T>::to_float(q[i]) * p.scale_log2;
+  if (p.new_k != nullptr && p.rope_cos != nullptr) {  // q not yet rotated: as rope_kv_write would, then scale
+    const int half = D / 2;
+    const int64_t t = static_cast<int64_t>(context - 1) * half;
+    for (int i = tid; i < nh * D; i += kThreads) {
+      const int d = i % D;
+      const bool first = p.rope_interleaved ? d % 2 == 0 : d < half;
+      const int partner = p.rope_interleaved ? d ^ 1 : (first ? d + half : d - half);
+      const int j = p.rope_interleaved ? d / 2 : (first ? d : d - half);
+      const float x = Act<T>::to_float(q[i]), y = Act<T>::to_float(q[i - d + partner]);
+      float a = first ? x : y, b = first ? y : x;
+      detail::rope_rotate(a, b, p.rope_cos[t + j], p.rope_sin[t + j]);
+      q_s[i] = detail::round_to<T>(first ? a : b) * p.scale_log2;
+    }
+  } else {
+    for (int i = tid; i < nh * D; i += kThreads) q_s[i] = Act<T>::to_float(q[i]) * p.scale_log2;
+  }
+  // The token's own k (rotated) and v row, when this CTA's chunk ends at it: from new_k / new_v, into
+  // shared memory and the cache.
+  __shared__ uint4 fresh_s[2][kMaxHeadDim / 8];
+  if (newest >= 0) {
+    const int vecs = D / 8;
+    for (int i = tid; i < 2 * vecs; i += kThreads) {
+      fresh_s[i / vecs][i % vecs] = i < vecs ? new_row<T, false>(p, m, kv_head, i, newest)
+                                             : new_row<T, true>(p, m, kv_head, i - vecs, newest);
+    }
+  }
   if (tid < HEADS) {
     max_s[tid] = -FLT_MAX;  // finite: exp2(-FLT_MAX - x) is 0, never NaN
     sum_s[tid] = 0.f;
   }
   __syncthreads();
+  if (newest >= 0) {  // the first step's loads left the own row out: patch it in
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (active && begin + warp * kWarpStep + u * kKeysPerWarp + key_slot == newest) {  // rows[u] was kNewRow
+        k_raw[u] = fresh_s[0][sub];
+        v_raw[u] = fresh_s[1][sub];
+      }
+    }
+  }
 
   float acc[HEADS][8] = {};
   for (int c0 = begin; c0 < end; c0 += kSubChunk) {
@@ -188,9 +289,10 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
     if (c0 != begin) {
       stage_table(c0, c1);  // the previous round ended with a barrier: blocks_s is free
       __syncthreads();
-      step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, first, c1, key_slot, sub, active, rows);
-      load_step(k_cache, rows, k_raw);
-      load_step(v_cache, rows, v_raw);
+      step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, first, c1, newest, key_slot, sub, active,
+                                       rows);
+      load_step(k_cache, rows, fresh_s[0], sub, k_raw);
+      load_step(v_cache, rows, fresh_s[1], sub, v_raw);
     }
     // 1. scores s[g][pos] = q_g · k_pos (already scaled into the exp2 domain)
     for (int base = first; base < c1; base += kStep) {
@@ -199,9 +301,9 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
       for (int u = 0; u < kUnroll; ++u) cur[u] = k_raw[u];
       if (base + kStep < c1) {  // next step's loads in flight while this one is scored
         int64_t next[kUnroll];
-        step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, base + kStep, c1, key_slot, sub, active,
-                                         next);
-        load_step(k_cache, next, k_raw);
+        step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, base + kStep, c1, newest, key_slot, sub,
+                                         active, next);
+        load_step(k_cache, next, fresh_s[0], sub, k_raw);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -260,9 +362,9 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
       for (int u = 0; u < kUnroll; ++u) cur[u] = v_raw[u];
       if (base + kStep < c1) {
         int64_t next[kUnroll];
-        step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, base + kStep, c1, key_slot, sub, active,
-                                         next);
-        load_step(v_cache, next, v_raw);
+        step_rows<kUnroll, kKeysPerWarp>(p, blocks_s, origin, kv_head, base + kStep, c1, newest, key_slot, sub,
+                                         active, next);
+        load_step(v_cache, next, fresh_s[1], sub, v_raw);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {

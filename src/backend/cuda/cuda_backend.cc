@@ -94,6 +94,8 @@ class CudaBackend final : public Backend {
   Status upload_batch(const Batch& batch, int64_t padded_tokens);
   Status launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings);
   Status launch_swiglu_linear(size_t node, int64_t rows);
+  // Replays the decode graph of `bucket` rows (captured on first use, after one eager run).
+  Status run_decode_graph(int64_t bucket);
   // want_ids: ids come back instead of logits, drawn under sampling[R] when given, else the argmax.
   Status run(const Batch& batch, bool want_ids, float* logits, int32_t* ids, std::vector<NodeTiming>* timings,
              const RowSampling* sampling = nullptr);
@@ -130,6 +132,10 @@ class CudaBackend final : public Backend {
   };
   std::map<int64_t, GraphEntry> decode_graphs_;  // by padded batch size
   bool use_graphs_ = true;
+  // Set while a decode step's nodes launch (one token per sequence): attention then fuses RoPE and the
+  // KV write (cuda_decode_fuses_rope_kv). KILN_CUDA_DECODE_ROPE_KV=0 keeps rope_kv_write separate.
+  bool decode_step_ = false;
+  bool fuse_decode_rope_kv_ = true;
   // Linear layers with at most this many rows use the GEMV kernel, others cuBLASLt. Measured on an
   // H100 (Llama-2-7B fp16, docs/PERFORMANCE.md): at 8 rows cuBLASLt decodes 1314 tok/s vs 1044 with
   // the GEMV; at 4 rows they tie (674 vs 665).
@@ -193,6 +199,7 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   if (const char* env = std::getenv("KILN_CUDA_GEMV_MAX_ROWS"); env && *env) {
     gemv_max_rows_ = std::clamp<int64_t>(std::atoll(env), 0, cuda::kGemvMaxRows);  // NOLINT(cert-err34-c)
   }
+  if (const char* env = std::getenv("KILN_CUDA_DECODE_ROPE_KV"); env && *env) fuse_decode_rope_kv_ = std::string(env) != "0";
   KILN_TRY(check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
 
   // Activation dtype: the engine's matrix dtype (all matrices share it).
@@ -489,6 +496,17 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
         char* q_ptr = value_ptr(q.value) + q.col_offset * 2;
         char* k_ptr = value_ptr(k.value) + k.col_offset * 2;
         const char* v_ptr = value_ptr(v.value) + v.col_offset * 2;
+        const cuda::AttentionBatch ab{T, d_token_seq_, d_positions_, d_block_tables_, max_blocks_per_seq_, max_position};
+        const int64_t num_heads = static_cast<int64_t>(n.attr("num_heads"));
+        const float scale = static_cast<float>(n.attr("scale"));
+        if (decode_step_ && fuse_decode_rope_kv_ && cuda_decode_fuses_rope_kv(graph_, n)) {
+          // One token per sequence: the split-K kernel rotates q and k and writes the cache itself.
+          const cuda::NewTokens fresh{k_ptr, k_ld, v_ptr, v_ld, d_slots_, b.rope_cos, b.rope_sin,
+                                      n.attr("rope_interleaved") != 0.0};
+          KILN_TRY(cuda::paged_attention_decode(q_ptr, q_ld, ab, fresh, kv, num_heads, scale, out, attention_workspace_,
+                                                attention_workspace_bytes_, act_, stream_));
+          break;
+        }
         // One kernel rotates q and k and writes the cache where its 16-byte layout holds.
         const bool vector_layout = head_dim % 8 == 0 && q_ld % 8 == 0 && k_ld % 8 == 0 && v_ld % 8 == 0 &&
                                    q.col_offset % 8 == 0 && k.col_offset % 8 == 0 && v.col_offset % 8 == 0;
@@ -506,10 +524,8 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
           }
           KILN_TRY(cuda::kv_cache_write(k_ptr, v_ptr, T, k_ld, d_slots_, kv, act_, stream_));
         }
-        const cuda::AttentionBatch ab{T, d_token_seq_, d_positions_, d_block_tables_, max_blocks_per_seq_, max_position};
-        KILN_TRY(cuda::paged_attention(value_ptr(q.value) + q.col_offset * 2, graph_.values[q.value].width, ab, kv,
-                                       static_cast<int64_t>(n.attr("num_heads")), static_cast<float>(n.attr("scale")), out,
-                                       attention_workspace_, attention_workspace_bytes_, act_, stream_));
+        KILN_TRY(cuda::paged_attention(q_ptr, q_ld, ab, kv, num_heads, scale, out, attention_workspace_,
+                                       attention_workspace_bytes_, act_, stream_));
         break;
       }
       case OpKind::SwiGluLinear:
@@ -577,6 +593,35 @@ Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows) {
   return gemm_->run(act, rows, K, b.weights[0], N, bias, out, N, act_, y_dtype, stream_);
 }
 
+Status CudaBackend::run_decode_graph(int64_t bucket) {
+  auto it = decode_graphs_.find(bucket);
+  if (it == decode_graphs_.end()) {
+    // First use of this bucket: run eagerly (creates the GEMM plans), then capture for next time.
+    KILN_TRY(launch_nodes(bucket, bucket, max_seq_len_, nullptr));
+    cudaGraph_t graph;
+    KILN_TRY(check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture"));
+    const Status launched = launch_nodes(bucket, bucket, max_seq_len_, nullptr);
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    KILN_TRY(launched);
+    KILN_TRY(check(ended, "cudaStreamEndCapture"));
+    GraphEntry entry;
+    size_t num_nodes = 0;
+    KILN_TRY(check(cudaGraphGetNodes(graph, nullptr, &num_nodes), "cudaGraphGetNodes"));
+    std::vector<cudaGraphNode_t> nodes(num_nodes);
+    KILN_TRY(check(cudaGraphGetNodes(graph, nodes.data(), &num_nodes), "cudaGraphGetNodes"));
+    for (cudaGraphNode_t node : nodes) {
+      cudaGraphNodeType type;
+      if (cudaGraphNodeGetType(node, &type) == cudaSuccess && type == cudaGraphNodeTypeKernel) ++entry.kernel_nodes;
+    }
+    KILN_TRY(check(cudaGraphInstantiate(&entry.exec, graph, 0), "cudaGraphInstantiate"));
+    cudaGraphDestroy(graph);
+    decode_graphs_[bucket] = entry;
+  } else {
+    KILN_TRY(check(cudaGraphLaunch(it->second.exec, stream_), "cudaGraphLaunch (decode step)"));
+  }
+  return Status::Ok();
+}
+
 Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_t* ids,
                         std::vector<NodeTiming>* timings, const RowSampling* sampling) {
   KILN_TRY(check_batch(batch));
@@ -594,31 +639,10 @@ Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_
   if (bucket > max_seqs_) bucket = T;  // beyond the largest bucket: exact size
   if (decode) {
     KILN_TRY(upload_batch(batch, bucket));
-    auto it = decode_graphs_.find(bucket);
-    if (it == decode_graphs_.end()) {
-      // First use of this bucket: run eagerly (creates the GEMM plans), then capture for next time.
-      KILN_TRY(launch_nodes(bucket, bucket, max_seq_len_, nullptr));
-      cudaGraph_t graph;
-      KILN_TRY(check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture"));
-      const Status launched = launch_nodes(bucket, bucket, max_seq_len_, nullptr);
-      const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
-      KILN_TRY(launched);
-      KILN_TRY(check(ended, "cudaStreamEndCapture"));
-      GraphEntry entry;
-      size_t num_nodes = 0;
-      KILN_TRY(check(cudaGraphGetNodes(graph, nullptr, &num_nodes), "cudaGraphGetNodes"));
-      std::vector<cudaGraphNode_t> nodes(num_nodes);
-      KILN_TRY(check(cudaGraphGetNodes(graph, nodes.data(), &num_nodes), "cudaGraphGetNodes"));
-      for (cudaGraphNode_t node : nodes) {
-        cudaGraphNodeType type;
-        if (cudaGraphNodeGetType(node, &type) == cudaSuccess && type == cudaGraphNodeTypeKernel) ++entry.kernel_nodes;
-      }
-      KILN_TRY(check(cudaGraphInstantiate(&entry.exec, graph, 0), "cudaGraphInstantiate"));
-      cudaGraphDestroy(graph);
-      decode_graphs_[bucket] = entry;
-    } else {
-      KILN_TRY(check(cudaGraphLaunch(it->second.exec, stream_), "cudaGraphLaunch (decode step)"));
-    }
+    decode_step_ = true;  // reset below, on every path out of this block
+    const Status status = run_decode_graph(bucket);
+    decode_step_ = false;
+    KILN_TRY(status);
   } else {
     KILN_TRY(upload_batch(batch, T));
     int32_t max_position = 0;

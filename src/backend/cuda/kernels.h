@@ -112,4 +112,27 @@ Status paged_attention(const void* q, int64_t q_ld, const AttentionBatch& batch,
                        DType act, cudaStream_t stream);
 size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_heads, int64_t head_dim, int64_t max_seq_len);
 
+// The step's own k and v rows for paged_attention_decode: k (not yet rotated) at k + m * k_ld, v at
+// v + m * v_ld (num_kv_heads * head_dim wide, 16-byte aligned, strides multiples of 8), each token's
+// cache slot (negative: padding, not stored) and the RoPE tables ([max_position, head_dim / 2] f32;
+// null: no rotation).
+struct NewTokens {
+  const void* k;
+  int64_t k_ld;
+  const void* v;
+  int64_t v_ld;
+  const int32_t* slots;
+  const float* rope_cos;
+  const float* rope_sin;
+  bool rope_interleaved;
+};
+// A decode step in one launch: rope_kv_write (q and k rotated, k and v stored at their slots) fused
+// into paged_attention's split-K kernel, which rotates q as it stages it and takes each token's own
+// k/v from `fresh` (storing them) instead of the cache. The result and the cache after it equal
+// rope_kv_write + paged_attention bit for bit; q is left unrotated. Every token must belong to a
+// different sequence (the token's k/v is visible to its own query only); head_dim % 16 == 0 with RoPE.
+Status paged_attention_decode(const void* q, int64_t q_ld, const AttentionBatch& batch, const NewTokens& fresh,
+                              const PagedKv& kv, int64_t num_heads, float scale, void* out, void* workspace,
+                              size_t workspace_bytes, DType act, cudaStream_t stream);
+
 }  // namespace kiln::cuda

@@ -36,9 +36,10 @@ __global__ void rope_kernel(T* __restrict__ x, int64_t M, int64_t ld, int64_t co
     T* pb = kInterleaved ? head + 2 * j + 1 : head + j + half;
     const int64_t t = static_cast<int64_t>(positions[m]) * half + j;
     const float c = cos[t], s = sin[t];
-    const float a = Act<T>::to_float(*pa), b = Act<T>::to_float(*pb);
-    *pa = Act<T>::from_float(a * c - b * s);
-    *pb = Act<T>::from_float(b * c + a * s);
+    float a = Act<T>::to_float(*pa), b = Act<T>::to_float(*pb);
+    detail::rope_rotate(a, b, c, s);
+    *pa = Act<T>::from_float(a);
+    *pb = Act<T>::from_float(b);
   }
 }
 

@@ -37,12 +37,7 @@ __device__ __forceinline__ void store4(T* p, const float (&f)[4]) {
   *reinterpret_cast<uint2*>(p) = make_uint2(Act<T>::from_float2(f[0], f[1]), Act<T>::from_float2(f[2], f[3]));
 }
 
-// Rotates pair (a, b) by angle index with cosine c and sine s, exactly as rope_kernel (rope.cu).
-__device__ __forceinline__ void rotate(float& a, float& b, float c, float s) {
-  const float a0 = a, b0 = b;
-  a = a0 * c - b0 * s;
-  b = b0 * c + a0 * s;
-}
+using detail::rope_rotate;
 
 // q: [M, num_heads * head_dim] at stride q_ld; k, v: [M, num_kv_heads * head_dim] at strides k_ld,
 // v_ld; cos/sin: [max_position, half]; positions, slots: [M]; caches: [num_slots, num_kv_heads * head_dim].
@@ -76,15 +71,15 @@ __global__ void __launch_bounds__(kThreads)
     load4<T>(x + lo_col, lo);
     load4<T>(x + hi_col, hi);
     if constexpr (kInterleaved) {
-      rotate(lo[0], lo[1], c.x, s.x);
-      rotate(lo[2], lo[3], c.y, s.y);
-      rotate(hi[0], hi[1], c.z, s.z);
-      rotate(hi[2], hi[3], c.w, s.w);
+      rope_rotate(lo[0], lo[1], c.x, s.x);
+      rope_rotate(lo[2], lo[3], c.y, s.y);
+      rope_rotate(hi[0], hi[1], c.z, s.z);
+      rope_rotate(hi[2], hi[3], c.w, s.w);
     } else {
-      rotate(lo[0], hi[0], c.x, s.x);
-      rotate(lo[1], hi[1], c.y, s.y);
-      rotate(lo[2], hi[2], c.z, s.z);
-      rotate(lo[3], hi[3], c.w, s.w);
+      rope_rotate(lo[0], hi[0], c.x, s.x);
+      rope_rotate(lo[1], hi[1], c.y, s.y);
+      rope_rotate(lo[2], hi[2], c.z, s.z);
+      rope_rotate(lo[3], hi[3], c.w, s.w);
     }
     store4<T>(x + lo_col, lo);
     store4<T>(x + hi_col, hi);

@@ -1,5 +1,5 @@
 // The decode fast path against its plain form: rope_kv_write against rope(q) + rope(k) +
-// kv_cache_write, and a chain of decode-layer kernels with programmatic dependent launch against the
+// kv_cache_write, paged_attention_decode against rope_kv_write + paged_attention, and a chain of decode-layer kernels with programmatic dependent launch against the
 // same chain fully serialized (eagerly and captured in a CUDA graph). Kernels are deterministic, so
 // both comparisons are bit for bit; a kernel that consumed its input before griddepcontrol.wait, or
 // wrote before it, would read a stale row and differ.
@@ -163,6 +163,143 @@ TEST(CudaRopeKvWrite, RejectsBadArguments) {
   EXPECT_FALSE(rope_kv_write(p, 48, 4, p, 24, p, 24, 1, ids, table, table, false, ids, odd, DType::F16, nullptr).ok());
   EXPECT_FALSE(rope_kv_write(p + 1, 256, 4, p, 128, p, 128, 1, ids, table, table, false, ids, kv, DType::F16, nullptr).ok());
   EXPECT_FALSE(rope_kv_write(p, 256, 4, p, 128, p, 128, 1, ids, table, table, false, ids, kv, DType::F32, nullptr).ok());
+}
+
+// ---------------------------------------------------------------- paged_attention_decode
+
+// A decode step of one token per sequence: paged_attention_decode (RoPE and the KV write inside the
+// split-K kernel) against rope_kv_write + paged_attention (or kv_cache_write + paged_attention
+// without RoPE) on the same bits. Both round the rotated q and k to the activation dtype once and
+// accumulate in the same order at the same split count, so outputs and caches must be identical.
+struct DecodeCase {
+  int64_t heads, kv_heads, head_dim, block_size;
+  std::vector<int32_t> positions;  // one token per sequence
+  bool graph_bound;                // max_position = 4096 (as a captured decode graph passes), else tight
+};
+
+void run_attention_decode(std::mt19937& rng, DType act, int rope_mode, const DecodeCase& c) {
+  const bool rope_on = rope_mode != 0, interleaved = rope_mode == 2;
+  const int64_t M = static_cast<int64_t>(c.positions.size()), D = c.head_dim;
+  SCOPED_TRACE(::testing::Message() << dtype_name(act) << " rope=" << rope_mode << " heads=" << c.heads
+                                    << " kv_heads=" << c.kv_heads << " head_dim=" << D << " M=" << M
+                                    << " graph_bound=" << c.graph_bound);
+  const int64_t q_width = c.heads * D, kv_width = c.kv_heads * D, ld = q_width + 2 * kv_width;  // fused qkv row
+  int32_t max_pos = 0;
+  for (int32_t p : c.positions) max_pos = std::max(max_pos, p);
+  const int64_t max_blocks = (max_pos + c.block_size) / c.block_size;
+  const int64_t num_blocks = M * max_blocks + 3;
+  // Shuffled blocks; token m = sequence m; token 1 (when there are 3+) is padding (slot -1).
+  std::vector<int32_t> perm(num_blocks), tables(M * max_blocks, 0), seqs(M), slots(M);
+  for (int64_t i = 0; i < num_blocks; ++i) perm[i] = int32_t(i);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (int64_t m = 0; m < M; ++m) {
+    seqs[m] = int32_t(m);
+    for (int64_t b = 0; b < max_blocks; ++b) tables[m * max_blocks + b] = perm[m * max_blocks + b];
+    const int32_t pos = c.positions[m];
+    const bool padding = M >= 3 && m == 1;
+    slots[m] = padding ? -1 : int32_t(tables[m * max_blocks + pos / c.block_size] * c.block_size + pos % c.block_size);
+  }
+  const int64_t cache_elems = num_blocks * c.block_size * kv_width;
+  // Earlier positions hold random k/v; the new tokens' slots hold NaN (poison) until written.
+  HostAct k_cache0 = random_act(rng, cache_elems, act, -1.0, 1.0), v_cache0 = random_act(rng, cache_elems, act, -1.0, 1.0);
+  for (int64_t m = 0; m < M; ++m) {
+    if (slots[m] < 0) continue;
+    std::fill_n(k_cache0.bits.begin() + slots[m] * kv_width, kv_width, uint16_t{0xFFFF});
+    std::fill_n(v_cache0.bits.begin() + slots[m] * kv_width, kv_width, uint16_t{0xFFFF});
+  }
+  const HostAct qkv = random_act(rng, M * ld, act, -2.0, 2.0);
+  const RopeTables t = rope_tables(4096, D);
+  DeviceBuffer dcos(t.cos), dsin(t.sin), dpos(c.positions), dseq(seqs), dtab(tables), dslots(slots);
+  const int64_t max_position = c.graph_bound ? 4096 : max_pos + 1;
+  const AttentionBatch batch{M, dseq.get<int32_t>(), dpos.get<int32_t>(), dtab.get<int32_t>(), max_blocks, max_position};
+  const size_t ws_bytes = attention_workspace_bytes(M, c.heads, D, 4096);
+  const float scale = 1.0f / std::sqrt(float(D));
+  const float* cos = rope_on ? dcos.get<float>() : nullptr;
+  const float* sin = rope_on ? dsin.get<float>() : nullptr;
+
+  struct Run {
+    std::unique_ptr<DeviceBuffer> x, k_cache, v_cache, out, ws;
+  };
+  const auto make_run = [&] {
+    Run r{std::make_unique<DeviceBuffer>(qkv.bits), std::make_unique<DeviceBuffer>(k_cache0.bits),
+          std::make_unique<DeviceBuffer>(v_cache0.bits), std::make_unique<DeviceBuffer>(size_t(M * q_width * 2)),
+          std::make_unique<DeviceBuffer>(std::max<size_t>(ws_bytes, 16))};
+    EXPECT_EQ(cudaMemset(r.ws->get(), 0, std::max<size_t>(ws_bytes, 16)), cudaSuccess);
+    return r;
+  };
+  // Reference: the separate kernels.
+  Run a = make_run();
+  auto* ax = a.x->get<uint16_t>();
+  const PagedKv akv{a.k_cache->get(), a.v_cache->get(), num_blocks, c.block_size, c.kv_heads, D};
+  if (rope_on) {
+    STATUS_OK(rope_kv_write(ax, ld, c.heads, ax + q_width, ld, ax + q_width + kv_width, ld, M, dpos.get<int32_t>(), cos,
+                            sin, interleaved, dslots.get<int32_t>(), akv, act, nullptr));
+  } else {
+    STATUS_OK(kv_cache_write(ax + q_width, ax + q_width + kv_width, M, ld, dslots.get<int32_t>(), akv, act, nullptr));
+  }
+  STATUS_OK(paged_attention(ax, ld, batch, akv, c.heads, scale, a.out->get(), a.ws->get(), ws_bytes, act, nullptr));
+  // Fused.
+  Run b = make_run();
+  auto* bx = b.x->get<uint16_t>();
+  const PagedKv bkv{b.k_cache->get(), b.v_cache->get(), num_blocks, c.block_size, c.kv_heads, D};
+  const NewTokens fresh{bx + q_width, ld, bx + q_width + kv_width, ld, dslots.get<int32_t>(), cos, sin, interleaved};
+  STATUS_OK(paged_attention_decode(bx, ld, batch, fresh, bkv, c.heads, scale, b.out->get(), b.ws->get(), ws_bytes,
+                                   act, nullptr));
+
+  const auto want_out = a.out->download<uint16_t>(), got_out = b.out->download<uint16_t>();
+  int64_t compared = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    if (slots[m] < 0) continue;  // padding: its row is dropped (the reference read a poisoned slot)
+    for (int64_t i = 0; i < q_width; ++i) {
+      const uint16_t w = want_out[m * q_width + i], g = got_out[m * q_width + i];
+      ASSERT_EQ(w, g) << "token " << m << " (position " << c.positions[m] << ") element " << i;
+      ASSERT_NE(w, 0xFFFF) << "token " << m << ": output not written";
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 0);
+  ASSERT_TRUE(a.k_cache->download<uint16_t>() == b.k_cache->download<uint16_t>()) << "k caches differ";
+  ASSERT_TRUE(a.v_cache->download<uint16_t>() == b.v_cache->download<uint16_t>()) << "v caches differ";
+  // The fused kernel leaves q as it found it (not rotated in place).
+  ASSERT_TRUE(b.x->download<uint16_t>() == qkv.bits) << "paged_attention_decode modified its q/k/v rows";
+}
+
+TEST(CudaAttentionDecode, FusedRopeKvWriteMatchesSeparateKernels) {
+  GPU_OR_SKIP();
+  std::mt19937 rng(33);
+  const std::vector<DecodeCase> cases = {
+      {32, 32, 128, 16, {200}, true},                     // Llama-2-7B batch 1 in a decode graph
+      {32, 32, 128, 16, {0}, true},                       // the first position: the new row only
+      {32, 8, 128, 16, {31, 32, 33, 1000, 4095}, true},   // GQA 4, chunk boundaries, the last position
+      {8, 2, 64, 16, {5, 0, 63, 64, 257, 2047}, false},   // tight bound, a padding token
+      {4, 4, 16, 32, {1, 2, 3, 100, 700}, true},          // head_dim 16 (HF partner in the next vector)
+      {16, 1, 64, 16, {300, 301, 129}, false},            // GQA 16: two head tiles share the new row
+  };
+  for (DType act : kActs)
+    for (int rope_mode : {1, 2, 0})
+      for (const DecodeCase& c : cases) run_attention_decode(rng, act, rope_mode, c);
+}
+
+TEST(CudaAttentionDecode, RejectsBadArguments) {
+  GPU_OR_SKIP();
+  DeviceBuffer buf(1 << 16);
+  auto* p = buf.get<uint16_t>();
+  const int32_t* ids = buf.get<int32_t>();
+  const float* table = buf.get<float>();
+  const PagedKv kv{buf.get(), buf.get(), 4, 4, 2, 8};
+  const AttentionBatch batch{1, ids, ids, ids, 1, 1};
+  // head_dim 8 with RoPE: pairs would straddle 16-byte vectors.
+  const NewTokens fresh{p, 64, p, 64, ids, table, table, false};
+  const Status s = paged_attention_decode(p, 64, batch, fresh, kv, 4, 1.f, p, nullptr, 0, DType::F16, nullptr);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("paged_attention_decode [M=1"), std::string::npos) << s.error().message;
+  // Misaligned k, k stride narrower than its heads, no slots.
+  EXPECT_FALSE(paged_attention_decode(p, 64, batch, NewTokens{p + 1, 64, p, 64, ids, nullptr, nullptr, false}, kv, 4,
+                                      1.f, p, nullptr, 0, DType::F16, nullptr).ok());
+  EXPECT_FALSE(paged_attention_decode(p, 64, batch, NewTokens{p, 8, p, 64, ids, nullptr, nullptr, false}, kv, 4, 1.f,
+                                      p, nullptr, 0, DType::F16, nullptr).ok());
+  EXPECT_FALSE(paged_attention_decode(p, 64, batch, NewTokens{p, 64, p, 64, nullptr, nullptr, nullptr, false}, kv, 4,
+                                      1.f, p, nullptr, 0, DType::F16, nullptr).ok());
 }
 
 // ---------------------------------------------------------------- programmatic dependent launch
