@@ -186,7 +186,8 @@ void run_attention_decode(std::mt19937& rng, DType act, int rope_mode, const Dec
   const int64_t q_width = c.heads * D, kv_width = c.kv_heads * D, ld = q_width + 2 * kv_width;  // fused qkv row
   int32_t max_pos = 0;
   for (int32_t p : c.positions) max_pos = std::max(max_pos, p);
-  const int64_t max_blocks = (max_pos + c.block_size) / c.block_size;
+  const int64_t max_position = c.graph_bound ? 4096 : max_pos + 1;
+  const int64_t max_blocks = (max_position + c.block_size - 1) / c.block_size;  // table width
   const int64_t num_blocks = M * max_blocks + 3;
   // Shuffled blocks; token m = sequence m; token 1 (when there are 3+) is padding (slot -1).
   std::vector<int32_t> perm(num_blocks), tables(M * max_blocks, 0), seqs(M), slots(M);
@@ -210,7 +211,6 @@ void run_attention_decode(std::mt19937& rng, DType act, int rope_mode, const Dec
   const HostAct qkv = random_act(rng, M * ld, act, -2.0, 2.0);
   const RopeTables t = rope_tables(4096, D);
   DeviceBuffer dcos(t.cos), dsin(t.sin), dpos(c.positions), dseq(seqs), dtab(tables), dslots(slots);
-  const int64_t max_position = c.graph_bound ? 4096 : max_pos + 1;
   const AttentionBatch batch{M, dseq.get<int32_t>(), dpos.get<int32_t>(), dtab.get<int32_t>(), max_blocks, max_position};
   const size_t ws_bytes = attention_workspace_bytes(M, c.heads, D, 4096);
   const float scale = 1.0f / std::sqrt(float(D));
