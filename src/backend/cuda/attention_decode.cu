@@ -186,11 +186,15 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
   constexpr int kUnroll = LANES >= 8 ? 4 : 2;  // independent 16-byte loads per lane per step (K and V each)
   constexpr int kWarpStep = kKeysPerWarp * kUnroll;
   constexpr int kStep = kWarps * kWarpStep;  // positions the CTA covers per step
-  // PDL (launch.cuh): nothing here is worth starting before the producer (rope_kv_write wrote this
-  // step's K/V and q), so wait at once; letting dependents launch early lets the next GEMV's CTAs take
-  // the SMs this small grid leaves idle and stream their weights while attention runs.
+  // PDL (launch.cuh): letting dependents launch early lets the next GEMV's CTAs take the SMs this
+  // small grid leaves idle and stream their weights while attention runs. Before griddepcontrol.wait
+  // the CTA reads only what no kernel of this step writes: the step's metadata (positions, token_seq,
+  // block tables, uploaded before the step's first kernel) and, in decode steps (new_k set), the cache
+  // rows of earlier positions (the step's own row comes from new_k / new_v). So the dependent chain
+  // position -> block table -> K/V runs while the producer (the QKV projection) finishes; q, new_k /
+  // new_v, the workspace and the output are touched after the wait. Every CTA waits before it exits,
+  // so the grid never completes ahead of its producer (PDL's ordering stays transitive).
   detail::allow_dependents();
-  detail::wait_for_producer();
   const int m = blockIdx.x;
   const int split = blockIdx.y;
   const int group = p.num_heads / p.num_kv_heads;
@@ -198,11 +202,17 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
   const int kv_head = blockIdx.z / head_tiles;
   const int h0 = kv_head * group + blockIdx.z % head_tiles * HEADS;
   const int nh = min(HEADS, (kv_head + 1) * group - h0);
-  if (prefill_tile_owns_row(p, m)) return;
+  if (prefill_tile_owns_row(p, m)) {
+    detail::wait_for_producer();
+    return;
+  }
   const int context = p.positions[m] + 1;
   const int chunk = decode_chunk(context, splits);
   const int begin = split * chunk;
-  if (begin >= context) return;  // past this token's context: not counted (`used` below excludes it)
+  if (begin >= context) {  // past this token's context: not counted (`used` below excludes it)
+    detail::wait_for_producer();
+    return;
+  }
   const int end = min(begin + chunk, context);
   const bool direct = chunk >= context;  // the whole context is this CTA's: write the output
   const int newest = p.new_k != nullptr && end == context ? context - 1 : -1;  // read from new_k / new_v
@@ -226,13 +236,17 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
   const int key_slot = lane / LANES;  // which of the warp's positions this lane reads
   const bool active = sub < D / 8;
 
-  // The first step's K and V loads go out before q and the table are staged: their latency overlaps it.
+  // The first step's K and V loads go out before q and the table are staged: their latency overlaps it
+  // (and, in decode steps, the producer's tail).
   int64_t rows[kUnroll];
   uint4 k_raw[kUnroll], v_raw[kUnroll];
   step_rows<kUnroll, kKeysPerWarp>(p, table, 0, kv_head, begin + warp * kWarpStep, min(begin + kSubChunk, end),
                                    newest, key_slot, sub, active, rows);
+  const bool cache_ready = p.new_k != nullptr;  // else the producer (rope_kv_write) writes this step's rows
+  if (!cache_ready) detail::wait_for_producer();
   load_step(k_cache, rows, nullptr, sub, k_raw);
   load_step(v_cache, rows, nullptr, sub, v_raw);
+  if (cache_ready) detail::wait_for_producer();
   auto stage_table = [&](int c0, int c1) {
     const int b0 = c0 / p.block_size, n = (c1 - 1) / p.block_size - b0 + 1;
     for (int i = tid; i < n; i += kThreads) blocks_s[i] = table[b0 + i];

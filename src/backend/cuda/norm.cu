@@ -10,8 +10,8 @@
 // add_rms_norm models HF's `hidden = residual + hidden` in the activation dtype: the sum is rounded,
 // stored back to x (the residual stream), and that rounded sum is normalized.
 //
-// Bytes: read x (and r), write y (and x): 2-4 * M * D * 2 bytes; the second pass re-reads the row
-// from L1/L2, not HBM, for the D of LLMs (<= 16 K elements = 32 KB per row).
+// Bytes: read x (and r), write y (and x): 2-4 * M * D * 2 bytes. Rows up to 8192 wide stay in
+// registers between the sum and the scaling; wider ones are re-read from L1/L2.
 #include "backend/cuda/act_traits.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
@@ -26,14 +26,64 @@ using detail::store_vec;
 constexpr int kThreads = 256;
 
 // x: [M, D] (written only when kAdd: x += r); r: [M, D] when kAdd; weight: [D]; y: [M, D].
-template <class T, int V, bool kAdd>
+// kIters > 0: the row is held in registers (kIters vectors of V per thread, D <= kIters * kThreads * V)
+// and the thread's weights are loaded before griddepcontrol.wait (they do not depend on the previous
+// kernel), so the dependent chain is one load of x (and r), the block sum and one store: a decode
+// step's norms are latency-bound (one 4096-wide row). kIters == 0: any D, the row re-read from L1/L2.
+// Both forms do the same operations in the same order (same bits).
+template <class T, int V, bool kAdd, int kIters>
 __global__ void __launch_bounds__(kThreads)
     rms_norm_kernel(T* x, const T* __restrict__ r, const float* __restrict__ weight, int D, float eps,
                     T* __restrict__ y) {
   detail::allow_dependents();
-  detail::wait_for_producer();  // x and r come from earlier kernels (launch.cuh)
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * D;
   T* xr = x + offset;
+  if constexpr (kIters > 0) {
+    float w[kIters][V];
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int i = (it * kThreads + threadIdx.x) * V;
+      if (i >= D) break;
+      if constexpr (V == 8) {  // the host checked the 16-byte alignment of weight
+        const float4 a = __ldg(reinterpret_cast<const float4*>(weight + i));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(weight + i + 4));
+        w[it][0] = a.x, w[it][1] = a.y, w[it][2] = a.z, w[it][3] = a.w;
+        w[it][4] = b.x, w[it][5] = b.y, w[it][6] = b.z, w[it][7] = b.w;
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; ++v) w[it][v] = __ldg(weight + i + v);
+      }
+    }
+    detail::wait_for_producer();  // x and r come from earlier kernels (launch.cuh)
+    float f[kIters][V];
+    float sum_squares = 0.0f;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int i = (it * kThreads + threadIdx.x) * V;
+      if (i >= D) break;
+      load_vec<T, V>(xr + i, f[it]);
+      if constexpr (kAdd) {
+        float g[V];
+        load_vec<T, V>(r + offset + i, g);
+#pragma unroll
+        for (int v = 0; v < V; ++v) f[it][v] = round_to<T>(f[it][v] + g[v]);
+        store_vec<T, V>(xr + i, f[it]);
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) sum_squares = fmaf(f[it][v], f[it][v], sum_squares);
+    }
+    const float inv_rms = rsqrtf(detail::block_sum(sum_squares) / static_cast<float>(D) + eps);
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int i = (it * kThreads + threadIdx.x) * V;
+      if (i >= D) break;
+#pragma unroll
+      for (int v = 0; v < V; ++v) f[it][v] = round_to<T>(f[it][v] * inv_rms) * w[it][v];
+      store_vec<T, V>(y + offset + i, f[it]);
+    }
+    return;
+  }
+  detail::wait_for_producer();  // x and r come from earlier kernels (launch.cuh)
   float sum_squares = 0.0f;
   for (int i = threadIdx.x * V; i < D; i += kThreads * V) {
     float f[V];
@@ -68,13 +118,19 @@ Status launch(const char* name, void* x, const void* r, const float* weight, int
   if (M > INT32_MAX || D > INT32_MAX) return make_error("{}: M and D must fit in 32 bits", shapes);
   if (x == nullptr || weight == nullptr || y == nullptr || (kAdd && r == nullptr))
     return make_error("{}: null pointer", shapes);
-  const bool vec =
-      D % 8 == 0 && detail::is_aligned16(x) && detail::is_aligned16(y) && (!kAdd || detail::is_aligned16(r));
+  const bool vec = D % 8 == 0 && detail::is_aligned16(x) && detail::is_aligned16(y) &&
+                   (!kAdd || detail::is_aligned16(r)) && detail::is_aligned16(weight);
   KILN_DISPATCH_ACT(act, {
     auto* xt = static_cast<T*>(x);
     auto* rt = static_cast<const T*>(r);
     auto* yt = static_cast<T*>(y);
-    auto* kernel = vec ? rms_norm_kernel<T, 8, kAdd> : rms_norm_kernel<T, 1, kAdd>;
+    // Rows of up to 4 vectors of 8 per thread (D <= 8192) stay in registers.
+    constexpr int64_t kRow = kThreads * 8;
+    auto* kernel = !vec            ? rms_norm_kernel<T, 1, kAdd, 0>
+                   : D <= kRow     ? rms_norm_kernel<T, 8, kAdd, 1>
+                   : D <= 2 * kRow ? rms_norm_kernel<T, 8, kAdd, 2>
+                   : D <= 4 * kRow ? rms_norm_kernel<T, 8, kAdd, 4>
+                                   : rms_norm_kernel<T, 8, kAdd, 0>;
     detail::launch_kernel(kernel, static_cast<unsigned>(M), kThreads, 0, stream, xt, rt, weight,
                           static_cast<int>(D), eps, yt);
   });

@@ -35,16 +35,33 @@ __device__ void warp_argmax(float& best, int32_t& best_id) {
   }
 }
 
+// One block per row. kVec4: the row is read as 16-byte vectors (vocab % 4 == 0, aligned logits),
+// unrolled so that a thread's loads are all in flight at once (a 32000-wide row is 8 vectors per
+// thread): the row comes from L2 and the kernel is latency-bound.
+template <bool kVec4>
 __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, int32_t* __restrict__ ids) {
   const float* row = logits + blockIdx.x * vocab;
   float best = -FLT_MAX;
   int32_t best_id = 0x7fffffff;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = row[i];
+  const auto take = [&](float v, int64_t i) {
     if (v > best || (v == best && i < best_id)) {
       best = v;
       best_id = static_cast<int32_t>(i);
     }
+  };
+  if constexpr (kVec4) {
+    const float4* vec = reinterpret_cast<const float4*>(row);
+    const int64_t n = vocab / 4;
+#pragma unroll 8
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const float4 v = __ldg(vec + i);
+      take(v.x, 4 * i);
+      take(v.y, 4 * i + 1);
+      take(v.z, 4 * i + 2);
+      take(v.w, 4 * i + 3);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) take(row[i], i);
   }
   // warp reduction, then across warps (lowest id wins ties, as the host argmax)
   warp_argmax(best, best_id);
@@ -280,7 +297,9 @@ __global__ void __launch_bounds__(kSampleThreads, 1)
 
 Status argmax(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, cudaStream_t stream) {
   if (rows <= 0 || vocab <= 0) return make_error("argmax [rows={}, vocab={}]: empty input", rows, vocab);
-  argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, vocab, ids);
+  const bool vec4 = vocab % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0;
+  (vec4 ? argmax_kernel<true> : argmax_kernel<false>)<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, vocab,
+                                                                                                     ids);
   return check(cudaGetLastError(), fmt::format("argmax [rows={}, vocab={}]", rows, vocab).c_str());
 }
 

@@ -145,8 +145,10 @@ void expect_rms_norm(const std::vector<double>& s, const std::vector<float>& wei
   }
 }
 
-const int64_t kNormShapes[][2] = {
-    {1, 8}, {3, 4096}, {17, 1000}, {2, 100}, {5, 33}};  // D % 8 != 0: scalar path
+// D % 8 != 0: scalar path; D <= 2048 / 4096 / 8192 (row in 1 / 2 / 4 vectors per thread, the last
+// partly past D at 5120); 8200: the two-pass path of wider rows.
+const int64_t kNormShapes[][2] = {{1, 8},    {3, 4096}, {17, 1000}, {2, 100}, {5, 33},
+                                  {1, 2048}, {2, 5120}, {1, 8192},  {2, 8200}};
 
 TEST(CudaNorm, RmsNormMatchesFloat64) {
   GPU_OR_SKIP();

@@ -151,6 +151,33 @@ INSTANTIATE_TEST_SUITE_P(Vocab, CudaSample, ::testing::Values(512, 32000, 151936
 
 // Many uniforms on one row: the device draws what the host draws for each (the draw and the kept set
 // are exercised at every position, not only at a few targets), and distinct uniforms reach several ids.
+// argmax against the host (lowest id on ties), on the vectorized path (vocab % 4 == 0) and the scalar
+// one, with the maximum at the first, last and a middle id, and ties between several ids.
+TEST(CudaArgmax, EqualsHostArgmax) {
+  GPU_OR_SKIP();
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> dist(-20.0f, 20.0f);
+  for (const int64_t vocab : {32000, 151936, 1003, 7, 4}) {
+    const int64_t rows = 6;
+    std::vector<float> logits(rows * vocab);
+    for (float& v : logits) v = dist(rng);
+    const auto at = [&](int64_t r, int64_t i) -> float& { return logits[r * vocab + i]; };
+    at(0, 0) = 100.0f;                                           // first id
+    at(1, vocab - 1) = 100.0f;                                   // last id
+    at(2, vocab / 2) = 100.0f;                                   // middle
+    at(3, vocab - 1) = at(3, vocab / 3) = at(3, vocab / 2) = 100.0f;  // ties: the lowest id wins
+    for (int64_t i = 0; i < vocab; ++i) at(4, i) = -1.0f;        // all equal: id 0
+    DeviceBuffer d_logits(logits), d_ids(rows * sizeof(int32_t));
+    STATUS_OK(argmax(d_logits.get<float>(), rows, vocab, d_ids.get<int32_t>(), nullptr));
+    const std::vector<int32_t> got = d_ids.download<int32_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = logits.data() + r * vocab;
+      const int64_t want = std::max_element(row, row + vocab) - row;  // the first of equal maxima
+      EXPECT_EQ(got[r], want) << "vocab " << vocab << " row " << r;
+    }
+  }
+}
+
 TEST(CudaSample, ManyUniformsOneRow) {
   GPU_OR_SKIP();
   const int64_t vocab = 32000, rows = 512;
