@@ -13,7 +13,7 @@
 // is either copied to shared memory once per block (stage_x) or read through L1 where it stays
 // resident (weights do not evict it); R rows per warp cut the x traffic per weight byte to M / R.
 // Accumulation is f32 throughout; one warp-shuffle reduction per output at the end.
-// k_split is chosen by M from measurements (auto_k_split).
+// k_split is chosen by M (and N at M = 1) from measurements (auto_k_split).
 //
 // Programmatic dependent launch (launch.cuh): w does not depend on the previous kernel, so each lane
 // issues its first R*U weight loads before waiting for the producer of x; the launch gap and the
@@ -177,12 +177,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// K split by M, measured on H100 (bench/cuda_gemv_bench.cu, table in backend/cuda/README.md): few
-// rows want many warps per row group (more loads in flight; the x traffic is small), more rows want
-// fewer (their R * M accumulators and x conversions make each warp heavier, and k_split warps each
-// read all M rows of x). Halved while a warp would get no full 256-element step.
-int auto_k_split(int M, int64_t K) {
-  int k_split = M <= 2 ? 8 : M <= 4 ? 4 : 2;
+// K split by M (and N at M = 1), measured on H100 and H200 (bench/cuda_gemv_bench.cu, tables in
+// backend/cuda/README.md): few rows want many warps per row group (more loads in flight; the x traffic
+// is small), more rows want fewer (their R * M accumulators and x conversions make each warp heavier,
+// and k_split warps each read all M rows of x). At M = 1, 8 wins for N <= 12288 and 4 for the wide
+// gate_up / lm_head (+1-1.5% on an H200); at M = 2, 4 beats 8 by 5-22%. Halved while a warp would get
+// no full 256-element step.
+int auto_k_split(int M, int64_t K, int64_t N) {
+  int k_split = M == 1 ? (N >= 16384 ? 4 : 8) : M <= 4 ? 4 : 2;
   while (k_split > 1 && K / 8 < int64_t{kStepVecs} * k_split) k_split /= 2;
   return k_split;
 }
@@ -283,7 +285,7 @@ Status check_gemv(const Shapes& shapes, int64_t M, int64_t K, int64_t N, int64_t
   if (w == nullptr || y == nullptr) return make_error("{}: null pointer", shapes());
   if (!detail::is_aligned16(w)) return make_error("{}: w must be 16-byte aligned", shapes());
   k_split = tuning.k_split;
-  if (k_split == 0) k_split = auto_k_split(static_cast<int>(M), K);
+  if (k_split == 0) k_split = auto_k_split(static_cast<int>(M), K, N);
   if (k_split != 1 && k_split != 2 && k_split != 4 && k_split != 8)
     return make_error("{}: k_split must be 1, 2, 4 or 8 (found {})", shapes(), k_split);
   return Status::Ok();
