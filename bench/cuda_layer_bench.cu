@@ -1,21 +1,27 @@
-// Decode layer chain on the GPU: the per-layer kernel sequence of a Llama-2-7B decode step at M = 1
-// (attention itself left out), captured in one CUDA graph over `layers` layers with distinct weights,
-// with and without programmatic dependent launch (backend/cuda/launch.cuh), and with the RoPE + KV
-// write fused (rope_kv_write) or not (rope, rope, kv_cache_write). This measures what the GEMV bench
-// cannot: the gaps between back-to-back small and large kernels.
+// Decode layer chain on the GPU: the per-layer kernel sequence of a Llama-2-7B decode step at M = 1,
+// captured in one CUDA graph over `layers` layers with distinct weights, with and without
+// programmatic dependent launch (backend/cuda/launch.cuh). This measures what the GEMV bench cannot:
+// the gaps between back-to-back small and large kernels, and what each small kernel costs inside
+// the chain (which isolated timings, e.g. ncu's, overstate: PDL overlaps them).
 //
 // Per layer (f16; 404 MB of weights):
 //   add_rms_norm 4096 -> gemv qkv 12288x4096 -> [rope_kv_write | rope q, rope k, kv_cache_write]
 //   -> gemv o 4096x4096 (on q's columns, standing in for attention's output) -> add_rms_norm
 //   -> gemv gate_up 22016x4096 -> swiglu 11008 -> gemv down 4096x11008
-// Modes: "gemv only" (the 4 GEMVs, no small kernels: the floor the small kernels add to), "unfused"
-// (10 launches a layer), "fused" (8 launches), "fused+swiglu" (7: the down GEMV applies SwiGLU to the
-// gate_up output itself, gemv_swiglu, as the executor does after fuse_swiglu_into_linear).
+// Modes without attention: "gemv only" (the 4 GEMVs, no small kernels: the floor the small kernels
+// add to), "unfused" (10 launches a layer), "fused" (8 launches), "fused+swiglu" (7: the down GEMV
+// applies SwiGLU to the gate_up output itself, gemv_swiglu).
+// Modes with attention, as the executor's decode graph runs a layer (real paged attention at context
+// kContext over a 16-block cache, one sequence, max_position 4096 as a captured graph passes):
+//   "decode": add_rms_norm, gemv qkv, paged_attention_decode (RoPE + KV write + split-K + merge in
+//   one kernel), gemv o on its output, add_rms_norm, gemv gate_up, swiglu, gemv down (7 launches);
+//   "decode-attn", "decode-norms", "decode-swiglu": the same without that kernel (results are wrong;
+//   the difference to "decode" is what the kernel costs inside the chain).
 // Method: each mode's graph is replayed after a warm-up; median of 7 samples of 5 replays. Weights
 // of 32 layers (12.9 GB) exceed L2 250 times, so every replay streams them from HBM. GB/s counts
 // weight bytes only; the ceiling is a device-to-device cudaMemcpy of 1 GB in the same run.
-// Correctness: every configuration's final residual stream and KV caches after one replay from the
-// same start must equal the serialized unfused chain's, bit for bit (printed as "same").
+// Correctness: the configurations without attention must reproduce the serialized unfused chain's
+// final residual stream and KV caches after one replay from the same start, bit for bit ("same").
 //
 // usage: cuda_layer_bench [layers=32]     (prints a table and one JSON line)
 #include <cuda_fp16.h>
@@ -63,9 +69,11 @@ __global__ void fill_f32(float* p, int64_t n, float value) {
 
 constexpr int64_t D = 4096, F = 11008, H = 32, HD = 128, QKV = 3 * D;
 constexpr int64_t kLayerWeights = QKV * D + D * D + 2 * F * D + D * F;  // elements
-constexpr int64_t kBlocks = 4, kBlockSize = 16, kCacheElems = kBlocks * kBlockSize * H * HD, kMaxPos = 4096;
+constexpr int64_t kBlocks = 16, kBlockSize = 16, kCacheElems = kBlocks * kBlockSize * H * HD, kMaxPos = 4096;
+constexpr int32_t kContext = 192;  // decode modes: the token at position 191 attends to 192 positions
+constexpr int64_t kTableWidth = kMaxPos / kBlockSize;
 
-enum class Mode { kGemvOnly, kUnfused, kFused, kFusedSwiGlu };
+enum class Mode { kGemvOnly, kUnfused, kFused, kFusedSwiGlu, kDecode, kDecodeNoAttn, kDecodeNoNorms, kDecodeNoSwiGlu };
 const char* mode_name(Mode m) {
   switch (m) {
     case Mode::kGemvOnly:
@@ -76,18 +84,75 @@ const char* mode_name(Mode m) {
       return "fused";
     case Mode::kFusedSwiGlu:
       return "fused+swiglu";
+    case Mode::kDecode:
+      return "decode";
+    case Mode::kDecodeNoAttn:
+      return "decode-attn";
+    case Mode::kDecodeNoNorms:
+      return "decode-norms";
+    case Mode::kDecodeNoSwiGlu:
+      return "decode-swiglu";
   }
   return "?";
 }
 int launches_per_layer(Mode m) {
-  return m == Mode::kGemvOnly ? 4 : m == Mode::kUnfused ? 10 : m == Mode::kFused ? 8 : 7;
+  switch (m) {
+    case Mode::kGemvOnly:
+      return 4;
+    case Mode::kUnfused:
+      return 10;
+    case Mode::kFused:
+      return 8;
+    case Mode::kDecodeNoAttn:
+    case Mode::kDecodeNoSwiGlu:
+      return 6;
+    case Mode::kDecodeNoNorms:
+      return 5;
+    default:
+      return 7;
+  }
+}
+bool is_decode(Mode m) {
+  return m == Mode::kDecode || m == Mode::kDecodeNoAttn || m == Mode::kDecodeNoNorms || m == Mode::kDecodeNoSwiGlu;
 }
 
 struct Buffers {
-  __half *weights, *residual, *residual0, *normed, *qkv, *h, *gate_up, *act, *k_cache, *v_cache;
+  __half *weights, *residual, *residual0, *normed, *qkv, *h, *gate_up, *act, *k_cache, *v_cache, *attn;
   float *norm_w, *cos, *sin;
   int32_t *position, *slot;
+  // decode modes: one sequence (token_seq 0) at position kContext - 1, identity block table
+  int32_t *decode_seq, *decode_position, *decode_slot, *table;
+  void* workspace;
+  size_t workspace_bytes;
 };
+
+// One layer as the executor's decode graph runs it (see the modes at the top).
+void enqueue_decode_layer(const Buffers& b, int l, Mode mode, cudaStream_t s) {
+  using kiln::DType;
+  using namespace kiln::cuda;
+  const DType f16 = DType::F16;
+  const __half* w_qkv = b.weights + l * kLayerWeights;
+  const __half* w_o = w_qkv + QKV * D;
+  const __half* w_gate_up = w_o + D * D;
+  const __half* w_down = w_gate_up + 2 * F * D;
+  const PagedKv kv{b.k_cache + l * kCacheElems, b.v_cache + l * kCacheElems, kBlocks, kBlockSize, H, HD};
+  const bool norms = mode != Mode::kDecodeNoNorms;
+  if (norms) check_ok(add_rms_norm(b.residual, b.h, b.norm_w, 1, D, 1e-5f, b.normed, f16, s));
+  check_ok(gemv(b.normed, 1, D, w_qkv, QKV, nullptr, b.qkv, QKV, f16, f16, s));
+  const __half* o_in = b.qkv;
+  if (mode != Mode::kDecodeNoAttn) {
+    const AttentionBatch batch{1, b.decode_seq, b.decode_position, b.table, kTableWidth, kMaxPos};
+    const NewTokens fresh{b.qkv + D, QKV, b.qkv + 2 * D, QKV, b.decode_slot, b.cos, b.sin, false};
+    check_ok(paged_attention_decode(b.qkv, QKV, batch, fresh, kv, H, 0.088388f, b.attn, b.workspace,
+                                    b.workspace_bytes, f16, s));
+    o_in = b.attn;
+  }
+  check_ok(gemv(o_in, 1, D, w_o, D, nullptr, b.h, D, f16, f16, s));
+  if (norms) check_ok(add_rms_norm(b.residual, b.h, b.norm_w, 1, D, 1e-5f, b.normed, f16, s));
+  check_ok(gemv(b.normed, 1, D, w_gate_up, 2 * F, nullptr, b.gate_up, 2 * F, f16, f16, s));
+  if (mode != Mode::kDecodeNoSwiGlu) check_ok(swiglu(b.gate_up, 2 * F, b.gate_up + F, 2 * F, 1, F, b.act, f16, s));
+  check_ok(gemv(mode != Mode::kDecodeNoSwiGlu ? b.act : b.gate_up, 1, F, w_down, D, nullptr, b.h, D, f16, f16, s));
+}
 
 void enqueue_chain(const Buffers& b, int layers, Mode mode, cudaStream_t s) {
   using kiln::DType;
@@ -95,6 +160,10 @@ void enqueue_chain(const Buffers& b, int layers, Mode mode, cudaStream_t s) {
   const DType f16 = DType::F16;
   CHECK_CUDA(cudaMemsetAsync(b.h, 0, D * 2, s));
   for (int l = 0; l < layers; ++l) {
+    if (is_decode(mode)) {
+      enqueue_decode_layer(b, l, mode, s);
+      continue;
+    }
     const __half* w_qkv = b.weights + l * kLayerWeights;
     const __half* w_o = w_qkv + QKV * D;
     const __half* w_gate_up = w_o + D * D;
@@ -186,6 +255,20 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaMalloc(&b.slot, 4));
   CHECK_CUDA(cudaMemcpy(b.position, &position, 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(b.slot, &slot, 4, cudaMemcpyHostToDevice));
+  // Decode modes: sequence 0 at position kContext - 1 over blocks 0..15 (identity table).
+  CHECK_CUDA(cudaMalloc(&b.attn, D * 2));
+  std::vector<int32_t> table(kTableWidth, 0);
+  for (int64_t i = 0; i < kBlocks; ++i) table[i] = static_cast<int32_t>(i);
+  const int32_t zero = 0, decode_position = kContext - 1, decode_slot = kContext - 1;
+  for (int32_t** p : {&b.decode_seq, &b.decode_position, &b.decode_slot}) CHECK_CUDA(cudaMalloc(p, 4));
+  CHECK_CUDA(cudaMalloc(&b.table, kTableWidth * 4));
+  CHECK_CUDA(cudaMemcpy(b.decode_seq, &zero, 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(b.decode_position, &decode_position, 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(b.decode_slot, &decode_slot, 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(b.table, table.data(), kTableWidth * 4, cudaMemcpyHostToDevice));
+  b.workspace_bytes = kiln::cuda::attention_workspace_bytes(1, H, HD, kMaxPos);
+  CHECK_CUDA(cudaMalloc(&b.workspace, b.workspace_bytes));
+  CHECK_CUDA(cudaMemset(b.workspace, 0, b.workspace_bytes));  // split-K arrival counters
   CHECK_CUDA(cudaDeviceSynchronize());
 
   cudaStream_t stream;
@@ -195,13 +278,14 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaEventCreate(&stop));
   const double weight_bytes = layers * kLayerWeights * 2.0;
 
-  std::printf("\n%-12s %-4s %9s %9s %9s %7s %6s  %s\n", "mode", "PDL", "ms/chain", "us/layer", "GB/s",
+  std::printf("\n%-14s %-4s %9s %9s %9s %7s %6s  %s\n", "mode", "PDL", "ms/chain", "us/layer", "GB/s",
               "%copy", "launch", "result vs serialized unfused");
   std::string json = "{\"bench\":\"cuda_layer_chain\",\"device\":\"" + std::string(prop.name) +
                      "\",\"layers\":" + std::to_string(layers) + ",\"copy_gbps\":" + std::to_string(copy_bw / 1e9) +
                      ",\"results\":[";
   std::vector<__half> reference;
-  for (Mode mode : {Mode::kUnfused, Mode::kFused, Mode::kFusedSwiGlu, Mode::kGemvOnly}) {
+  for (Mode mode : {Mode::kUnfused, Mode::kFused, Mode::kFusedSwiGlu, Mode::kGemvOnly, Mode::kDecode,
+                    Mode::kDecodeNoAttn, Mode::kDecodeNoNorms, Mode::kDecodeNoSwiGlu}) {
     for (bool pdl : {false, true}) {
       if (pdl && !pdl_supported) continue;
       kiln::cuda::set_programmatic_launch(pdl);
@@ -223,7 +307,7 @@ int main(int argc, char** argv) {
                                  stream));
       CHECK_CUDA(cudaStreamSynchronize(stream));
       const char* verdict = "(reference)";
-      if (mode == Mode::kGemvOnly) {
+      if (mode == Mode::kGemvOnly || is_decode(mode)) {
         verdict = "(different chain)";
       } else if (reference.empty()) {
         reference = result;
@@ -245,7 +329,7 @@ int main(int argc, char** argv) {
         samples.push_back(ms / 5);
       }
       const double ms = median(samples), gbps = weight_bytes / (ms * 1e-3) / 1e9;
-      std::printf("%-12s %-4s %9.3f %9.2f %9.0f %6.1f%% %6d  %s\n", mode_name(mode), pdl ? "on" : "off", ms,
+      std::printf("%-14s %-4s %9.3f %9.2f %9.0f %6.1f%% %6d  %s\n", mode_name(mode), pdl ? "on" : "off", ms,
                   ms * 1e3 / layers, gbps, 100.0 * gbps * 1e9 / copy_bw, launches_per_layer(mode), verdict);
       json += std::string(json.back() == '[' ? "" : ",") + "{\"mode\":\"" + mode_name(mode) + "\",\"pdl\":" +
               (pdl ? "true" : "false") + ",\"ms\":" + std::to_string(ms) + ",\"gbps\":" + std::to_string(gbps) + "}";
