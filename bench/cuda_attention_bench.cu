@@ -24,31 +24,15 @@
 #include <vector>
 
 #include "backend/cuda/kernels.h"
+#include "cuda_bench_util.cuh"
 
 namespace {
+
+using namespace kiln::bench;
 
 constexpr int kHeadDim = 128, kBlockSize = 16, kHeads = 32;
 constexpr size_t kRotateBytes = size_t(160) << 20;  // K+V over all layer copies: > 3x the H100 L2
 constexpr int kGraphCalls = 100;
-
-#define CHECK_CUDA(expr)                                                                         \
-  do {                                                                                           \
-    cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
-
-__global__ void fill_random(__half* x, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    x[i] = __float2half((h & 0xffff) / 32768.f - 1.f + 1e-3f);
-  }
-}
 
 struct Case {
   std::string name;
@@ -85,9 +69,9 @@ Result run(const Case& c, cudaStream_t stream) {
   const size_t ws_bytes = kiln::cuda::attention_workspace_bytes(M, kHeads, kHeadDim, c.max_position);
   CHECK_CUDA(cudaMalloc(&workspace, std::max<size_t>(ws_bytes, 16)));
   CHECK_CUDA(cudaMemset(workspace, 0, std::max<size_t>(ws_bytes, 16)));  // split-K arrival counters
-  fill_random<<<1024, 256>>>(static_cast<__half*>(k_cache), layer_elems * layers, 1);
-  fill_random<<<1024, 256>>>(static_cast<__half*>(v_cache), layer_elems * layers, 2);
-  fill_random<<<1024, 256>>>(static_cast<__half*>(q), size_t(M) * q_ld, 3);
+  fill_random_f16(static_cast<__half*>(k_cache), layer_elems * layers, 1);
+  fill_random_f16(static_cast<__half*>(v_cache), layer_elems * layers, 2);
+  fill_random_f16(static_cast<__half*>(q), int64_t(M) * q_ld, 3);
 
   std::vector<int32_t> perm(num_blocks), table_h(size_t(c.seqs) * table_width, 0), seq_h, pos_h;
   std::iota(perm.begin(), perm.end(), 0);

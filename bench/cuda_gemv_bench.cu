@@ -23,81 +23,17 @@
 
 #include "backend/cuda/gemv_tuning.h"
 #include "backend/cuda/kernels.h"
+#include "cuda_bench_util.cuh"
 
 namespace {
 
-#define CHECK_CUDA(expr)                                                                          \
-  do {                                                                                            \
-    cudaError_t e_ = (expr);                                                                      \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
-
-// Random-looking values in [-1, 1) from a hash of the index (never zeros on purpose).
-__global__ void fill_random(uint16_t* p, int64_t n, uint32_t seed, bool bf16) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    const float v = (h & 0xffffff) / 8388608.0f - 1.0f;
-    p[i] = bf16 ? __bfloat16_as_ushort(__float2bfloat16(v)) : __half_as_ushort(__float2half(v));
-  }
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Median seconds per call of `launch(i)` over batches of `batch` calls, after `warmup` calls.
-template <class F>
-double time_per_call(F&& launch, int warmup = 20, int batch = 20, int samples = 9) {
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
-  int call = 0;
-  for (int i = 0; i < warmup; ++i) launch(call++);
-  std::vector<double> times;
-  for (int s = 0; s < samples; ++s) {
-    CHECK_CUDA(cudaEventRecord(start));
-    for (int i = 0; i < batch; ++i) launch(call++);
-    CHECK_CUDA(cudaEventRecord(stop));
-    CHECK_CUDA(cudaEventSynchronize(stop));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms * 1e-3 / batch);
-  }
-  CHECK_CUDA(cudaEventDestroy(start));
-  CHECK_CUDA(cudaEventDestroy(stop));
-  return median(times);
-}
-
-double copy_bandwidth() {
-  const size_t bytes = size_t{1} << 30;
-  void *a, *b;
-  CHECK_CUDA(cudaMalloc(&a, bytes));
-  CHECK_CUDA(cudaMalloc(&b, bytes));
-  CHECK_CUDA(cudaMemset(a, 1, bytes));
-  const double t = time_per_call(
-      [&](int) { CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 3, 5, 5);
-  CHECK_CUDA(cudaFree(a));
-  CHECK_CUDA(cudaFree(b));
-  return 2.0 * bytes / t;
-}
+using namespace kiln::bench;
 
 struct Shape {
   const char* name;
   int64_t N, K;
 };
 
-void exit_on_error(const kiln::Status& status) {
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s\n", status.error().message.c_str());
-    std::exit(1);
-  }
-}
 
 // Down projection of Llama-2-7B (N = 4096, K = 11008) reading the gate_up output [M, 2K]: microseconds
 // per call of the plain GEMV (on a ready [M, K] input: the floor), swiglu + gemv, and gemv_swiglu for
@@ -130,17 +66,17 @@ void bench_swiglu_down(std::string& json) {
     CHECK_CUDA(cudaDeviceSynchronize());
     for (int M : {1, 2, 4, 8}) {
       const double plain = time_per_call([&](int call) {
-        exit_on_error(
+        check_ok(
             kiln::cuda::gemv(act, M, K, w[call % buffers], N, nullptr, y, N, act_dtype, act_dtype, nullptr));
       });
       const double composed = time_per_call([&](int call) {
-        exit_on_error(kiln::cuda::swiglu(gate_up, 2 * K, gate_up + K, 2 * K, M, K, act, act_dtype, nullptr));
-        exit_on_error(
+        check_ok(kiln::cuda::swiglu(gate_up, 2 * K, gate_up + K, 2 * K, M, K, act, act_dtype, nullptr));
+        check_ok(
             kiln::cuda::gemv(act, M, K, w[call % buffers], N, nullptr, y, N, act_dtype, act_dtype, nullptr));
       });
       const auto fused_us = [&](const kiln::cuda::GemvTuning& tuning) {
         return 1e6 * time_per_call([&](int call) {
-                 exit_on_error(kiln::cuda::gemv_swiglu_tuned(gate_up, 2 * K, gate_up + K, 2 * K, M, K,
+                 check_ok(kiln::cuda::gemv_swiglu_tuned(gate_up, 2 * K, gate_up + K, 2 * K, M, K,
                                                              w[call % buffers], N, nullptr, y, N, act_dtype,
                                                              act_dtype, tuning, nullptr));
                });

@@ -35,37 +35,11 @@
 
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.h"
+#include "cuda_bench_util.cuh"
 
 namespace {
 
-#define CHECK_CUDA(expr)                                                                          \
-  do {                                                                                            \
-    cudaError_t e_ = (expr);                                                                      \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
-
-void check_ok(const kiln::Status& status) {
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s\n", status.error().message.c_str());
-    std::exit(1);
-  }
-}
-
-// Random-looking f16 values in [-scale, scale) from a hash of the index.
-__global__ void fill_random(__half* p, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    p[i] = __float2half(((h & 0xffffff) / 8388608.0f - 1.0f) * scale);
-  }
-}
-__global__ void fill_f32(float* p, int64_t n, float value) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
-    p[i] = value;
-}
+using namespace kiln::bench;
 
 constexpr int64_t D = 4096, F = 11008, H = 32, HD = 128, QKV = 3 * D;
 constexpr int64_t kLayerWeights = QKV * D + D * D + 2 * F * D + D * F;  // elements
@@ -193,35 +167,6 @@ void enqueue_chain(const Buffers& b, int layers, Mode mode, cudaStream_t s) {
   }
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double copy_bandwidth() {
-  const size_t bytes = size_t{1} << 30;
-  void *a, *b;
-  CHECK_CUDA(cudaMalloc(&a, bytes));
-  CHECK_CUDA(cudaMalloc(&b, bytes));
-  CHECK_CUDA(cudaMemset(a, 1, bytes));
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
-  std::vector<double> t;
-  for (int i = 0; i < 6; ++i) {
-    CHECK_CUDA(cudaEventRecord(start));
-    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    CHECK_CUDA(cudaEventRecord(stop));
-    CHECK_CUDA(cudaEventSynchronize(stop));
-    float ms;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
-    if (i > 0) t.push_back(ms * 1e-3);
-  }
-  CHECK_CUDA(cudaFree(a));
-  CHECK_CUDA(cudaFree(b));
-  return 2.0 * bytes / median(t);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -236,7 +181,7 @@ int main(int argc, char** argv) {
 
   Buffers b{};
   CHECK_CUDA(cudaMalloc(&b.weights, layers * kLayerWeights * 2));
-  fill_random<<<4096, 256>>>(b.weights, layers * kLayerWeights, 7, 0.03f);
+  fill_random_f16(b.weights, layers * kLayerWeights, 7, 0.03f);
   for (__half** p : {&b.residual, &b.residual0, &b.normed, &b.h}) CHECK_CUDA(cudaMalloc(p, D * 2));
   CHECK_CUDA(cudaMalloc(&b.qkv, QKV * 2));
   CHECK_CUDA(cudaMalloc(&b.gate_up, 2 * F * 2));
@@ -246,7 +191,7 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaMalloc(&b.norm_w, D * 4));
   CHECK_CUDA(cudaMalloc(&b.cos, kMaxPos * HD / 2 * 4));
   CHECK_CUDA(cudaMalloc(&b.sin, kMaxPos * HD / 2 * 4));
-  fill_random<<<64, 256>>>(b.residual0, D, 11, 1.0f);
+  fill_random_f16(b.residual0, D, 11);
   fill_f32<<<64, 256>>>(b.norm_w, D, 1.0f);
   fill_f32<<<256, 256>>>(b.cos, kMaxPos * HD / 2, 0.6f);
   fill_f32<<<256, 256>>>(b.sin, kMaxPos * HD / 2, 0.8f);
