@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine over binaries packed by tools/device/pack.sh gpu ... and data copied to
 # .dev/shared: the GPU tests, then (optionally) a random Llama-2-7B-shape engine through kiln bench.
-# usage: tools/device/gpu_checks.sh [tests] [make7b] [7b] [parity7b] [profile7b] [compare] [serve7b]
+# usage: tools/device/gpu_checks.sh [tests] [make7b] [7b] [parity7b] [profile7b] [compare] [serve7b] [benches]
 # (.dev/gpu.tar.xz, when present, is unpacked first: binaries travel compressed to fit the carry limit)
 set -uo pipefail
 here=$PWD
@@ -80,6 +80,11 @@ for r in d["levels"]: print(d.get("label",""), {k: r[k] for k in ("concurrency",
       done ;;
     parity7b)
       python3 bench/check_7b_parity.py /tmp/l7b --kiln .dev/gpu/kiln --engine /tmp/l7b.kiln 2>&1 | tee "$out/parity7b.log" | tail -12 ;;
+    benches)  # kernel benchmarks (no model needed): pack cuda_layer_bench, cuda_attention_bench, cuda_gemv_bench
+      for b in cuda_layer_bench cuda_attention_bench cuda_gemv_bench; do
+        [ -x .dev/gpu/$b ] || continue
+        .dev/gpu/$b > "$out/$b.txt" 2>&1; echo "$b: exit $?"; grep -v '^{' "$out/$b.txt" | tail -40
+      done ;;
     profile7b)
       .dev/gpu/kiln bench /tmp/l7b.kiln --batch 1 --prompt-len 512 --gen-len 16 --iterations 1 --warmup 1 --verbose --no-verify \
         > "$out/profile7b.txt" 2>&1; tail -60 "$out/profile7b.txt" ;;
