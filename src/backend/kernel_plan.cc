@@ -48,6 +48,8 @@ std::string kernels_for_node(const std::string& backend, const Graph& graph, con
       return cuda_gemv_swiglu_layout(graph, node) ? "gemv_swiglu" : "swiglu + cublasLt gemm";
     case OpKind::Attention: {
       if (cuda && decode && cuda_decode_fuses_rope_kv(graph, node)) {
+        // What the decode graphs run (eager or profiled steps, and KILN_CUDA_DECODE_ROPE_KV=0, keep the
+        // separate rope_kv_write).
         return node.attr("rope") != 0.0 ? "attention_decode (split-K, with rope + kv write)"
                                          : "attention_decode (split-K, with kv write)";
       }

@@ -321,8 +321,11 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   }
   attention_workspace_bytes_ = cuda::attention_workspace_bytes(std::max(max_tokens_, max_seqs_), max_heads, max_head_dim, max_seq_len_);
   KILN_ASSIGN(attention_workspace_, device_alloc(attention_workspace_bytes_, "attention workspace"));
-  KILN_TRY(check(cudaMemset(attention_workspace_, 0, std::max<size_t>(attention_workspace_bytes_, 256)),
-                 "zeroing the attention workspace"));  // its split-K arrival counters start at 0
+  // Its split-K arrival counters start at 0. On stream_ and synchronized: stream_ does not wait for
+  // the legacy default stream, so a plain cudaMemset would not be ordered before the first step.
+  KILN_TRY(check(cudaMemsetAsync(attention_workspace_, 0, std::max<size_t>(attention_workspace_bytes_, 256), stream_),
+                 "zeroing the attention workspace"));
+  KILN_TRY(check(cudaStreamSynchronize(stream_), "zeroing the attention workspace"));
 
   // (4) activation arena
   std::vector<int64_t> bytes(graph_.values.size());

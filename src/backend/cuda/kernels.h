@@ -131,6 +131,10 @@ struct NewTokens {
 // k/v from `fresh` (storing them) instead of the cache. The result and the cache after it equal
 // rope_kv_write + paged_attention bit for bit; q is left unrotated. Every token must belong to a
 // different sequence (the token's k/v is visible to its own query only); head_dim % 16 == 0 with RoPE.
+// Under programmatic dependent launch the kernel reads the cache rows of earlier positions before it
+// waits for the previous kernel: no kernel launched since the last non-kernel operation on the stream
+// (a copy, a synchronization) may write this layer's cache (the executor uploads each step's metadata
+// first, and steps are synchronized).
 Status paged_attention_decode(const void* q, int64_t q_ld, const AttentionBatch& batch, const NewTokens& fresh,
                               const PagedKv& kv, int64_t num_heads, float scale, void* out, void* workspace,
                               size_t workspace_bytes, DType act, cudaStream_t stream);

@@ -175,6 +175,7 @@ struct DecodeCase {
   int64_t heads, kv_heads, head_dim, block_size;
   std::vector<int32_t> positions;  // one token per sequence
   bool graph_bound;                // max_position = 4096 (as a captured decode graph passes), else tight
+  bool no_workspace = false;       // one split: the whole context in one CTA (the own row in a later round)
 };
 
 void run_attention_decode(std::mt19937& rng, DType act, int rope_mode, const DecodeCase& c) {
@@ -212,7 +213,7 @@ void run_attention_decode(std::mt19937& rng, DType act, int rope_mode, const Dec
   const RopeTables t = rope_tables(4096, D);
   DeviceBuffer dcos(t.cos), dsin(t.sin), dpos(c.positions), dseq(seqs), dtab(tables), dslots(slots);
   const AttentionBatch batch{M, dseq.get<int32_t>(), dpos.get<int32_t>(), dtab.get<int32_t>(), max_blocks, max_position};
-  const size_t ws_bytes = attention_workspace_bytes(M, c.heads, D, 4096);
+  const size_t ws_bytes = c.no_workspace ? 0 : attention_workspace_bytes(M, c.heads, D, 4096);
   const float scale = 1.0f / std::sqrt(float(D));
   const float* cos = rope_on ? dcos.get<float>() : nullptr;
   const float* sin = rope_on ? dsin.get<float>() : nullptr;
@@ -225,6 +226,7 @@ void run_attention_decode(std::mt19937& rng, DType act, int rope_mode, const Dec
           std::make_unique<DeviceBuffer>(v_cache0.bits), std::make_unique<DeviceBuffer>(size_t(M * q_width * 2)),
           std::make_unique<DeviceBuffer>(std::max<size_t>(ws_bytes, 16))};
     EXPECT_EQ(cudaMemset(r.ws->get(), 0, std::max<size_t>(ws_bytes, 16)), cudaSuccess);
+    if (c.no_workspace) r.ws.reset();
     return r;
   };
   // Reference: the separate kernels.
@@ -237,19 +239,20 @@ void run_attention_decode(std::mt19937& rng, DType act, int rope_mode, const Dec
   } else {
     STATUS_OK(kv_cache_write(ax + q_width, ax + q_width + kv_width, M, ld, dslots.get<int32_t>(), akv, act, nullptr));
   }
-  STATUS_OK(paged_attention(ax, ld, batch, akv, c.heads, scale, a.out->get(), a.ws->get(), ws_bytes, act, nullptr));
+  STATUS_OK(paged_attention(ax, ld, batch, akv, c.heads, scale, a.out->get(), a.ws ? a.ws->get() : nullptr, ws_bytes,
+                            act, nullptr));
   // Fused.
   Run b = make_run();
   auto* bx = b.x->get<uint16_t>();
   const PagedKv bkv{b.k_cache->get(), b.v_cache->get(), num_blocks, c.block_size, c.kv_heads, D};
   const NewTokens fresh{bx + q_width, ld, bx + q_width + kv_width, ld, dslots.get<int32_t>(), cos, sin, interleaved};
-  STATUS_OK(paged_attention_decode(bx, ld, batch, fresh, bkv, c.heads, scale, b.out->get(), b.ws->get(), ws_bytes,
-                                   act, nullptr));
+  STATUS_OK(paged_attention_decode(bx, ld, batch, fresh, bkv, c.heads, scale, b.out->get(),
+                                   b.ws ? b.ws->get() : nullptr, ws_bytes, act, nullptr));
 
   const auto want_out = a.out->download<uint16_t>(), got_out = b.out->download<uint16_t>();
   int64_t compared = 0;
   for (int64_t m = 0; m < M; ++m) {
-    if (slots[m] < 0) continue;  // padding: its row is dropped (the reference read a poisoned slot)
+    if (slots[m] < 0) continue;  // padding: its row is dropped (the reference read the cache's row there)
     for (int64_t i = 0; i < q_width; ++i) {
       const uint16_t w = want_out[m * q_width + i], g = got_out[m * q_width + i];
       ASSERT_EQ(w, g) << "token " << m << " (position " << c.positions[m] << ") element " << i;
@@ -274,6 +277,7 @@ TEST(CudaAttentionDecode, FusedRopeKvWriteMatchesSeparateKernels) {
       {8, 2, 64, 16, {5, 0, 63, 64, 257, 2047}, false},   // tight bound, a padding token
       {4, 4, 16, 32, {1, 2, 3, 100, 700}, true},          // head_dim 16 (HF partner in the next vector)
       {16, 1, 64, 16, {300, 301, 129}, false},            // GQA 16: two head tiles share the new row
+      {32, 8, 128, 16, {300, 1000}, false, true},         // one split: the own row in a later 256-position round
   };
   for (DType act : kActs)
     for (int rope_mode : {1, 2, 0})
@@ -306,17 +310,24 @@ TEST(CudaAttentionDecode, RejectsBadArguments) {
 
 // A Llama-like decode layer chain at small sizes (D = 512, 8 heads of 64, F = 1408), several layers,
 // M = 1 and 3. Every kernel consumes its predecessor's output, so an early read shows up as a
-// different residual stream.
+// different residual stream. With `attention`, the layer runs the executor's decode attention
+// (paged_attention_decode: RoPE, the KV write, split-K over 2 chunks and the merge in one kernel, which
+// reads metadata and old K/V before its PDL wait) and o_proj reads its output; without, rope_kv_write
+// and o_proj on q's columns stand in for it.
 struct Chain {
   static constexpr int64_t D = 512, H = 8, KV = 2, HD = 64, F = 1408, QKV = (H + 2 * KV) * HD, L = 6;
-  static constexpr int64_t kBlocks = 8, kBlockSize = 4;
+  static constexpr int64_t kMaxPosition = 64, kBlockSize = 4, kTableWidth = kMaxPosition / kBlockSize;
+  static constexpr int64_t kBlocks = 48;  // per layer: sequence m owns blocks [16 m, 16 m + 16)
+  static constexpr int64_t kCacheElems = kBlocks * kBlockSize * KV * HD;
   DType act;
   int64_t M;
+  bool attention;
   std::unique_ptr<DeviceBuffer> residual, normed, qkv, h, gate_up, swiglu_out, norm_w, w, k_cache, v_cache;
-  std::unique_ptr<DeviceBuffer> cos, sin, positions, slots;
-  std::vector<uint16_t> residual0;
+  std::unique_ptr<DeviceBuffer> cos, sin, positions, slots, seqs, tables, attn_out, workspace;
+  size_t workspace_bytes = 0;
+  std::vector<uint16_t> residual0, k_cache0, v_cache0;
 
-  Chain(std::mt19937& rng, DType act_, int64_t M_) : act(act_), M(M_) {
+  Chain(std::mt19937& rng, DType act_, int64_t M_, bool attention_) : act(act_), M(M_), attention(attention_) {
     const int64_t per_layer = QKV * D + D * D + 2 * F * D + D * F;
     residual0 = random_act(rng, M * D, act, -1.0, 1.0).bits;
     residual = std::make_unique<DeviceBuffer>(residual0);
@@ -325,17 +336,36 @@ struct Chain {
     h = std::make_unique<DeviceBuffer>(M * D * 2);
     gate_up = std::make_unique<DeviceBuffer>(M * 2 * F * 2);
     swiglu_out = std::make_unique<DeviceBuffer>(M * F * 2);
+    attn_out = std::make_unique<DeviceBuffer>(M * D * 2);
     norm_w = std::make_unique<DeviceBuffer>(random_f32(rng, D, 0.5f, 1.5f));
     w = std::make_unique<DeviceBuffer>(random_act(rng, L * per_layer, act, -0.06, 0.06).bits);
-    k_cache = std::make_unique<DeviceBuffer>(L * kBlocks * kBlockSize * KV * HD * 2);
-    v_cache = std::make_unique<DeviceBuffer>(L * kBlocks * kBlockSize * KV * HD * 2);
-    const RopeTables t = rope_tables(64, HD);
+    // Earlier positions hold finite random k/v (attention reads them); without attention the caches
+    // start poisoned and only the written slots matter.
+    k_cache0 = attention ? random_act(rng, L * kCacheElems, act, -1.0, 1.0).bits
+                         : std::vector<uint16_t>(L * kCacheElems, 0xFFFF);
+    v_cache0 = attention ? random_act(rng, L * kCacheElems, act, -1.0, 1.0).bits
+                         : std::vector<uint16_t>(L * kCacheElems, 0xFFFF);
+    k_cache = std::make_unique<DeviceBuffer>(k_cache0);
+    v_cache = std::make_unique<DeviceBuffer>(v_cache0);
+    const RopeTables t = rope_tables(kMaxPosition, HD);
     cos = std::make_unique<DeviceBuffer>(t.cos);
     sin = std::make_unique<DeviceBuffer>(t.sin);
-    std::vector<int32_t> pos(M), slot(M);
-    for (int64_t m = 0; m < M; ++m) pos[m] = int32_t(5 + 7 * m), slot[m] = int32_t(3 * m + 1);
+    // Token m: sequence m at position 40 + 7 m (2 chunks of 32: split-K with the merge), in its own blocks.
+    std::vector<int32_t> pos(M), slot(M), seq(M), table(M * kTableWidth, 0);
+    for (int64_t m = 0; m < M; ++m) {
+      pos[m] = int32_t(40 + 7 * m);
+      seq[m] = int32_t(m);
+      for (int64_t b = 0; b < kTableWidth; ++b) table[m * kTableWidth + b] = int32_t(16 * m + b);
+      slot[m] = table[m * kTableWidth + pos[m] / kBlockSize] * int32_t(kBlockSize) + pos[m] % int32_t(kBlockSize);
+    }
     positions = std::make_unique<DeviceBuffer>(pos);
     slots = std::make_unique<DeviceBuffer>(slot);
+    seqs = std::make_unique<DeviceBuffer>(seq);
+    tables = std::make_unique<DeviceBuffer>(table);
+    workspace_bytes = attention_workspace_bytes(M, H, HD, kMaxPosition);
+    workspace = std::make_unique<DeviceBuffer>(std::max<size_t>(workspace_bytes, 16));
+    EXPECT_EQ(cudaMemset(workspace->get(), 0, std::max<size_t>(workspace_bytes, 16)), cudaSuccess);  // counters
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     ::testing::Test::RecordProperty("chain_weights", std::to_string(L * per_layer));
   }
 
@@ -349,17 +379,26 @@ struct Chain {
       const uint16_t* w_o = w_qkv + QKV * D;
       const uint16_t* w_gate_up = w_o + D * D;
       const uint16_t* w_down = w_gate_up + 2 * F * D;
-      const int64_t cache_elems = kBlocks * kBlockSize * KV * HD;
-      const PagedKv kv{k_cache->get<uint16_t>() + l * cache_elems, v_cache->get<uint16_t>() + l * cache_elems,
+      const PagedKv kv{k_cache->get<uint16_t>() + l * kCacheElems, v_cache->get<uint16_t>() + l * kCacheElems,
                        kBlocks, kBlockSize, KV, HD};
       auto* q = qkv->get<uint16_t>();
       KILN_TRY(add_rms_norm(residual->get(), h->get(), norm_w->get<float>(), M, D, 1e-5f, normed->get(), act, stream));
       KILN_TRY(gemv(normed->get(), M, D, w_qkv, QKV, nullptr, q, QKV, act, act, stream));
-      KILN_TRY(rope_kv_write(q, QKV, H, q + H * HD, QKV, q + (H + KV) * HD, QKV, M, positions->get<int32_t>(),
-                             cos->get<float>(), sin->get<float>(), false, slots->get<int32_t>(), kv, act, stream));
-      // Stand-in for attention: o_proj reads q's columns through rows of stride QKV, one token at a time.
-      for (int64_t m = 0; m < M; ++m)
-        KILN_TRY(gemv(q + m * QKV, 1, D, w_o, D, nullptr, h->get<uint16_t>() + m * D, D, act, act, stream));
+      if (attention) {
+        const AttentionBatch batch{M, seqs->get<int32_t>(), positions->get<int32_t>(), tables->get<int32_t>(),
+                                   kTableWidth, kMaxPosition};
+        const NewTokens fresh{q + H * HD, QKV, q + (H + KV) * HD, QKV, slots->get<int32_t>(), cos->get<float>(),
+                              sin->get<float>(), false};
+        KILN_TRY(paged_attention_decode(q, QKV, batch, fresh, kv, H, 0.125f, attn_out->get(), workspace->get(),
+                                        workspace_bytes, act, stream));
+        KILN_TRY(gemv(attn_out->get(), M, D, w_o, D, nullptr, h->get(), D, act, act, stream));
+      } else {
+        KILN_TRY(rope_kv_write(q, QKV, H, q + H * HD, QKV, q + (H + KV) * HD, QKV, M, positions->get<int32_t>(),
+                               cos->get<float>(), sin->get<float>(), false, slots->get<int32_t>(), kv, act, stream));
+        // Stand-in for attention: o_proj reads q's columns through rows of stride QKV, one token at a time.
+        for (int64_t m = 0; m < M; ++m)
+          KILN_TRY(gemv(q + m * QKV, 1, D, w_o, D, nullptr, h->get<uint16_t>() + m * D, D, act, act, stream));
+      }
       KILN_TRY(add_rms_norm(residual->get(), h->get(), norm_w->get<float>(), M, D, 1e-5f, normed->get(), act, stream));
       KILN_TRY(gemv(normed->get(), M, D, w_gate_up, 2 * F, nullptr, gate_up->get(), 2 * F, act, act, stream));
       auto* g = gate_up->get<uint16_t>();
@@ -371,13 +410,16 @@ struct Chain {
 
   void reset() {
     residual->upload(residual0);
-    k_cache->poison();
-    v_cache->poison();
+    k_cache->upload(k_cache0);
+    v_cache->upload(v_cache0);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the chain runs on a stream that does not wait for these
   }
   std::vector<uint16_t> result() const {
     std::vector<uint16_t> out = residual->download<uint16_t>();
     const auto k = k_cache->download<uint16_t>();
+    const auto v = v_cache->download<uint16_t>();
     out.insert(out.end(), k.begin(), k.end());
+    out.insert(out.end(), v.begin(), v.end());
     return out;
   }
 };
@@ -425,15 +467,17 @@ TEST(CudaProgrammaticLaunch, DecodeChainMatchesSerializedLaunches) {
   std::mt19937 rng(33);
   for (DType act : kActs) {
     for (int64_t M : {1, 3}) {
-      SCOPED_TRACE(::testing::Message() << dtype_name(act) << " M=" << M);
-      Chain chain(rng, act, M);
-      const auto serial = run_chain(chain, false, false, 3);
-      bool finite = false;
-      for (int64_t i = 0; i < M * Chain::D; ++i) finite |= std::isfinite(from_act(serial[i], act)) && serial[i] != 0;
-      ASSERT_TRUE(finite) << "the chain's residual is degenerate: the comparison would prove nothing";
-      EXPECT_EQ(run_chain(chain, true, false, 3), serial) << "PDL, eager launches";
-      EXPECT_EQ(run_chain(chain, true, true, 3), serial) << "PDL, CUDA graph";
-      EXPECT_EQ(run_chain(chain, false, true, 3), serial) << "serialized, CUDA graph";
+      for (bool attention : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(act) << " M=" << M << " attention=" << attention);
+        Chain chain(rng, act, M, attention);
+        const auto serial = run_chain(chain, false, false, 3);
+        bool finite = false;
+        for (int64_t i = 0; i < M * Chain::D; ++i) finite |= std::isfinite(from_act(serial[i], act)) && serial[i] != 0;
+        ASSERT_TRUE(finite) << "the chain's residual is degenerate: the comparison would prove nothing";
+        EXPECT_EQ(run_chain(chain, true, false, 3), serial) << "PDL, eager launches";
+        EXPECT_EQ(run_chain(chain, true, true, 3), serial) << "PDL, CUDA graph";
+        EXPECT_EQ(run_chain(chain, false, true, 3), serial) << "serialized, CUDA graph";
+      }
     }
   }
 }
