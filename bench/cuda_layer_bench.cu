@@ -100,16 +100,25 @@ struct Buffers {
   size_t workspace_bytes;
 };
 
+// Layer l's weights (qkv, o, gate_up, down, laid end to end) and KV cache.
+struct Layer {
+  const __half *qkv, *o, *gate_up, *down;
+  kiln::cuda::PagedKv kv;
+};
+Layer layer(const Buffers& b, int l) {
+  const __half* qkv = b.weights + l * kLayerWeights;
+  const __half* o = qkv + QKV * D;
+  const __half* gate_up = o + D * D;
+  return {qkv, o, gate_up, gate_up + 2 * F * D,
+          {b.k_cache + l * kCacheElems, b.v_cache + l * kCacheElems, kBlocks, kBlockSize, H, HD}};
+}
+
 // One layer as the executor's decode graph runs it (see the modes at the top).
 void enqueue_decode_layer(const Buffers& b, int l, Mode mode, cudaStream_t s) {
   using kiln::DType;
   using namespace kiln::cuda;
   const DType f16 = DType::F16;
-  const __half* w_qkv = b.weights + l * kLayerWeights;
-  const __half* w_o = w_qkv + QKV * D;
-  const __half* w_gate_up = w_o + D * D;
-  const __half* w_down = w_gate_up + 2 * F * D;
-  const PagedKv kv{b.k_cache + l * kCacheElems, b.v_cache + l * kCacheElems, kBlocks, kBlockSize, H, HD};
+  const auto [w_qkv, w_o, w_gate_up, w_down, kv] = layer(b, l);
   const bool norms = mode != Mode::kDecodeNoNorms;
   if (norms) check_ok(add_rms_norm(b.residual, b.h, b.norm_w, 1, D, 1e-5f, b.normed, f16, s));
   check_ok(gemv(b.normed, 1, D, w_qkv, QKV, nullptr, b.qkv, QKV, f16, f16, s));
@@ -138,11 +147,7 @@ void enqueue_chain(const Buffers& b, int layers, Mode mode, cudaStream_t s) {
       enqueue_decode_layer(b, l, mode, s);
       continue;
     }
-    const __half* w_qkv = b.weights + l * kLayerWeights;
-    const __half* w_o = w_qkv + QKV * D;
-    const __half* w_gate_up = w_o + D * D;
-    const __half* w_down = w_gate_up + 2 * F * D;
-    const PagedKv kv{b.k_cache + l * kCacheElems, b.v_cache + l * kCacheElems, kBlocks, kBlockSize, H, HD};
+    const auto [w_qkv, w_o, w_gate_up, w_down, kv] = layer(b, l);
     if (mode != Mode::kGemvOnly) check_ok(add_rms_norm(b.residual, b.h, b.norm_w, 1, D, 1e-5f, b.normed, f16, s));
     check_ok(gemv(b.normed, 1, D, w_qkv, QKV, nullptr, b.qkv, QKV, f16, f16, s));
     if (mode == Mode::kFused || mode == Mode::kFusedSwiGlu) {

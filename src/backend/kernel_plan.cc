@@ -10,20 +10,16 @@ bool cuda_gemv_swiglu_layout(const Graph& graph, const Node& node) {
   return true;
 }
 
-namespace {
-// q, k and v (the Attention node's inputs) in 16-byte vectors: head_dim, column offsets and row strides
-// multiples of 8 elements.
-bool attention_vector_layout(const Graph& graph, const Node& node) {
+bool cuda_attention_vector_layout(const Graph& graph, const Node& node) {
   bool vector_layout = static_cast<int64_t>(node.attr("head_dim")) % 8 == 0;
   for (const ValueRef& r : node.inputs) {
     vector_layout = vector_layout && r.col_offset % 8 == 0 && graph.values[r.value].width % 8 == 0;
   }
   return vector_layout;
 }
-}  // namespace
 
 bool cuda_decode_fuses_rope_kv(const Graph& graph, const Node& node) {
-  if (node.op != OpKind::Attention || !attention_vector_layout(graph, node)) return false;
+  if (node.op != OpKind::Attention || !cuda_attention_vector_layout(graph, node)) return false;
   return node.attr("rope") == 0.0 || static_cast<int64_t>(node.attr("head_dim")) % 16 == 0;
 }
 
@@ -55,7 +51,7 @@ std::string kernels_for_node(const std::string& backend, const Graph& graph, con
       }
       std::string cache;
       if (node.attr("rope") != 0.0) {
-        cache = cuda && attention_vector_layout(graph, node) ? "rope_kv_write" : "rope(q) + rope(k) + kv_cache_write";
+        cache = cuda && cuda_attention_vector_layout(graph, node) ? "rope_kv_write" : "rope(q) + rope(k) + kv_cache_write";
       } else {
         cache = "kv_cache_write";
       }

@@ -16,6 +16,11 @@ inline constexpr int64_t kCudaGemvMaxRows = 4;
 // input (16-byte vectors: K, column offsets and row strides multiples of 8 elements).
 bool cuda_gemv_swiglu_layout(const Graph& graph, const Node& node);
 
+// Whether an Attention node's q, k and v suit 16-byte vectors (head_dim, column offsets and row
+// strides multiples of 8 elements): the CUDA executor then rotates and writes the cache with
+// rope_kv_write (one kernel instead of rope, rope, kv_cache_write).
+bool cuda_attention_vector_layout(const Graph& graph, const Node& node);
+
 // Whether the CUDA decode steps of an Attention node run RoPE and the KV-cache write inside the
 // split-K attention kernel (paged_attention_decode): q, k, v in 16-byte vectors and, with RoPE,
 // head_dim a multiple of 16. Prefill steps (and other layouts) launch rope_kv_write (or rope +

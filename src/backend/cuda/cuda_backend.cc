@@ -511,16 +511,14 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
           break;
         }
         // One kernel rotates q and k and writes the cache where its 16-byte layout holds.
-        const bool vector_layout = head_dim % 8 == 0 && q_ld % 8 == 0 && k_ld % 8 == 0 && v_ld % 8 == 0 &&
-                                   q.col_offset % 8 == 0 && k.col_offset % 8 == 0 && v.col_offset % 8 == 0;
-        if (b.rope_cos && vector_layout) {
-          KILN_TRY(cuda::rope_kv_write(q_ptr, q_ld, static_cast<int64_t>(n.attr("num_heads")), k_ptr, k_ld, v_ptr, v_ld, T,
+        if (b.rope_cos && cuda_attention_vector_layout(graph_, n)) {
+          KILN_TRY(cuda::rope_kv_write(q_ptr, q_ld, num_heads, k_ptr, k_ld, v_ptr, v_ld, T,
                                        d_positions_, b.rope_cos, b.rope_sin, n.attr("rope_interleaved") != 0.0, d_slots_,
                                        kv, act_, stream_));
         } else {
           if (b.rope_cos) {
             const bool interleaved = n.attr("rope_interleaved") != 0.0;
-            KILN_TRY(cuda::rope(value_ptr(q.value), T, q_ld, q.col_offset, static_cast<int64_t>(n.attr("num_heads")), head_dim,
+            KILN_TRY(cuda::rope(value_ptr(q.value), T, q_ld, q.col_offset, num_heads, head_dim,
                                 d_positions_, b.rope_cos, b.rope_sin, interleaved, act_, stream_));
             KILN_TRY(cuda::rope(value_ptr(k.value), T, k_ld, k.col_offset, static_cast<int64_t>(n.attr("num_kv_heads")),
                                 head_dim, d_positions_, b.rope_cos, b.rope_sin, interleaved, act_, stream_));

@@ -25,6 +25,44 @@ using detail::store_vec;
 
 constexpr int kThreads = 256;
 
+// weight[i, i + V) into w: two 16-byte loads when V == 8 (the host checked weight's alignment).
+template <int V>
+__device__ __forceinline__ void load_weights(const float* __restrict__ weight, int i, float (&w)[V]) {
+  if constexpr (V == 8) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(weight + i));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(weight + i + 4));
+    w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+  } else {
+#pragma unroll
+    for (int v = 0; v < V; ++v) w[v] = __ldg(weight + i + v);
+  }
+}
+
+// f = x[i, i + V), with kAdd the rounded x + r, which is stored back to x; adds f's squares to
+// sum_squares in element order.
+template <class T, int V, bool kAdd>
+__device__ __forceinline__ void load_row(T* x, const T* __restrict__ r, int i, float (&f)[V], float& sum_squares) {
+  load_vec<T, V>(x + i, f);
+  if constexpr (kAdd) {
+    float g[V];
+    load_vec<T, V>(r + i, g);
+#pragma unroll
+    for (int v = 0; v < V; ++v) f[v] = round_to<T>(f[v] + g[v]);
+    store_vec<T, V>(x + i, f);
+  }
+#pragma unroll
+  for (int v = 0; v < V; ++v) sum_squares = fmaf(f[v], f[v], sum_squares);
+}
+
+// y[i, i + V) = the normalized f (rounded to T) times the weight, rounded once.
+template <class T, int V>
+__device__ __forceinline__ void store_normed(T* __restrict__ y, int i, float (&f)[V], float inv_rms,
+                                             const float (&w)[V]) {
+#pragma unroll
+  for (int v = 0; v < V; ++v) f[v] = round_to<T>(f[v] * inv_rms) * w[v];
+  store_vec<T, V>(y + i, f);
+}
+
 // x: [M, D] (written only when kAdd: x += r); r: [M, D] when kAdd; weight: [D]; y: [M, D].
 // kIters > 0: the row is held in registers (kIters vectors of V per thread, D <= kIters * kThreads * V)
 // and the thread's weights are loaded before griddepcontrol.wait (they do not depend on the previous
@@ -38,73 +76,45 @@ __global__ void __launch_bounds__(kThreads)
   detail::allow_dependents();
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * D;
   T* xr = x + offset;
+  const T* rr = kAdd ? r + offset : nullptr;
+  T* yr = y + offset;
+  float sum_squares = 0.0f;
   if constexpr (kIters > 0) {
     float w[kIters][V];
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int i = (it * kThreads + threadIdx.x) * V;
       if (i >= D) break;
-      if constexpr (V == 8) {  // the host checked the 16-byte alignment of weight
-        const float4 a = __ldg(reinterpret_cast<const float4*>(weight + i));
-        const float4 b = __ldg(reinterpret_cast<const float4*>(weight + i + 4));
-        w[it][0] = a.x, w[it][1] = a.y, w[it][2] = a.z, w[it][3] = a.w;
-        w[it][4] = b.x, w[it][5] = b.y, w[it][6] = b.z, w[it][7] = b.w;
-      } else {
-#pragma unroll
-        for (int v = 0; v < V; ++v) w[it][v] = __ldg(weight + i + v);
-      }
+      load_weights<V>(weight, i, w[it]);
     }
     detail::wait_for_producer();  // x and r come from earlier kernels (launch.cuh)
     float f[kIters][V];
-    float sum_squares = 0.0f;
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int i = (it * kThreads + threadIdx.x) * V;
       if (i >= D) break;
-      load_vec<T, V>(xr + i, f[it]);
-      if constexpr (kAdd) {
-        float g[V];
-        load_vec<T, V>(r + offset + i, g);
-#pragma unroll
-        for (int v = 0; v < V; ++v) f[it][v] = round_to<T>(f[it][v] + g[v]);
-        store_vec<T, V>(xr + i, f[it]);
-      }
-#pragma unroll
-      for (int v = 0; v < V; ++v) sum_squares = fmaf(f[it][v], f[it][v], sum_squares);
+      load_row<T, V, kAdd>(xr, rr, i, f[it], sum_squares);
     }
     const float inv_rms = rsqrtf(detail::block_sum(sum_squares) / static_cast<float>(D) + eps);
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int i = (it * kThreads + threadIdx.x) * V;
       if (i >= D) break;
-#pragma unroll
-      for (int v = 0; v < V; ++v) f[it][v] = round_to<T>(f[it][v] * inv_rms) * w[it][v];
-      store_vec<T, V>(y + offset + i, f[it]);
+      store_normed<T, V>(yr, i, f[it], inv_rms, w[it]);
     }
     return;
   }
   detail::wait_for_producer();  // x and r come from earlier kernels (launch.cuh)
-  float sum_squares = 0.0f;
   for (int i = threadIdx.x * V; i < D; i += kThreads * V) {
     float f[V];
-    load_vec<T, V>(xr + i, f);
-    if constexpr (kAdd) {
-      float g[V];
-      load_vec<T, V>(r + offset + i, g);
-#pragma unroll
-      for (int v = 0; v < V; ++v) f[v] = round_to<T>(f[v] + g[v]);
-      store_vec<T, V>(xr + i, f);  // re-read below by this same thread
-    }
-#pragma unroll
-    for (int v = 0; v < V; ++v) sum_squares = fmaf(f[v], f[v], sum_squares);
+    load_row<T, V, kAdd>(xr, rr, i, f, sum_squares);  // x is re-read below by this same thread
   }
   const float inv_rms = rsqrtf(detail::block_sum(sum_squares) / static_cast<float>(D) + eps);
   for (int i = threadIdx.x * V; i < D; i += kThreads * V) {
-    float f[V];
+    float f[V], w[V];
     load_vec<T, V>(xr + i, f);
-#pragma unroll
-    for (int v = 0; v < V; ++v) f[v] = round_to<T>(f[v] * inv_rms) * weight[i + v];
-    store_vec<T, V>(y + offset + i, f);
+    load_weights<V>(weight, i, w);
+    store_normed<T, V>(yr, i, f, inv_rms, w);
   }
 }
 
