@@ -83,6 +83,12 @@ __device__ __forceinline__ void rope_rotate(float& a, float& b, float c, float s
   b = __fadd_rn(__fmul_rn(b0, c), __fmul_rn(a0, s));
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "backend/cuda/act_traits.cuh"
 #include "backend/cuda/kernels.h"
 
 namespace kiln::cuda::attention {
@@ -55,34 +56,10 @@ struct Params {
   bool rope_interleaved;  // llama2.c pairs (2j, 2j + 1); else HF (j, j + head_dim / 2)
 };
 
-template <class T>
-struct Act;
-template <>
-struct Act<__half> {
-  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Act<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-};
-
-// 16 bytes (8 activations) <-> 8 floats.
-template <class T>
-__device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) f[i] = Act<T>::to_float(e[i]);
-}
-template <class T>
-__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
-  uint4 raw;
-  T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) e[i] = Act<T>::from_float(f[i]);
-  return raw;
-}
+// Activation traits and 16-byte conversions: act_traits.cuh's (one definition for every kernel).
+using detail::Act;
+using detail::pack8;
+using detail::unpack8;
 
 // Cache row (slot * num_kv_heads + kv_head) of position p of a sequence, through its block table.
 __device__ __forceinline__ int64_t cache_row(const Params& p, const int32_t* table, int position,
