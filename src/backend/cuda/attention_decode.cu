@@ -61,59 +61,60 @@ __device__ __forceinline__ void step_rows(const Params& p, const int32_t* blocks
   }
 }
 
-// 16-byte vector `sub` of token m's own k (kIsV false, rotated as rope_kv_write rotates it) or v row
-// of `kv_head`, read from the step's k/v rows; also stored to the cache when the token has a slot.
-// Bit for bit what rope_kv_write would have left in the cache.
-template <class T, bool kIsV>
-__device__ __forceinline__ uint4 new_row(const Params& p, int m, int kv_head, int sub, int position) {
-  const int D = p.head_dim;
-  const int64_t col = static_cast<int64_t>(kv_head) * D;
-  uint4 raw;
-  if constexpr (kIsV) {
-    raw = *reinterpret_cast<const uint4*>(static_cast<const T*>(p.new_v) + m * p.new_v_ld + col + sub * 8);
-  } else {
-    const T* k = static_cast<const T*>(p.new_k) + m * p.new_k_ld + col;
-    raw = *reinterpret_cast<const uint4*>(k + sub * 8);
-    if (p.rope_cos != nullptr) {
-      const int half = D / 2;  // a multiple of 8 (checked by the host): pairs never straddle vectors
-      const int64_t t = static_cast<int64_t>(position) * half;
-      float x[8];
-      unpack8<T>(raw, x);
-      if (p.rope_interleaved) {  // pairs (2j, 2j + 1) inside the vector: j = 4 sub .. 4 sub + 3
-        const float4 c = *reinterpret_cast<const float4*>(p.rope_cos + t + sub * 4);
-        const float4 sn = *reinterpret_cast<const float4*>(p.rope_sin + t + sub * 4);
-        detail::rope_rotate(x[0], x[1], c.x, sn.x);
-        detail::rope_rotate(x[2], x[3], c.y, sn.y);
-        detail::rope_rotate(x[4], x[5], c.z, sn.z);
-        detail::rope_rotate(x[6], x[7], c.w, sn.w);
-      } else {  // pairs (j, j + half): the partner vector is half / 8 vectors away
-        const int d0 = sub * 8;
-        const bool low = d0 < half;
-        const int j0 = low ? d0 : d0 - half;
-        float y[8];
-        unpack8<T>(*reinterpret_cast<const uint4*>(k + (low ? d0 + half : d0 - half)), y);
-        const float4 c0 = *reinterpret_cast<const float4*>(p.rope_cos + t + j0);
-        const float4 c1 = *reinterpret_cast<const float4*>(p.rope_cos + t + j0 + 4);
-        const float4 s0 = *reinterpret_cast<const float4*>(p.rope_sin + t + j0);
-        const float4 s1 = *reinterpret_cast<const float4*>(p.rope_sin + t + j0 + 4);
-        const float c[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-        const float sn[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+// 16-byte vector `sub` of a head row (head_dim wide, at `row`) and, when `rotate`, what RoPE at
+// `position` needs: for HF pairing its partner vector (half / 8 vectors away; half is a multiple of 8,
+// checked by the host, so pairs never straddle vectors), and the cos / sin of its pairs. All loads are
+// issued here and consumed in rope_vec: a thread's vectors (q, the token's own k or v) cost one round
+// trip together. rope_vec then gives the floats rope_kv_write would store (rope_rotate), bit for bit.
+struct RopeInputs {
+  uint4 x, partner;
+  float4 c0, c1, s0, s1;  // interleaved pairing: c0 / s0 only
+};
+template <class T>
+__device__ __forceinline__ RopeInputs load_rope_inputs(const Params& p, const T* row, int sub, int position,
+                                                       bool rotate) {
+  RopeInputs in{};
+  in.x = *reinterpret_cast<const uint4*>(row + sub * 8);
+  if (!rotate) return in;
+  const int half = p.head_dim / 2;
+  const int64_t t = static_cast<int64_t>(position) * half;
+  if (p.rope_interleaved) {  // pairs (2j, 2j + 1) inside the vector: j = 4 sub .. 4 sub + 3
+    in.c0 = *reinterpret_cast<const float4*>(p.rope_cos + t + sub * 4);
+    in.s0 = *reinterpret_cast<const float4*>(p.rope_sin + t + sub * 4);
+  } else {  // pairs (j, j + half)
+    const int d0 = sub * 8;
+    const bool low = d0 < half;
+    const int j0 = low ? d0 : d0 - half;
+    in.partner = *reinterpret_cast<const uint4*>(row + (low ? d0 + half : d0 - half));
+    in.c0 = *reinterpret_cast<const float4*>(p.rope_cos + t + j0);
+    in.c1 = *reinterpret_cast<const float4*>(p.rope_cos + t + j0 + 4);
+    in.s0 = *reinterpret_cast<const float4*>(p.rope_sin + t + j0);
+    in.s1 = *reinterpret_cast<const float4*>(p.rope_sin + t + j0 + 4);
+  }
+  return in;
+}
+template <class T>
+__device__ __forceinline__ void rope_vec(const Params& p, const RopeInputs& in, int sub, bool rotate, float (&x)[8]) {
+  unpack8<T>(in.x, x);
+  if (!rotate) return;
+  if (p.rope_interleaved) {
+    detail::rope_rotate(x[0], x[1], in.c0.x, in.s0.x);
+    detail::rope_rotate(x[2], x[3], in.c0.y, in.s0.y);
+    detail::rope_rotate(x[4], x[5], in.c0.z, in.s0.z);
+    detail::rope_rotate(x[6], x[7], in.c0.w, in.s0.w);
+    return;
+  }
+  const bool low = sub * 8 < p.head_dim / 2;
+  float y[8];
+  unpack8<T>(in.partner, y);
+  const float c[8] = {in.c0.x, in.c0.y, in.c0.z, in.c0.w, in.c1.x, in.c1.y, in.c1.z, in.c1.w};
+  const float sn[8] = {in.s0.x, in.s0.y, in.s0.z, in.s0.w, in.s1.x, in.s1.y, in.s1.z, in.s1.w};
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          float a = low ? x[e] : y[e], b = low ? y[e] : x[e];
-          detail::rope_rotate(a, b, c[e], sn[e]);
-          x[e] = low ? a : b;
-        }
-      }
-      raw = pack8<T>(x);
-    }
+  for (int e = 0; e < 8; ++e) {
+    float a = low ? x[e] : y[e], b = low ? y[e] : x[e];
+    detail::rope_rotate(a, b, c[e], sn[e]);
+    x[e] = low ? a : b;
   }
-  const int64_t slot = p.slots[m];
-  if (slot >= 0 && slot < p.num_slots) {
-    T* cache = static_cast<T*>(const_cast<void*>(kIsV ? p.v_cache : p.k_cache));
-    *reinterpret_cast<uint4*>(cache + (slot * p.num_kv_heads + kv_head) * D + sub * 8) = raw;
-  }
-  return raw;
 }
 
 // `fresh`: the token's own row (shared memory, filled from new_k / new_v) for kNewRow entries; null
@@ -193,9 +194,11 @@ __device__ __forceinline__ void merge_head(const Params& p, int m, int head, int
 
 // Grid: (token, split, kv_head * head_tiles). Shared memory: q [HEADS][D] f32 (pre-scaled), then a
 // region used as scores [HEADS][kSubChunk] during the loop and as the cross-warp sum [4][HEADS][D] after it.
-// Min CTAs per SM: 6 without GQA caps registers at 80 (ptxas picks ~90 unbounded: 5 CTAs per SM).
+// Min CTAs per SM: 5 without GQA caps registers at 96 (no spills). A cap of 80 (6 CTAs) spilled
+// 44-88 bytes once q and the own row were staged together, and measured slower on an H200 (7B batch 1:
+// 3.749 vs 3.726 ms per step at context 128-256, 4.056 vs 3.958 at 1024-1152).
 template <class T, int LANES, int HEADS>
-__global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
+__global__ void __launch_bounds__(kThreads, HEADS == 1 ? 5 : 3)
     decode_kernel(Params p, int splits, float* partials, unsigned* counters) {
   constexpr int kKeysPerWarp = 32 / LANES;     // positions one warp reads per load
   constexpr int kUnroll = LANES >= 8 ? 4 : 2;  // independent 16-byte loads per lane per step (K and V each)
@@ -268,31 +271,42 @@ __global__ void __launch_bounds__(kThreads, HEADS == 1 ? 6 : 3)
   };
   stage_table(begin, min(begin + kSubChunk, end));
 
+  // Staging, one 16-byte vector per item: q's nh heads (rotated first in decode steps, as
+  // rope_kv_write would, then scaled) into q_s, and, when this CTA's chunk ends at the token's own
+  // position, its k (rotated) and v rows into fresh_s and the cache. A thread's loads go out together.
   const T* q = static_cast<const T*>(p.q) + m * p.q_ld + static_cast<int64_t>(h0) * D;
-  if (p.new_k != nullptr && p.rope_cos != nullptr) {  // q not yet rotated: as rope_kv_write would, then scale
-    const int half = D / 2;
-    const int64_t t = static_cast<int64_t>(context - 1) * half;
-    for (int i = tid; i < nh * D; i += kThreads) {
-      const int d = i % D;
-      const bool first = p.rope_interleaved ? d % 2 == 0 : d < half;
-      const int partner = p.rope_interleaved ? d ^ 1 : (first ? d + half : d - half);
-      const int j = p.rope_interleaved ? d / 2 : (first ? d : d - half);
-      const float x = Act<T>::to_float(q[i]), y = Act<T>::to_float(q[i - d + partner]);
-      float a = first ? x : y, b = first ? y : x;
-      detail::rope_rotate(a, b, p.rope_cos[t + j], p.rope_sin[t + j]);
-      q_s[i] = detail::round_to<T>(first ? a : b) * p.scale_log2;
-    }
-  } else {
-    for (int i = tid; i < nh * D; i += kThreads) q_s[i] = Act<T>::to_float(q[i]) * p.scale_log2;
-  }
-  // The token's own k (rotated) and v row, when this CTA's chunk ends at it: from new_k / new_v, into
-  // shared memory and the cache.
   __shared__ uint4 fresh_s[2][kMaxHeadDim / 8];
-  if (newest >= 0) {
+  {
     const int vecs = D / 8;
-    for (int i = tid; i < 2 * vecs; i += kThreads) {
-      fresh_s[i / vecs][i % vecs] = i < vecs ? new_row<T, false>(p, m, kv_head, i, newest)
-                                             : new_row<T, true>(p, m, kv_head, i - vecs, newest);
+    const int q_items = nh * vecs;
+    const int items = q_items + (newest >= 0 ? 2 * vecs : 0);
+    const bool rotate_q = p.new_k != nullptr && p.rope_cos != nullptr;  // else rope_kv_write rotated q
+    for (int i = tid; i < items; i += kThreads) {
+      const bool is_q = i < q_items;
+      const int j = is_q ? i : i - q_items;  // q: head j / vecs; own row: k for j < vecs, v after
+      const bool is_v = !is_q && j >= vecs;
+      const int sub = j % vecs;
+      const int64_t col = static_cast<int64_t>(kv_head) * D;
+      const T* row = is_q   ? q + (j / vecs) * D
+                     : is_v ? static_cast<const T*>(p.new_v) + m * p.new_v_ld + col
+                            : static_cast<const T*>(p.new_k) + m * p.new_k_ld + col;
+      const bool rotate = is_q ? rotate_q : !is_v && p.rope_cos != nullptr;
+      const int64_t slot = is_q ? -1 : p.slots[m];
+      const RopeInputs in = load_rope_inputs<T>(p, row, sub, is_q ? context - 1 : newest, rotate);
+      float x[8];
+      rope_vec<T>(p, in, sub, rotate, x);
+      if (is_q) {
+        float* dst = q_s + (j / vecs) * D + sub * 8;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = detail::round_to<T>(x[e]) * p.scale_log2;
+      } else {
+        const uint4 raw = rotate ? pack8<T>(x) : in.x;
+        fresh_s[is_v][sub] = raw;
+        if (slot >= 0 && slot < p.num_slots) {
+          T* cache = static_cast<T*>(const_cast<void*>(is_v ? p.v_cache : p.k_cache));
+          *reinterpret_cast<uint4*>(cache + (slot * p.num_kv_heads + kv_head) * D + sub * 8) = raw;
+        }
+      }
     }
   }
   if (tid < HEADS) {
