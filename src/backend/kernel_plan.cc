@@ -23,6 +23,29 @@ bool cuda_decode_fuses_rope_kv(const Graph& graph, const Node& node) {
   return node.attr("rope") == 0.0 || static_cast<int64_t>(node.attr("head_dim")) % 16 == 0;
 }
 
+int cuda_glu_consumer(const Graph& graph, size_t linear) {
+  const Node& n = graph.nodes[linear];
+  if (n.op != OpKind::Linear || n.output == graph.logits_value || n.inputs[0].width % 8 != 0) return -1;
+  const int64_t width = graph.values[n.output].width;
+  if (width % 2 != 0) return -1;
+  int consumer = -1;
+  for (size_t j = 0; j < graph.nodes.size(); ++j) {
+    for (const ValueRef& r : graph.nodes[j].inputs) {
+      if (r.value != n.output) continue;
+      if (consumer >= 0 && consumer != static_cast<int>(j)) return -1;  // a second reader
+      consumer = static_cast<int>(j);
+    }
+  }
+  if (consumer < 0) return -1;
+  const Node& c = graph.nodes[static_cast<size_t>(consumer)];
+  const int64_t F = width / 2;
+  if (c.op != OpKind::SwiGluLinear || c.inputs.size() != 2) return -1;
+  const ValueRef &gate = c.inputs[0], &up = c.inputs[1];
+  const bool halves = gate.value == n.output && up.value == n.output && gate.col_offset == 0 && gate.width == F &&
+                      up.col_offset == F && up.width == F;
+  return halves ? consumer : -1;
+}
+
 std::string kernels_for_node(const std::string& backend, const Graph& graph, const Node& node, bool decode) {
   const bool cuda = backend == "cuda";
   switch (node.op) {
@@ -35,7 +58,12 @@ std::string kernels_for_node(const std::string& backend, const Graph& graph, con
     case OpKind::SelectLogitRows: return cuda ? "gather_rows" : "copy rows";
     case OpKind::Linear:
       if (!cuda) return "matmul";
-      return decode ? "gemv" : "cublasLt gemm";
+      if (!decode) return "cublasLt gemm";
+      for (size_t i = 0; i < graph.nodes.size(); ++i) {
+        if (&graph.nodes[i] == &node && cuda_glu_consumer(graph, i) >= 0)
+          return "gemv (gemv_glu: swiglu in its epilogue when tactics keep swiglu out of the next GEMV)";
+      }
+      return "gemv";
     case OpKind::SwiGluLinear:
       // CUDA decode: the GEMV applies SwiGLU to its input as it loads it (tactics may still pick
       // swiglu + gemv or swiglu + cublasLt gemm for a shape where that measured faster).

@@ -27,6 +27,12 @@ bool cuda_attention_vector_layout(const Graph& graph, const Node& node);
 // kv_cache_write) first.
 bool cuda_decode_fuses_rope_kv(const Graph& graph, const Node& node);
 
+// For a Linear node (index `linear`) whose output is read only by one SwiGluLinear, as its gate
+// (columns [0, F)) and up (columns [F, 2F)) halves: that node's index, else -1. When the SwiGluLinear
+// runs SwiGLU as a separate kernel (swiglu + gemv / gemm), the CUDA executor's decode steps compute
+// the Linear with gemv_glu instead, SwiGLU in its epilogue, and the separate swiglu kernel goes away.
+int cuda_glu_consumer(const Graph& graph, size_t linear);
+
 // "gemv", "cublasLt gemm", "rope_kv_write + paged_attention(decode split-K)", ...
 // decode: a step of one token per sequence (few rows); otherwise a prefill step.
 std::string kernels_for_node(const std::string& backend, const Graph& graph, const Node& node, bool decode);

@@ -3,7 +3,7 @@
 # in rounds (A B C, A B C, ...) so that drift of the machine falls on every setting alike.
 # usage: tools/device/sweep_env.sh ENGINE "BENCH ARGS" ROUNDS "ENV=.. ENV=.." "ENV=.." ...
 #   e.g. tools/device/sweep_env.sh /tmp/l7b.kiln "-b 1 -p 128 -g 128" 3 "" "KILN_CUDA_L2_PREFETCH_ATTN_MB=0"
-# prints one line per run: setting, decode step p50 ms, decode tok/s, TTFT ms.
+# prints one line per run: setting, decode step p50 ms, decode tok/s, TTFT ms, kernels per decode step.
 set -uo pipefail
 engine=$1 args=$2 rounds=$3
 shift 3
@@ -20,7 +20,7 @@ text = sys.stdin.read()
 if not text.strip(): sys.exit(1)
 d = json.loads(text)
 name = sys.argv[1] or "(default)"
-print("%-56s step p50 %.4f ms  %8.1f tok/s  ttft %.2f ms" % (name, d["decode_step_ms_p50"], d["decode_tokens_per_second"], d["ttft_ms"]))' "$setting" ||
+print("%-56s step p50 %.4f ms  %8.1f tok/s  ttft %.2f ms  %d kernels/step" % (name, d["decode_step_ms_p50"], d["decode_tokens_per_second"], d["ttft_ms"], d.get("kernels_per_decode_step", 0)))' "$setting" ||
       { echo "$setting: kiln bench failed"; tail -3 "$err"; }
   done
 done

@@ -94,6 +94,8 @@ class CudaBackend final : public Backend {
   Status upload_batch(const Batch& batch, int64_t padded_tokens);
   Status launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings);
   Status launch_swiglu_linear(size_t node, int64_t rows);
+  // How SwiGluLinear node `node` runs at `rows` rows (tactics, layout and size limits).
+  SwiGluKernel swiglu_kernel_for(size_t node, int64_t rows) const;
   // Replays the decode graph of `bucket` rows (captured on first use, after one eager run).
   Status run_decode_graph(int64_t bucket);
   // want_ids: ids come back instead of logits, drawn under sampling[R] when given, else the argmax.
@@ -136,6 +138,13 @@ class CudaBackend final : public Backend {
   // KV write (cuda_decode_fuses_rope_kv). KILN_CUDA_DECODE_ROPE_KV=0 keeps rope_kv_write separate.
   bool decode_step_ = false;
   bool fuse_decode_rope_kv_ = true;
+  // [node] for a Linear whose output only feeds a SwiGluLinear as its gate / up halves: that node
+  // (cuda_glu_consumer), else -1. In decode steps where that node would run swiglu as its own kernel,
+  // the Linear runs gemv_glu (the product at the front of its own output) and `glu_done_` tells the
+  // node to skip its swiglu and read that. KILN_CUDA_GLU=0 keeps the separate swiglu kernel.
+  std::vector<int> glu_consumer_;
+  int glu_done_ = -1;
+  bool fuse_glu_ = true;
   // Linear layers with at most this many rows use the GEMV kernel, others cuBLASLt. Measured on an
   // H100 (Llama-2-7B fp16, docs/PERFORMANCE.md): at 8 rows cuBLASLt decodes 1314 tok/s vs 1044 with
   // the GEMV; at 4 rows they tie (674 vs 665).
@@ -200,6 +209,7 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
     gemv_max_rows_ = std::clamp<int64_t>(std::atoll(env), 0, cuda::kGemvMaxRows);  // NOLINT(cert-err34-c)
   }
   if (const char* env = std::getenv("KILN_CUDA_DECODE_ROPE_KV"); env && *env) fuse_decode_rope_kv_ = std::string(env) != "0";
+  if (const char* env = std::getenv("KILN_CUDA_GLU"); env && *env) fuse_glu_ = std::string(env) != "0";
   KILN_TRY(check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
 
   // Activation dtype: the engine's matrix dtype (all matrices share it).
@@ -286,6 +296,9 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
     }
     bindings_.push_back(std::move(b));
   }
+
+  glu_consumer_.assign(graph_.nodes.size(), -1);
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) glu_consumer_[i] = cuda_glu_consumer(graph_, i);
 
   // (3) KV cache, one [num_blocks, block_size, kv_heads, head_dim] pair per layer. Without an explicit
   // block count, the cache takes at most 90% of what is free after the weights, less 1.5 GiB kept for
@@ -444,6 +457,7 @@ Status CudaBackend::upload_batch(const Batch& batch, int64_t padded) {
 }
 
 Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings) {
+  glu_done_ = -1;
   cudaEvent_t start = nullptr, stop = nullptr;
   if (timings) {
     cudaEventCreate(&start);
@@ -476,7 +490,16 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
         const auto tactic = linear_tactics_.find({rows, width, K});
         const bool use_gemv = K % 8 == 0 && rows <= cuda::kGemvMaxRows &&
                               (tactic != linear_tactics_.end() ? tactic->second : rows <= gemv_max_rows_);
-        if (use_gemv) {
+        const int glu = glu_consumer_[i];
+        if (use_gemv && decode_step_ && fuse_glu_ && glu >= 0 &&
+            swiglu_kernel_for(static_cast<size_t>(glu), rows) != SwiGluKernel::kFusedGemv) {
+          // SwiGLU in this GEMV's epilogue: the product [rows, width / 2] goes to the front of this
+          // node's own output (live until the consumer, its only reader, which multiplies it next).
+          KILN_TRY(cuda::gemv_glu(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width / 2,
+                                  has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, out, width / 2,
+                                  act_, stream_));
+          glu_done_ = glu;
+        } else if (use_gemv) {
           KILN_TRY(cuda::gemv(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width,
                               has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, out, width, act_, y_dtype, stream_));
         } else {
@@ -572,26 +595,35 @@ Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows) {
   const bool has_bias = n.weights.size() > 1;
   const float* bias_f32 = has_bias ? static_cast<const float*>(b.weights[1]) : nullptr;
   void* out = value_ptr(n.output);
+  const SwiGluKernel kernel = swiglu_kernel_for(i, rows);
+  const bool glu_done = glu_done_ == static_cast<int>(i);  // gate_up's gemv_glu wrote the product
+  glu_done_ = -1;
+  if (kernel == SwiGluKernel::kFusedGemv) {
+    return cuda::gemv_swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, b.weights[0], N, bias_f32, out, N,
+                             act_, y_dtype, stream_);
+  }
+  // SwiGLU into the node's scratch, then the plain GEMV or cuBLASLt on it; or the product gemv_glu
+  // left at the front of the gate_up output ([rows, K] contiguous: gate starts at column 0).
+  void* act = glu_done ? static_cast<void*>(value_ptr(gate.value)) : static_cast<char*>(arena_) + node_scratch_offset_[i];
+  if (!glu_done) KILN_TRY(cuda::swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, act, act_, stream_));
+  if (kernel == SwiGluKernel::kSwiGluGemv) {
+    return cuda::gemv(act, rows, K, b.weights[0], N, bias_f32, out, N, act_, y_dtype, stream_);
+  }
+  const void* bias = has_bias ? (y_dtype == DType::F32 ? b.weights[1] : b.bias_act) : nullptr;
+  return gemm_->run(act, rows, K, b.weights[0], N, bias, out, N, act_, y_dtype, stream_);
+}
+
+SwiGluKernel CudaBackend::swiglu_kernel_for(size_t i, int64_t rows) const {
+  const Node& n = graph_.nodes[i];
+  const int64_t K = n.inputs[0].width, N = graph_.values[n.output].width;
   const bool gemv_ok = rows <= cuda::kGemvMaxRows && K % 8 == 0;
   SwiGluKernel kernel =
       gemv_ok && rows <= gemv_max_rows_ ? SwiGluKernel::kFusedGemv : SwiGluKernel::kSwiGluGemm;
   if (const auto tactic = swiglu_tactics_.find({rows, N, K}); tactic != swiglu_tactics_.end())
     kernel = tactic->second;
   if (kernel != SwiGluKernel::kSwiGluGemm && !gemv_ok) kernel = SwiGluKernel::kSwiGluGemm;
-  if (kernel == SwiGluKernel::kFusedGemv && !cuda_gemv_swiglu_layout(graph_, n))
-    kernel = SwiGluKernel::kSwiGluGemv;
-  if (kernel == SwiGluKernel::kFusedGemv) {
-    return cuda::gemv_swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, b.weights[0], N, bias_f32, out, N,
-                             act_, y_dtype, stream_);
-  }
-  // SwiGLU into the node's scratch, then the plain GEMV or cuBLASLt on it.
-  void* act = static_cast<char*>(arena_) + node_scratch_offset_[i];
-  KILN_TRY(cuda::swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, act, act_, stream_));
-  if (kernel == SwiGluKernel::kSwiGluGemv) {
-    return cuda::gemv(act, rows, K, b.weights[0], N, bias_f32, out, N, act_, y_dtype, stream_);
-  }
-  const void* bias = has_bias ? (y_dtype == DType::F32 ? b.weights[1] : b.bias_act) : nullptr;
-  return gemm_->run(act, rows, K, b.weights[0], N, bias, out, N, act_, y_dtype, stream_);
+  if (kernel == SwiGluKernel::kFusedGemv && !cuda_gemv_swiglu_layout(graph_, n)) kernel = SwiGluKernel::kSwiGluGemv;
+  return kernel;
 }
 
 Status CudaBackend::run_decode_graph(int64_t bucket) {

@@ -68,19 +68,24 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 // x: [M, K]; w: [N, K]; y: [M, N] at stride ldy (T, or float when y_f32); bias: [N] or null.
 // kSwiGlu: x is the gate ([M, K] at row stride x_ld) and up ([M, K] at stride up_ld) is given; the
 // kernel multiplies w by silu(gate) * up, rounded to T. Otherwise x has row stride K (x_ld, up unused).
-template <class T, int M, int R, bool kStageX, bool kSwiGlu>
+// kGluOut: w is a fused gate_up matrix [2N, K] (gate rows, then up rows) and y[m, n] =
+// round(silu(gate[m, n]) * up[m, n]) with gate and up the GEMV's outputs rounded to T: a warp's R rows
+// are R / 2 gate rows and the up rows N below them (gemv_glu).
+template <class T, int M, int R, bool kStageX, bool kSwiGlu, bool kGluOut = false>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const T* __restrict__ x, int64_t x_ld, const T* __restrict__ up, int64_t up_ld, int K,
                 const T* __restrict__ w, int N, const float* __restrict__ bias, void* __restrict__ y,
                 int64_t ldy, bool y_f32, int k_split) {
   static_assert(!(kStageX && kSwiGlu), "the SwiGLU input is computed as it is loaded, never staged");
+  static_assert(!kGluOut || (!kSwiGlu && R % 2 == 0), "gate/up row pairs of a plain input");
   constexpr int U = 8 / R;                  // R * U = 8 loads of 16 bytes in flight per lane
+  constexpr int kOuts = kGluOut ? R / 2 : R;  // outputs (columns of y) per warp
   extern __shared__ uint4 x_staged[];       // [M, K / 8] when kStageX
   __shared__ float partial[kWarps][R * M];  // per-warp sums before the k_split combine
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = warp / k_split, slice = warp % k_split;
-  const int row0 = (blockIdx.x * (kWarps / k_split) + group) * R;
+  const int row0 = (blockIdx.x * (kWarps / k_split) + group) * kOuts;  // first output of the group
   const int kv = K / 8;  // 16-byte vectors per row
 
   detail::allow_dependents();
@@ -88,7 +93,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     // Rows past N (last block only) re-read row N - 1 and are not stored: no divergence in the loop.
-    wrow[r] = reinterpret_cast<const uint4*>(w) + static_cast<int64_t>(min(row0 + r, N - 1)) * kv;
+    const int64_t row = kGluOut ? min(row0 + r % kOuts, N - 1) + static_cast<int64_t>(r / kOuts) * N
+                                : min(row0 + r, N - 1);
+    wrow[r] = reinterpret_cast<const uint4*>(w) + row * kv;
   }
   const int stride = k_split * kStepVecs;
   uint4 wv[U][R];
@@ -160,6 +167,26 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   // Lane i of each group's first warp finishes output i = (row r, column m) of the group (and i + 32
   // when R * M > 32).
+  if constexpr (kGluOut) {
+    if (slice == 0) {
+      for (int i = lane; i < kOuts * M; i += 32) {
+        const int r = i / M, m = i % M, row = row0 + r;
+        if (row < N) {
+          float gate = 0.0f, upv = 0.0f;
+          for (int s = 0; s < k_split; ++s) gate += partial[warp + s][i];
+          for (int s = 0; s < k_split; ++s) upv += partial[warp + s][kOuts * M + i];
+          if (bias != nullptr) {
+            gate += bias[row];
+            upv += bias[N + row];
+          }
+          // The gate_up GEMV would store both rounded to T, and swiglu would read them back.
+          const float h = detail::silu_mul(detail::round_to<T>(gate), detail::round_to<T>(upv));
+          static_cast<T*>(y)[m * ldy + row] = Act<T>::from_float(h);
+        }
+      }
+    }
+    return;
+  }
   if (slice == 0) {
     for (int i = lane; i < R * M; i += 32) {
       const int r = i / M, m = i % M, row = row0 + r;
@@ -205,12 +232,13 @@ struct GemvArgs {
   int k_split;
 };
 
-template <class T, int M, int R, bool kStageX, bool kSwiGlu>
+template <class T, int M, int R, bool kStageX, bool kSwiGlu, bool kGluOut = false>
 Status launch(const GemvArgs& a, cudaStream_t stream) {
+  constexpr int kOuts = kGluOut ? R / 2 : R;
   const int groups_per_block = kWarps / a.k_split;
-  const int64_t blocks = ((a.N + R - 1) / R + groups_per_block - 1) / groups_per_block;
+  const int64_t blocks = ((a.N + kOuts - 1) / kOuts + groups_per_block - 1) / groups_per_block;
   const size_t smem = kStageX ? static_cast<size_t>(M) * a.K * sizeof(T) : 0;
-  auto* kernel = gemv_kernel<T, M, R, kStageX, kSwiGlu>;
+  auto* kernel = gemv_kernel<T, M, R, kStageX, kSwiGlu, kGluOut>;
   if constexpr (kStageX) {
     // Above 48 KB, dynamic shared memory is opt-in; raised once per instantiation (and device: the
     // engine runs on one).
@@ -227,6 +255,20 @@ Status launch(const GemvArgs& a, cudaStream_t stream) {
                                      static_cast<int>(a.K), static_cast<const T*>(a.w), static_cast<int>(a.N),
                                      a.bias, a.y, a.ldy, a.y_f32, a.k_split),
                "gemv launch");
+}
+
+template <class T>
+Status launch_glu_m(int64_t M, const GemvArgs& a, cudaStream_t stream) {
+  switch (M) {
+    case 1: return launch<T, 1, rows_per_warp(1), false, false, true>(a, stream);
+    case 2: return launch<T, 2, rows_per_warp(2), false, false, true>(a, stream);
+    case 3: return launch<T, 3, rows_per_warp(3), false, false, true>(a, stream);
+    case 4: return launch<T, 4, rows_per_warp(4), false, false, true>(a, stream);
+    case 5: return launch<T, 5, rows_per_warp(5), false, false, true>(a, stream);
+    case 6: return launch<T, 6, rows_per_warp(6), false, false, true>(a, stream);
+    case 7: return launch<T, 7, rows_per_warp(7), false, false, true>(a, stream);
+    default: return launch<T, 8, rows_per_warp(8), false, false, true>(a, stream);
+  }
 }
 
 // Rows per warp: the plain GEMV's by M; the SwiGLU variant's from the tuning (0: 4).
@@ -347,6 +389,23 @@ Status gemv_swiglu_tuned(const void* gate, int64_t gate_ld, const void* up, int6
   const GemvArgs args{gate, gate_ld, up, up_ld, K, w, N, bias, y, ldy, y_dtype == DType::F32, k_split};
   Status status =
       KILN_DISPATCH_ACT(act, return launch_m<T, false, true>(M, tuning.rows_per_warp, args, stream));
+  if (!status.ok()) return status.error().with_context(shapes());
+  return check(cudaGetLastError(), shapes().c_str());
+}
+
+Status gemv_glu(const void* x, int64_t M, int64_t K, const void* w, int64_t F, const float* bias, void* y,
+                int64_t ldy, DType act, cudaStream_t stream) {
+  const auto shapes = [&] {
+    return fmt::format("gemv_glu [M={} K={} F={} ldy={} act={}]", M, K, F, ldy, dtype_name(act));
+  };
+  // k_split as the plain GEMV over the whole [2F, K] matrix picks it: the same sums, bit for bit.
+  int k_split = 0;
+  KILN_TRY(check_gemv(shapes, M, K, 2 * F, 2 * F, act, act, w, y, GemvTuning{}, k_split));
+  if (ldy < F) return make_error("{}: need ldy >= F", shapes());
+  if (x == nullptr) return make_error("{}: null pointer", shapes());
+  if (!detail::is_aligned16(x)) return make_error("{}: x and w must be 16-byte aligned", shapes());
+  const GemvArgs args{x, K, nullptr, 0, K, w, F, bias, y, ldy, false, k_split};
+  Status status = KILN_DISPATCH_ACT(act, return launch_glu_m<T>(M, args, stream));
   if (!status.ok()) return status.error().with_context(shapes());
   return check(cudaGetLastError(), shapes().c_str());
 }

@@ -38,6 +38,14 @@ Status gemv_swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up
                    const void* w, int64_t N, const float* bias, void* y, int64_t ldy, DType act,
                    DType y_dtype, cudaStream_t stream);
 
+// A fused gate_up projection with SwiGLU as its epilogue (an MLP's up half at decode):
+//   y[m, f] = round(silu(g) * u),  g = round(sum_k x[m, k] w[f, k] + bias[f]),
+//                                  u = round(sum_k x[m, k] w[F + f, k] + bias[F + f]),
+// round() to the act dtype; bit-identical to gemv() into [M, 2F] followed by swiglu() on its two
+// halves. w: [2F, K] (gate rows, then up rows); bias: [2F] f32 or null; y: [M, F] act, stride ldy.
+Status gemv_glu(const void* x, int64_t M, int64_t K, const void* w, int64_t F, const float* bias, void* y,
+                int64_t ldy, DType act, cudaStream_t stream);
+
 // ---- normalization and elementwise ----
 // y = rms_norm(x) * weight  (HF LlamaRMSNorm: f32 math, cast at the end).  x, y: [M, D]; weight: [D] f32
 Status rms_norm(const void* x, const float* weight, int64_t M, int64_t D, float eps, void* y, DType act,

@@ -3,6 +3,7 @@
 // CPU reference. f16 and bf16, M = 1..8, K = 11008 (Llama-2-7B's down projection) and small sizes
 // (a partial 256-element step, one 16-byte vector), gate and up as the two halves of one gate_up row
 // or as separate buffers with other strides, every rows-per-warp tuning, outputs poisoned (NaN).
+// Also gemv_glu, the gate_up GEMV with SwiGLU as its epilogue, against gemv + swiglu.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -152,6 +153,62 @@ TEST(CudaGemvSwiglu, EveryTuningComputesTheSameFunction) {
       }
     }
   }
+}
+
+// gemv_glu (SwiGLU as the epilogue of the fused gate_up GEMV) against gemv() into [M, 2F] followed by
+// swiglu() on its halves: bit for bit, with y's padding columns (ldy > F) left untouched (NaN).
+void run_glu_case(std::mt19937& rng, DType act, int64_t M, int64_t K, int64_t F, int64_t ldy, bool with_bias) {
+  SCOPED_TRACE(::testing::Message() << "act=" << dtype_name(act) << " M=" << M << " K=" << K << " F=" << F
+                                    << " ldy=" << ldy << " bias=" << with_bias);
+  const HostAct x = random_act(rng, M * K, act, -2.0, 2.0);
+  const HostAct w = random_act(rng, 2 * F * K, act);
+  const std::vector<float> bias = random_f32(rng, 2 * F, -0.5f, 0.5f);
+  DeviceBuffer dx(x.bits), dw(w.bits), dbias(bias);
+  const float* b = with_bias ? dbias.get<float>() : nullptr;
+  DeviceBuffer glu_y(M * ldy * 2), gate_up(M * 2 * F * 2), plain_y(M * F * 2);
+  const Status glu = gemv_glu(dx.get(), M, K, dw.get(), F, b, glu_y.get(), ldy, act, nullptr);
+  ASSERT_TRUE(glu.ok()) << glu.error().message;
+  ASSERT_TRUE(gemv(dx.get(), M, K, dw.get(), 2 * F, b, gate_up.get(), 2 * F, act, act, nullptr).ok());
+  const auto* gu = gate_up.get<uint16_t>();
+  ASSERT_TRUE(swiglu(gu, 2 * F, gu + F, 2 * F, M, F, plain_y.get(), act, nullptr).ok());
+  const std::vector<uint16_t> got = glu_y.download<uint16_t>(), want = plain_y.download<uint16_t>();
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < ldy; ++n) {
+      const uint16_t v = got[m * ldy + n];
+      if (n >= F) {
+        ASSERT_TRUE(std::isnan(from_act(v, act))) << "wrote past F at y[" << m << ", " << n << "]";
+        continue;
+      }
+      ASSERT_EQ(v, want[m * F + n]) << "y[" << m << ", " << n << "] differs from gemv + swiglu";
+    }
+  }
+}
+
+TEST(CudaGemvGlu, EqualsGemvThenSwiglu) {
+  GPU_OR_SKIP();
+  std::mt19937 rng(23);
+  for (DType act : kActs) {
+    for (int64_t M = 1; M <= kGemvMaxRows; ++M) {
+      run_glu_case(rng, act, M, 4096, 344, 344, false);  // Llama-2-7B's K, F a slice of 11008
+      run_glu_case(rng, act, M, 264, 37, 40, true);      // partial K step, odd F, padded rows
+      run_glu_case(rng, act, M, 8, 5, 5, true);          // one 16-byte vector per row
+    }
+  }
+  // An odd F whose last row group is partial at both row counts per warp (M = 1: 2 rows, M = 8: 4).
+  run_glu_case(rng, DType::F16, 1, 2056, 4099, 4099, true);
+  run_glu_case(rng, DType::BF16, 8, 2056, 4099, 4099, true);
+}
+
+TEST(CudaGemvGlu, RejectsBadArguments) {
+  GPU_OR_SKIP();
+  DeviceBuffer buf(1 << 16);
+  const Status small_ld = gemv_glu(buf.get(), 1, 16, buf.get(), 8, nullptr, buf.get(), 4, DType::F16, nullptr);
+  ASSERT_FALSE(small_ld.ok());
+  EXPECT_NE(small_ld.error().message.find("gemv_glu [M=1 K=16 F=8"), std::string::npos) << small_ld.error().message;
+  EXPECT_FALSE(gemv_glu(buf.get(), 1, 12, buf.get(), 8, nullptr, buf.get(), 8, DType::F16, nullptr).ok());  // K % 8
+  EXPECT_FALSE(gemv_glu(buf.get(), kGemvMaxRows + 1, 16, buf.get(), 8, nullptr, buf.get(), 8, DType::F16, nullptr).ok());
+  EXPECT_FALSE(gemv_glu(buf.get(), 1, 16, buf.get(), 8, nullptr, buf.get(), 8, DType::F32, nullptr).ok());
+  EXPECT_FALSE(gemv_glu(nullptr, 1, 16, buf.get(), 8, nullptr, buf.get(), 8, DType::F16, nullptr).ok());
 }
 
 TEST(CudaGemvSwiglu, RejectsBadArgumentsNamingKernelAndShapes) {
