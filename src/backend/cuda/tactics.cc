@@ -113,7 +113,9 @@ Result<nlohmann::json> cuda_plugin::select_tactics(const Graph& graph, const std
     const int64_t copies = static_cast<int64_t>(std::max<size_t>(1, w_bytes / stride));
     auto w_at = [&](int rep) { return static_cast<const void*>(static_cast<char*>(w) + static_cast<size_t>(rep % copies) * stride); };
     // A SwiGluLinear's GEMV and GEMM read the swiglu kernel's output (whose time both pay), unless the
-    // GEMV applies SwiGLU itself (gemv_swiglu_ms).
+    // GEMV applies SwiGLU itself (gemv_swiglu_ms). In decode steps the executor may instead put SwiGLU
+    // into the gate_up GEMV's epilogue (gemv_glu), so charging the kernel overstates those options: they
+    // are chosen only where they win even paying for it.
     const void* up = static_cast<const char*>(x) + K * 2;
     const void* input = swiglu_input ? act_buf : x;
     for (int64_t M : row_counts) {
