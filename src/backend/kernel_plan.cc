@@ -69,7 +69,14 @@ std::string kernels_for_node(const std::string& backend, const Graph& graph, con
       // swiglu + gemv or swiglu + cublasLt gemm for a shape where that measured faster).
       if (!cuda) return "swiglu + matmul";
       if (!decode) return "swiglu + cublasLt gemm";
-      return cuda_gemv_swiglu_layout(graph, node) ? "gemv_swiglu" : "swiglu + cublasLt gemm";
+      if (cuda_gemv_swiglu_layout(graph, node)) return "gemv_swiglu";
+      // SwiGLU apart: in the gate_up GEMV's epilogue (gemv_glu) when this node is its only reader.
+      for (size_t i = 0; i < graph.nodes.size(); ++i) {
+        const int consumer = cuda_glu_consumer(graph, i);
+        if (consumer >= 0 && &graph.nodes[static_cast<size_t>(consumer)] == &node)
+          return "cublasLt gemm (swiglu in gate_up's gemv_glu)";
+      }
+      return "swiglu + cublasLt gemm";
     case OpKind::Attention: {
       if (cuda && decode && cuda_decode_fuses_rope_kv(graph, node)) {
         // What the decode graphs run (eager or profiled steps, and KILN_CUDA_DECODE_ROPE_KV=0, keep the

@@ -52,26 +52,39 @@ TEST(CudaParity, Stories260KFromBosMatchesLlama2c) {
 }
 
 // SwiGLU as the epilogue of the gate_up GEMV (gemv_glu) decodes the same greedy ids as the separate
-// swiglu kernel, with one kernel fewer per layer: the same stories260K engine with KILN_CUDA_GLU=1 and =0 (its
-// down projection, K = 172, runs swiglu + cuBLASLt, so the epilogue applies in every layer).
+// swiglu kernel, with one kernel fewer per layer: one stories260K engine (built without timed tactics,
+// so the choices are the defaults: gate_up on the GEMV at one row, and the down projection, K = 172,
+// on swiglu + cuBLASLt) loaded with KILN_CUDA_GLU=1 and =0. The kernel itself is bit-exact
+// (CudaGemvGlu in test_cuda_gemv_swiglu).
 TEST(CudaParity, GluEpilogueEqualsSeparateSwiglu) {
   GPU_OR_SKIP();
+  TempDir dir;
+  BuildOptions options;
+  options.backend = "cuda";
+  options.model_path = shared_path("models/stories260K/stories260K.bin");
+  options.output_path = dir.file("stories.kiln");
+  options.dtype = "fp16";
+  options.max_seq_len = 512;
+  options.tune = false;
+  const auto report = build_engine(options);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  struct RestoreEnv {
+    ~RestoreEnv() { unsetenv("KILN_CUDA_GLU"); }
+  } restore;
   std::vector<GenerationResult> results;
   std::vector<int64_t> kernels;
   for (const char* glu : {"1", "0"}) {
     ASSERT_EQ(setenv("KILN_CUDA_GLU", glu, 1), 0);
-    TempDir dir;
-    auto model = build_and_load(dir, shared_path("models/stories260K/stories260K.bin"), "fp16", true, 512, 2,
-                                512, "cuda");
-    ASSERT_TRUE(model);
-    results.push_back(greedy(*model, {1, 403, 407, 261}, 48));
-    kernels.push_back(model->backend().kernels_per_decode_step(1));
+    RuntimeOptions runtime;
+    runtime.backend_options.max_tokens_per_step = 512;
+    auto model = Model::load(options.output_path, runtime);
+    ASSERT_TRUE(model.ok()) << model.error().message;
+    results.push_back(greedy(**model, {1, 403, 407, 261}, 48));
+    kernels.push_back((*model)->backend().kernels_per_decode_step(1));
   }
-  unsetenv("KILN_CUDA_GLU");
   EXPECT_EQ(kernels[1] - kernels[0], 5) << "one swiglu kernel fewer in each of the 5 layers";
   ASSERT_EQ(results[0].ids.size(), 48u);
-  EXPECT_EQ(results[0].ids, results[1].ids);  // 47 graph-replayed decode steps (the kernel is bit-exact:
-                                              // CudaGemvGlu in test_cuda_gemv_swiglu)
+  EXPECT_EQ(results[0].ids, results[1].ids);  // 47 graph-replayed decode steps
 }
 
 // A prefill chunk that asks for no logits (the first chunks of a long prompt) runs, and the next

@@ -143,7 +143,7 @@ class CudaBackend final : public Backend {
   // the Linear runs gemv_glu (the product at the front of its own output) and `glu_done_` tells the
   // node to skip its swiglu and read that. KILN_CUDA_GLU=0 keeps the separate swiglu kernel.
   std::vector<int> glu_consumer_;
-  int glu_done_ = -1;
+  std::vector<char> glu_done_;  // [node], set by its gate_up in this launch_nodes call
   bool fuse_glu_ = true;
   // Linear layers with at most this many rows use the GEMV kernel, others cuBLASLt. Measured on an
   // H100 (Llama-2-7B fp16, docs/PERFORMANCE.md): at 8 rows cuBLASLt decodes 1314 tok/s vs 1044 with
@@ -298,6 +298,7 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   }
 
   glu_consumer_.assign(graph_.nodes.size(), -1);
+  glu_done_.assign(graph_.nodes.size(), 0);
   for (size_t i = 0; i < graph_.nodes.size(); ++i) glu_consumer_[i] = cuda_glu_consumer(graph_, i);
 
   // (3) KV cache, one [num_blocks, block_size, kv_heads, head_dim] pair per layer. Without an explicit
@@ -457,7 +458,7 @@ Status CudaBackend::upload_batch(const Batch& batch, int64_t padded) {
 }
 
 Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings) {
-  glu_done_ = -1;
+  std::fill(glu_done_.begin(), glu_done_.end(), 0);
   cudaEvent_t start = nullptr, stop = nullptr;
   if (timings) {
     cudaEventCreate(&start);
@@ -498,7 +499,7 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
           KILN_TRY(cuda::gemv_glu(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width / 2,
                                   has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, out, width / 2,
                                   act_, stream_));
-          glu_done_ = glu;
+          glu_done_[static_cast<size_t>(glu)] = 1;
         } else if (use_gemv) {
           KILN_TRY(cuda::gemv(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width,
                               has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, out, width, act_, y_dtype, stream_));
@@ -596,8 +597,11 @@ Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows) {
   const float* bias_f32 = has_bias ? static_cast<const float*>(b.weights[1]) : nullptr;
   void* out = value_ptr(n.output);
   const SwiGluKernel kernel = swiglu_kernel_for(i, rows);
-  const bool glu_done = glu_done_ == static_cast<int>(i);  // gate_up's gemv_glu wrote the product
-  glu_done_ = -1;
+  const bool glu_done = glu_done_[i] != 0;  // gate_up's gemv_glu wrote the product
+  glu_done_[i] = 0;
+  if (glu_done && kernel == SwiGluKernel::kFusedGemv) {
+    return make_error("cuda backend: node '{}': gate_up applied SwiGLU but the node reads gate and up", n.name);
+  }
   if (kernel == SwiGluKernel::kFusedGemv) {
     return cuda::gemv_swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, b.weights[0], N, bias_f32, out, N,
                              act_, y_dtype, stream_);

@@ -172,15 +172,15 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = lane; i < kOuts * M; i += 32) {
         const int r = i / M, m = i % M, row = row0 + r;
         if (row < N) {
-          float gate = 0.0f, upv = 0.0f;
-          for (int s = 0; s < k_split; ++s) gate += partial[warp + s][i];
-          for (int s = 0; s < k_split; ++s) upv += partial[warp + s][kOuts * M + i];
+          float gate_sum = 0.0f, up_sum = 0.0f;
+          for (int s = 0; s < k_split; ++s) gate_sum += partial[warp + s][i];
+          for (int s = 0; s < k_split; ++s) up_sum += partial[warp + s][kOuts * M + i];
           if (bias != nullptr) {
-            gate += bias[row];
-            upv += bias[N + row];
+            gate_sum += bias[row];
+            up_sum += bias[N + row];
           }
           // The gate_up GEMV would store both rounded to T, and swiglu would read them back.
-          const float h = detail::silu_mul(detail::round_to<T>(gate), detail::round_to<T>(upv));
+          const float h = detail::silu_mul(detail::round_to<T>(gate_sum), detail::round_to<T>(up_sum));
           static_cast<T*>(y)[m * ldy + row] = Act<T>::from_float(h);
         }
       }

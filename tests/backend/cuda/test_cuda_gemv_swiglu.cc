@@ -194,8 +194,9 @@ TEST(CudaGemvGlu, EqualsGemvThenSwiglu) {
       run_glu_case(rng, act, M, 8, 5, 5, true);          // one 16-byte vector per row
     }
   }
-  // An odd F whose last row group is partial at both row counts per warp (M = 1: 2 rows, M = 8: 4).
-  run_glu_case(rng, DType::F16, 1, 2056, 4099, 4099, true);
+  // Llama-2-7B's gate_up at one row (2F >= 16384: k_split 4), and an odd F whose last block is partial
+  // (rows past F clamped) with 4 rows per warp (M = 8).
+  run_glu_case(rng, DType::F16, 1, 4096, 11008, 11008, false);
   run_glu_case(rng, DType::BF16, 8, 2056, 4099, 4099, true);
 }
 
