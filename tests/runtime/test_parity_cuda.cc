@@ -87,6 +87,42 @@ TEST(CudaParity, GluEpilogueEqualsSeparateSwiglu) {
   EXPECT_EQ(results[0].ids, results[1].ids);  // 47 graph-replayed decode steps
 }
 
+// Norms folded into the GEMVs around them (KILN_CUDA_NORM_FUSION=1: the residual add in the epilogue
+// of the GEMV producing r, the normalization in the prologue of the GEMV reading the norm) decode the
+// same greedy ids as the norm kernels. stories260K without timed tactics: qkv, o_proj and gate_up run
+// on the GEMV at one row, the down projection (K = 172) on cuBLASLt, so each layer loses its
+// post-attention norm and the first layer its input norm: 6 kernels fewer per step.
+TEST(CudaParity, NormFusionEqualsNormKernels) {
+  GPU_OR_SKIP();
+  TempDir dir;
+  BuildOptions options;
+  options.backend = "cuda";
+  options.model_path = shared_path("models/stories260K/stories260K.bin");
+  options.output_path = dir.file("stories.kiln");
+  options.dtype = "fp16";
+  options.max_seq_len = 512;
+  options.tune = false;
+  const auto report = build_engine(options);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  struct RestoreEnv {
+    ~RestoreEnv() { unsetenv("KILN_CUDA_NORM_FUSION"); }
+  } restore;
+  std::vector<GenerationResult> results;
+  std::vector<int64_t> kernels;
+  for (const char* fuse : {"1", "0"}) {
+    ASSERT_EQ(setenv("KILN_CUDA_NORM_FUSION", fuse, 1), 0);
+    RuntimeOptions runtime;
+    runtime.backend_options.max_tokens_per_step = 512;
+    auto model = Model::load(options.output_path, runtime);
+    ASSERT_TRUE(model.ok()) << model.error().message;
+    results.push_back(greedy(**model, {1, 403, 407, 261}, 48));
+    kernels.push_back((*model)->backend().kernels_per_decode_step(1));
+  }
+  EXPECT_EQ(kernels[1] - kernels[0], 6);
+  ASSERT_EQ(results[0].ids.size(), 48u);
+  EXPECT_EQ(results[0].ids, results[1].ids);
+}
+
 // A prefill chunk that asks for no logits (the first chunks of a long prompt) runs, and the next
 // chunk's logits equal those of the whole prompt in one step.
 TEST(CudaParity, PrefillChunkWithoutLogitRows) {

@@ -93,7 +93,7 @@ class CudaBackend final : public Backend {
   // Packs the batch (padded to `rows` tokens when a graph bucket is used) and uploads it.
   Status upload_batch(const Batch& batch, int64_t padded_tokens);
   Status launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings);
-  Status launch_swiglu_linear(size_t node, int64_t rows);
+  Status launch_swiglu_linear(size_t node, int64_t rows, bool fuse_norms);
   // How SwiGluLinear node `node` runs at `rows` rows (tactics, layout and size limits).
   SwiGluKernel swiglu_kernel_for(size_t node, int64_t rows) const;
   // Replays the decode graph of `bucket` rows (captured on first use, after one eager run).
@@ -144,6 +144,18 @@ class CudaBackend final : public Backend {
   // node to skip its swiglu and read that. KILN_CUDA_GLU=0 keeps the separate swiglu kernel.
   std::vector<int> glu_consumer_;
   std::vector<char> glu_done_;  // [node], set by its gate_up in this launch_nodes call
+  // Norms folded into GEMVs (decode steps, KILN_CUDA_NORM_FUSION=1): `residual_target_[i]` is the
+  // AddRmsNorm whose r is node i's output (its only reader): node i's GEMV adds its result into the
+  // residual stream itself (GemvFusion::residual_out) and marks `residual_done_`; `norm_consumer_[j]`
+  // is the one Linear reading norm j's output whole: when it runs a GEMV, the norm is skipped and the
+  // GEMV normalizes the residual stream as its input (GemvFusion::norm_weight, `norm_pending_`). A norm
+  // whose add was done but whose consumer cannot take it runs as rms_norm.
+  std::vector<int> residual_target_, norm_consumer_, norm_pending_;
+  std::vector<char> residual_done_;
+  bool fuse_norms_ = false;
+  int smem_optin_ = 0;  // the device's opt-in shared memory per block, bytes
+  // Whether Linear node `node` runs on the GEMV at `rows` rows (tactics, size and layout limits).
+  bool linear_uses_gemv(size_t node, int64_t rows) const;
   bool fuse_glu_ = true;
   // Linear layers with at most this many rows use the GEMV kernel, others cuBLASLt. Measured on an
   // H100 (Llama-2-7B fp16, docs/PERFORMANCE.md): at 8 rows cuBLASLt decodes 1314 tok/s vs 1044 with
@@ -210,6 +222,7 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   }
   if (const char* env = std::getenv("KILN_CUDA_DECODE_ROPE_KV"); env && *env) fuse_decode_rope_kv_ = std::string(env) != "0";
   if (const char* env = std::getenv("KILN_CUDA_GLU"); env && *env) fuse_glu_ = std::string(env) != "0";
+  if (const char* env = std::getenv("KILN_CUDA_NORM_FUSION"); env && *env) fuse_norms_ = std::string(env) == "1";
   KILN_TRY(check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
 
   // Activation dtype: the engine's matrix dtype (all matrices share it).
@@ -299,6 +312,59 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
 
   glu_consumer_.assign(graph_.nodes.size(), -1);
   glu_done_.assign(graph_.nodes.size(), 0);
+  residual_target_.assign(graph_.nodes.size(), -1);
+  norm_consumer_.assign(graph_.nodes.size(), -1);
+  norm_pending_.assign(graph_.nodes.size(), -1);
+  residual_done_.assign(graph_.nodes.size(), 0);
+  {
+    // Where norms can fold into GEMVs. The analysis asks only what the fusions need, not a Llama
+    // layout: (a) the producer of r is r's only writer and only reader besides the norm, its input
+    // is not the residual stream x, and no node between it and the norm reads x (the GEMV updates x
+    // early); (b) the consumer is the node right after the norm, reads the norm's output whole and
+    // alone, and x is read again after it (so the arena keeps x's buffer, not given to the consumer's
+    // output, while the consumer's GEMV reads x). The final norm, whose input dies at it, stays a kernel.
+    const size_t num_nodes = graph_.nodes.size();
+    std::vector<std::vector<int>> readers(graph_.values.size());
+    std::vector<int> writers(graph_.values.size(), 0);
+    for (size_t j = 0; j < num_nodes; ++j) {
+      for (const ValueRef& r : graph_.nodes[j].inputs) {
+        if (readers[r.value].empty() || readers[r.value].back() != static_cast<int>(j)) readers[r.value].push_back(static_cast<int>(j));
+      }
+      ++writers[graph_.nodes[j].output];
+    }
+    const auto reads = [&](size_t k, int32_t v) {
+      for (const ValueRef& r : graph_.nodes[k].inputs) if (r.value == v) return true;
+      return false;
+    };
+    for (size_t j = 0; j < num_nodes; ++j) {
+      const Node& norm = graph_.nodes[j];
+      if (norm.op != OpKind::AddRmsNorm && norm.op != OpKind::RmsNorm) continue;
+      const int64_t D = graph_.values[norm.output].width;
+      const int32_t x = norm.inputs[0].value;
+      if (norm.inputs[0].col_offset != 0 || norm.inputs[0].width != D || graph_.values[x].width != D) continue;
+      if (norm.op == OpKind::AddRmsNorm) {
+        const int32_t r = norm.inputs[1].value;
+        for (size_t i = 0; i < j; ++i) {
+          const Node& p = graph_.nodes[i];
+          if (p.output != r || (p.op != OpKind::Linear && p.op != OpKind::SwiGluLinear)) continue;
+          bool ok = writers[r] == 1 && readers[r].size() == 1 && graph_.values[r].width == D && !reads(i, x);
+          for (size_t k = i + 1; k < j && ok; ++k) ok = !reads(k, x) && graph_.nodes[k].output != x;
+          if (ok) residual_target_[i] = static_cast<int>(j);
+        }
+      }
+      const std::vector<int>& y_readers = readers[norm.output];
+      const size_t c = j + 1;
+      if (y_readers.size() != 1 || y_readers[0] != static_cast<int>(c) || D % 8 != 0 || norm.output == graph_.logits_value) continue;
+      const Node& consumer = graph_.nodes[c];
+      const bool whole = consumer.inputs.size() == 1 && consumer.inputs[0].col_offset == 0 && consumer.inputs[0].width == D;
+      const bool x_lives = readers[x].back() > static_cast<int>(c) && x != graph_.logits_value;
+      if (consumer.op == OpKind::Linear && whole && x_lives && consumer.output != x) norm_consumer_[j] = static_cast<int>(c);
+    }
+    int device = 0;
+    KILN_TRY(check(cudaGetDevice(&device), "cudaGetDevice"));
+    KILN_TRY(check(cudaDeviceGetAttribute(&smem_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                   "shared-memory limit"));
+  }
   for (size_t i = 0; i < graph_.nodes.size(); ++i) glu_consumer_[i] = cuda_glu_consumer(graph_, i);
 
   // (3) KV cache, one [num_blocks, block_size, kv_heads, head_dim] pair per layer. Without an explicit
@@ -459,6 +525,9 @@ Status CudaBackend::upload_batch(const Batch& batch, int64_t padded) {
 
 Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings) {
   std::fill(glu_done_.begin(), glu_done_.end(), 0);
+  std::fill(residual_done_.begin(), residual_done_.end(), 0);
+  std::fill(norm_pending_.begin(), norm_pending_.end(), -1);
+  const bool fuse_norms = decode_step_ && fuse_norms_;
   cudaEvent_t start = nullptr, stop = nullptr;
   if (timings) {
     cudaEventCreate(&start);
@@ -478,31 +547,59 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
         KILN_TRY(cuda::embedding(d_tokens_, T, b.weights[0], graph_.weights.at(n.weights[0]).shape[0], width, out, act_, stream_));
         break;
       case OpKind::RmsNorm:
-        KILN_TRY(cuda::rms_norm(value_ptr(n.inputs[0].value), static_cast<const float*>(b.weights[0]), rows, width, eps, out, act_, stream_));
+      case OpKind::AddRmsNorm: {
+        const bool add = n.op == OpKind::AddRmsNorm && !residual_done_[i];
+        const int c = norm_consumer_[i];
+        // The consumer normalizes its staged input: [rows, width] must fit shared memory (gemv.cu).
+        if (fuse_norms && !add && c >= 0 && linear_uses_gemv(static_cast<size_t>(c), rows) &&
+            rows * width * 2 + 4096 <= smem_optin_) {
+          norm_pending_[static_cast<size_t>(c)] = static_cast<int>(i);  // the consumer's GEMV normalizes
+          break;
+        }
+        if (add) {
+          KILN_TRY(cuda::add_rms_norm(value_ptr(n.inputs[0].value), value_ptr(n.inputs[1].value),
+                                      static_cast<const float*>(b.weights[0]), rows, width, eps, out, act_, stream_));
+        } else {  // plain, or its add done by the GEMV that produced r
+          KILN_TRY(cuda::rms_norm(value_ptr(n.inputs[0].value), static_cast<const float*>(b.weights[0]), rows, width,
+                                  eps, out, act_, stream_));
+        }
         break;
-      case OpKind::AddRmsNorm:
-        KILN_TRY(cuda::add_rms_norm(value_ptr(n.inputs[0].value), value_ptr(n.inputs[1].value),
-                                    static_cast<const float*>(b.weights[0]), rows, width, eps, out, act_, stream_));
-        break;
+      }
       case OpKind::Linear: {
         const int64_t K = n.inputs[0].width;
         const DType y_dtype = n.output == graph_.logits_value ? DType::F32 : act_;
         const bool has_bias = n.weights.size() > 1;
-        const auto tactic = linear_tactics_.find({rows, width, K});
-        const bool use_gemv = K % 8 == 0 && rows <= cuda::kGemvMaxRows &&
-                              (tactic != linear_tactics_.end() ? tactic->second : rows <= gemv_max_rows_);
+        const bool use_gemv = linear_uses_gemv(i, rows);
         const int glu = glu_consumer_[i];
+        // The GEMV's fusions: the norm before it (its input is then the residual stream), the
+        // residual add after it (its output is then the residual stream).
+        cuda::GemvFusion fusion;
+        const void* x = value_ptr(n.inputs[0].value);
+        void* y = out;
+        if (const int norm = norm_pending_[i]; norm >= 0) {
+          if (!use_gemv) return make_error("cuda backend: node '{}': its norm was left to a GEMV it does not run", n.name);
+          const Node& nn = graph_.nodes[static_cast<size_t>(norm)];
+          x = value_ptr(nn.inputs[0].value);
+          fusion.norm_weight = static_cast<const float*>(bindings_[static_cast<size_t>(norm)].weights[0]);
+          fusion.norm_eps = static_cast<float>(nn.attr("eps"));
+        }
+        const int residual = fuse_norms && use_gemv && norm_pending_[i] < 0 ? residual_target_[i] : -1;
+        if (residual >= 0) {
+          y = value_ptr(graph_.nodes[static_cast<size_t>(residual)].inputs[0].value);
+          fusion.residual_out = true;
+        }
         if (use_gemv && decode_step_ && fuse_glu_ && glu >= 0 &&
             swiglu_kernel_for(static_cast<size_t>(glu), rows) != SwiGluKernel::kFusedGemv) {
           // SwiGLU in this GEMV's epilogue: the product [rows, width / 2] goes to the front of this
           // node's own output (live until the consumer, its only reader, which multiplies it next).
-          KILN_TRY(cuda::gemv_glu(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width / 2,
+          KILN_TRY(cuda::gemv_glu(x, rows, K, b.weights[0], width / 2,
                                   has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, out, width / 2,
-                                  act_, stream_));
+                                  act_, stream_, fusion));
           glu_done_[static_cast<size_t>(glu)] = 1;
         } else if (use_gemv) {
-          KILN_TRY(cuda::gemv(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width,
-                              has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, out, width, act_, y_dtype, stream_));
+          KILN_TRY(cuda::gemv(x, rows, K, b.weights[0], width, has_bias ? static_cast<const float*>(b.weights[1]) : nullptr,
+                              y, width, act_, y_dtype, stream_, fusion));
+          if (residual >= 0) residual_done_[static_cast<size_t>(residual)] = 1;
         } else {
           const void* bias = has_bias ? (y_dtype == DType::F32 ? b.weights[1] : b.bias_act) : nullptr;
           KILN_TRY(gemm_->run(value_ptr(n.inputs[0].value), rows, K, b.weights[0], width, bias, out, width, act_, y_dtype, stream_));
@@ -554,7 +651,7 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
         break;
       }
       case OpKind::SwiGluLinear:
-        KILN_TRY(launch_swiglu_linear(i, rows));
+        KILN_TRY(launch_swiglu_linear(i, rows, fuse_norms));
         break;
       case OpKind::SwiGlu: {
         const ValueRef &gate = n.inputs[0], &up = n.inputs[1];
@@ -584,7 +681,7 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
   return Status::Ok();
 }
 
-Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows) {
+Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows, bool fuse_norms) {
   const Node& n = graph_.nodes[i];
   const NodeBinding& b = bindings_[i];
   const ValueRef &gate = n.inputs[0], &up = n.inputs[1];
@@ -602,19 +699,36 @@ Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows) {
   if (glu_done && kernel == SwiGluKernel::kFusedGemv) {
     return make_error("cuda backend: node '{}': gate_up applied SwiGLU but the node reads gate and up", n.name);
   }
+  // The residual add folded into the GEMV (its output is then the residual stream; not with cuBLASLt).
+  cuda::GemvFusion fusion;
+  void* y = out;
+  const int residual = fuse_norms && kernel != SwiGluKernel::kSwiGluGemm ? residual_target_[i] : -1;
+  if (residual >= 0) {
+    y = value_ptr(graph_.nodes[static_cast<size_t>(residual)].inputs[0].value);
+    fusion.residual_out = true;
+    residual_done_[static_cast<size_t>(residual)] = 1;
+  }
   if (kernel == SwiGluKernel::kFusedGemv) {
-    return cuda::gemv_swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, b.weights[0], N, bias_f32, out, N,
-                             act_, y_dtype, stream_);
+    return cuda::gemv_swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, b.weights[0], N, bias_f32, y, N,
+                             act_, y_dtype, stream_, fusion);
   }
   // SwiGLU into the node's scratch, then the plain GEMV or cuBLASLt on it; or the product gemv_glu
   // left at the front of the gate_up output ([rows, K] contiguous: gate starts at column 0).
   void* act = glu_done ? static_cast<void*>(value_ptr(gate.value)) : static_cast<char*>(arena_) + node_scratch_offset_[i];
   if (!glu_done) KILN_TRY(cuda::swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, act, act_, stream_));
   if (kernel == SwiGluKernel::kSwiGluGemv) {
-    return cuda::gemv(act, rows, K, b.weights[0], N, bias_f32, out, N, act_, y_dtype, stream_);
+    return cuda::gemv(act, rows, K, b.weights[0], N, bias_f32, y, N, act_, y_dtype, stream_, fusion);
   }
   const void* bias = has_bias ? (y_dtype == DType::F32 ? b.weights[1] : b.bias_act) : nullptr;
   return gemm_->run(act, rows, K, b.weights[0], N, bias, out, N, act_, y_dtype, stream_);
+}
+
+bool CudaBackend::linear_uses_gemv(size_t i, int64_t rows) const {
+  const Node& n = graph_.nodes[i];
+  const int64_t K = n.inputs[0].width, width = graph_.values[n.output].width;
+  const auto tactic = linear_tactics_.find({rows, width, K});
+  return K % 8 == 0 && rows <= cuda::kGemvMaxRows &&
+         (tactic != linear_tactics_.end() ? tactic->second : rows <= gemv_max_rows_);
 }
 
 SwiGluKernel CudaBackend::swiglu_kernel_for(size_t i, int64_t rows) const {

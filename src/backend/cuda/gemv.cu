@@ -71,13 +71,21 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 // kGluOut: w is a fused gate_up matrix [2N, K] (gate rows, then up rows) and y[m, n] =
 // round(silu(gate[m, n]) * up[m, n]) with gate and up the GEMV's outputs rounded to T: a warp's R rows
 // are R / 2 gate rows and the up rows N below them (gemv_glu).
-template <class T, int M, int R, bool kStageX, bool kSwiGlu, bool kGluOut = false>
+// kNormIn (with kStageX): x is the residual stream and the staged input is rms_norm(x) * norm_w, computed
+// by each block exactly as rms_norm's kernel computes it (same element-to-thread assignment, same
+// block_sum, same roundings): the decode step's norm kernel goes away (gemv_fused, GemvFusion).
+// kResidualOut: y (act dtype) is the residual stream and receives y = round(y + round(result)), as
+// add_rms_norm would add the stored result to it.
+template <class T, int M, int R, bool kStageX, bool kSwiGlu, bool kGluOut = false, bool kNormIn = false,
+          bool kResidualOut = false>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const T* __restrict__ x, int64_t x_ld, const T* __restrict__ up, int64_t up_ld, int K,
                 const T* __restrict__ w, int N, const float* __restrict__ bias, void* __restrict__ y,
-                int64_t ldy, bool y_f32, int k_split) {
+                int64_t ldy, bool y_f32, int k_split, const float* __restrict__ norm_w, float norm_eps) {
   static_assert(!(kStageX && kSwiGlu), "the SwiGLU input is computed as it is loaded, never staged");
   static_assert(!kGluOut || (!kSwiGlu && R % 2 == 0), "gate/up row pairs of a plain input");
+  static_assert(!kNormIn || kStageX, "the normalized input is staged");
+  static_assert(!(kResidualOut && kGluOut), "one epilogue");
   constexpr int U = 8 / R;                  // R * U = 8 loads of 16 bytes in flight per lane
   constexpr int kOuts = kGluOut ? R / 2 : R;  // outputs (columns of y) per warp
   extern __shared__ uint4 x_staged[];       // [M, K / 8] when kStageX
@@ -113,7 +121,33 @@ __global__ void __launch_bounds__(kThreads)
   const uint4* xv = reinterpret_cast<const uint4*>(x);
   const uint4* upv = reinterpret_cast<const uint4*>(up);
   const int64_t x_ldv = x_ld / 8, up_ldv = up_ld / 8;
-  if constexpr (kStageX) {
+  if constexpr (kNormIn) {
+    // rms_norm of each row into x_staged: the sum of squares over the thread's 8-element vectors in
+    // element order, the block sum, then the rounded normalized value times the f32 weight, rounded.
+    for (int m = 0; m < M; ++m) {
+      const T* xr = x + m * x_ld;
+      float sum_squares = 0.0f;
+      for (int i = threadIdx.x * 8; i < K; i += kThreads * 8) {
+        float f[8];
+        detail::load_vec<T, 8>(xr + i, f);
+#pragma unroll
+        for (int v = 0; v < 8; ++v) sum_squares = fmaf(f[v], f[v], sum_squares);
+      }
+      const float inv_rms = rsqrtf(detail::block_sum(sum_squares) / static_cast<float>(K) + norm_eps);
+      for (int i = threadIdx.x * 8; i < K; i += kThreads * 8) {
+        float f[8];
+        detail::load_vec<T, 8>(xr + i, f);
+        const float4 a = __ldg(reinterpret_cast<const float4*>(norm_w + i));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(norm_w + i + 4));
+        const float wn[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int v = 0; v < 8; ++v) f[v] = detail::round_to<T>(f[v] * inv_rms) * wn[v];
+        x_staged[m * kv + i / 8] = detail::pack8<T>(f);
+      }
+    }
+    __syncthreads();
+    xv = x_staged;
+  } else if constexpr (kStageX) {
     for (int i = threadIdx.x; i < M * kv; i += kThreads) x_staged[i] = __ldg(xv + i);
     __syncthreads();
     xv = x_staged;
@@ -194,7 +228,10 @@ __global__ void __launch_bounds__(kThreads)
         float sum = 0.0f;
         for (int s = 0; s < k_split; ++s) sum += partial[warp + s][i];
         if (bias != nullptr) sum += bias[row];
-        if (y_f32) {
+        if constexpr (kResidualOut) {
+          T& res = static_cast<T*>(y)[m * ldy + row];
+          res = Act<T>::from_float(Act<T>::to_float(res) + detail::round_to<T>(sum));
+        } else if (y_f32) {
           static_cast<float*>(y)[m * ldy + row] = sum;
         } else {
           static_cast<T*>(y)[m * ldy + row] = Act<T>::from_float(sum);
@@ -230,15 +267,17 @@ struct GemvArgs {
   int64_t ldy;
   bool y_f32;
   int k_split;
+  const float* norm_w = nullptr;
+  float norm_eps = 0.0f;
 };
 
-template <class T, int M, int R, bool kStageX, bool kSwiGlu, bool kGluOut = false>
+template <class T, int M, int R, bool kStageX, bool kSwiGlu, bool kGluOut, bool kNormIn, bool kResidualOut>
 Status launch(const GemvArgs& a, cudaStream_t stream) {
   constexpr int kOuts = kGluOut ? R / 2 : R;
   const int groups_per_block = kWarps / a.k_split;
   const int64_t blocks = ((a.N + kOuts - 1) / kOuts + groups_per_block - 1) / groups_per_block;
   const size_t smem = kStageX ? static_cast<size_t>(M) * a.K * sizeof(T) : 0;
-  auto* kernel = gemv_kernel<T, M, R, kStageX, kSwiGlu, kGluOut>;
+  auto* kernel = gemv_kernel<T, M, R, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>;
   if constexpr (kStageX) {
     // Above 48 KB, dynamic shared memory is opt-in; raised once per instantiation (and device: the
     // engine runs on one).
@@ -253,60 +292,46 @@ Status launch(const GemvArgs& a, cudaStream_t stream) {
   return check(detail::launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, smem, stream,
                                      static_cast<const T*>(a.x), a.x_ld, static_cast<const T*>(a.up), a.up_ld,
                                      static_cast<int>(a.K), static_cast<const T*>(a.w), static_cast<int>(a.N),
-                                     a.bias, a.y, a.ldy, a.y_f32, a.k_split),
+                                     a.bias, a.y, a.ldy, a.y_f32, a.k_split, a.norm_w, a.norm_eps),
                "gemv launch");
 }
 
-template <class T>
-Status launch_glu_m(int64_t M, const GemvArgs& a, cudaStream_t stream) {
-  switch (M) {
-    case 1: return launch<T, 1, rows_per_warp(1), false, false, true>(a, stream);
-    case 2: return launch<T, 2, rows_per_warp(2), false, false, true>(a, stream);
-    case 3: return launch<T, 3, rows_per_warp(3), false, false, true>(a, stream);
-    case 4: return launch<T, 4, rows_per_warp(4), false, false, true>(a, stream);
-    case 5: return launch<T, 5, rows_per_warp(5), false, false, true>(a, stream);
-    case 6: return launch<T, 6, rows_per_warp(6), false, false, true>(a, stream);
-    case 7: return launch<T, 7, rows_per_warp(7), false, false, true>(a, stream);
-    default: return launch<T, 8, rows_per_warp(8), false, false, true>(a, stream);
-  }
-}
-
-// Rows per warp: the plain GEMV's by M; the SwiGLU variant's from the tuning (0: 4).
-template <class T, int M, bool kStageX, bool kSwiGlu>
+// Rows per warp: the SwiGLU variant's from the tuning (0: 4), the others' by M (rows_per_warp).
+template <class T, int M, bool kStageX, bool kSwiGlu, bool kGluOut, bool kNormIn, bool kResidualOut>
 Status launch_r(int rows_per_warp_tuned, const GemvArgs& a, cudaStream_t stream) {
   if constexpr (!kSwiGlu) {
-    return launch<T, M, rows_per_warp(M), kStageX, false>(a, stream);
+    return launch<T, M, rows_per_warp(M), kStageX, false, kGluOut, kNormIn, kResidualOut>(a, stream);
   } else {
     switch (rows_per_warp_tuned) {
       case 2:
-        return launch<T, M, 2, kStageX, true>(a, stream);
+        return launch<T, M, 2, kStageX, true, kGluOut, kNormIn, kResidualOut>(a, stream);
       case 8:
-        return launch<T, M, 8, kStageX, true>(a, stream);
+        return launch<T, M, 8, kStageX, true, kGluOut, kNormIn, kResidualOut>(a, stream);
       default:
-        return launch<T, M, 4, kStageX, true>(a, stream);
+        return launch<T, M, 4, kStageX, true, kGluOut, kNormIn, kResidualOut>(a, stream);
     }
   }
 }
 
-template <class T, bool kStageX, bool kSwiGlu>
+template <class T, bool kStageX, bool kSwiGlu, bool kGluOut = false, bool kNormIn = false, bool kResidualOut = false>
 Status launch_m(int64_t M, int rows_per_warp_tuned, const GemvArgs& a, cudaStream_t stream) {
   switch (M) {
     case 1:
-      return launch_r<T, 1, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
+      return launch_r<T, 1, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>(rows_per_warp_tuned, a, stream);
     case 2:
-      return launch_r<T, 2, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
+      return launch_r<T, 2, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>(rows_per_warp_tuned, a, stream);
     case 3:
-      return launch_r<T, 3, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
+      return launch_r<T, 3, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>(rows_per_warp_tuned, a, stream);
     case 4:
-      return launch_r<T, 4, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
+      return launch_r<T, 4, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>(rows_per_warp_tuned, a, stream);
     case 5:
-      return launch_r<T, 5, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
+      return launch_r<T, 5, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>(rows_per_warp_tuned, a, stream);
     case 6:
-      return launch_r<T, 6, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
+      return launch_r<T, 6, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>(rows_per_warp_tuned, a, stream);
     case 7:
-      return launch_r<T, 7, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
+      return launch_r<T, 7, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>(rows_per_warp_tuned, a, stream);
     default:
-      return launch_r<T, 8, kStageX, kSwiGlu>(rows_per_warp_tuned, a, stream);
+      return launch_r<T, 8, kStageX, kSwiGlu, kGluOut, kNormIn, kResidualOut>(rows_per_warp_tuned, a, stream);
   }
 }
 
@@ -333,45 +358,79 @@ Status check_gemv(const Shapes& shapes, int64_t M, int64_t K, int64_t N, int64_t
   return Status::Ok();
 }
 
+// The shared-memory check of a staged input ([M, K] of 2-byte elements).
+template <class Shapes>
+Status check_staged(const Shapes& shapes, int64_t M, int64_t K) {
+  int device = 0, smem_optin = 0;
+  KILN_TRY(check(cudaGetDevice(&device), "gemv: cudaGetDevice"));
+  KILN_TRY(check(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                 "gemv: shared-memory limit"));
+  // Staged x must leave room for the reduction buffers in the block's shared memory.
+  if (M * K * 2 + 4096 > smem_optin)
+    return make_error("{}: x ({} bytes) does not fit shared memory ({} bytes)", shapes(), M * K * 2, smem_optin);
+  return Status::Ok();
+}
+
+// The fusions' own checks (both entry points that take a norm input, and those with a residual output).
+template <class Shapes>
+Status check_fusion(const Shapes& shapes, const GemvFusion& fusion, int64_t M, int64_t K, DType act,
+                    DType y_dtype, bool norm_allowed, bool residual_allowed) {
+  if (fusion.norm_weight != nullptr) {
+    if (!norm_allowed) return make_error("{}: this GEMV takes no normalized input", shapes());
+    if (!detail::is_aligned16(fusion.norm_weight))
+      return make_error("{}: the norm weight must be 16-byte aligned", shapes());
+    if (fusion.residual_out) return make_error("{}: a normalized input and a residual output together", shapes());
+    KILN_TRY(check_staged(shapes, M, K));
+  }
+  if (fusion.residual_out) {
+    if (!residual_allowed) return make_error("{}: this GEMV has no residual output", shapes());
+    if (y_dtype != act) return make_error("{}: the residual output is in the activation dtype", shapes());
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
-                  int64_t ldy, DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream) {
+                  int64_t ldy, DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream,
+                  const GemvFusion& fusion) {
   const auto shapes = [&] {
-    return fmt::format("gemv [M={} K={} N={} ldy={} act={} y={}]", M, K, N, ldy, dtype_name(act),
-                       dtype_name(y_dtype));
+    return fmt::format("gemv [M={} K={} N={} ldy={} act={} y={}{}{}]", M, K, N, ldy, dtype_name(act),
+                       dtype_name(y_dtype), fusion.norm_weight ? " norm-in" : "",
+                       fusion.residual_out ? " residual-out" : "");
   };
   int k_split = 0;
   KILN_TRY(check_gemv(shapes, M, K, N, ldy, act, y_dtype, w, y, tuning, k_split));
   if (x == nullptr) return make_error("{}: null pointer", shapes());
   if (!detail::is_aligned16(x)) return make_error("{}: x and w must be 16-byte aligned", shapes());
+  KILN_TRY(check_fusion(shapes, fusion, M, K, act, y_dtype, true, true));
   // x through L1 by default: as fast as staging it in shared memory or faster in every measured
-  // shape (README), and free of the shared-memory limit on M * K.
-  const bool stage_x = tuning.stage_x == 1;
-  if (stage_x) {
-    int device = 0, smem_optin = 0;
-    KILN_TRY(check(cudaGetDevice(&device), "gemv: cudaGetDevice"));
-    KILN_TRY(check(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-                   "gemv: shared-memory limit"));
-    // Staged x must leave room for the reduction buffer in the block's shared memory.
-    if (M * K * 2 + 4096 > smem_optin)
-      return make_error("{}: x ({} bytes) does not fit shared memory ({} bytes)", shapes(), M * K * 2,
-                        smem_optin);
-  }
+  // shape (README), and free of the shared-memory limit on M * K. A normalized input is staged.
+  const bool norm_in = fusion.norm_weight != nullptr;
+  const bool stage_x = tuning.stage_x == 1 && !norm_in;
+  if (stage_x) KILN_TRY(check_staged(shapes, M, K));
+  if (stage_x && fusion.residual_out) return make_error("{}: a staged x and a residual output together", shapes());
 
-  const GemvArgs args{x, K, nullptr, 0, K, w, N, bias, y, ldy, y_dtype == DType::F32, k_split};
-  Status status = KILN_DISPATCH_ACT(act, return stage_x ? launch_m<T, true, false>(M, 0, args, stream)
-                                                        : launch_m<T, false, false>(M, 0, args, stream));
+  GemvArgs args{x, K, nullptr, 0, K, w, N, bias, y, ldy, y_dtype == DType::F32, k_split};
+  args.norm_w = fusion.norm_weight;
+  args.norm_eps = fusion.norm_eps;
+  Status status = KILN_DISPATCH_ACT(act, {
+    if (norm_in) return launch_m<T, true, false, false, true, false>(M, 0, args, stream);
+    if (fusion.residual_out) return launch_m<T, false, false, false, false, true>(M, 0, args, stream);
+    return stage_x ? launch_m<T, true, false>(M, 0, args, stream) : launch_m<T, false, false>(M, 0, args, stream);
+  });
   if (!status.ok()) return status.error().with_context(shapes());
   return check(cudaGetLastError(), shapes().c_str());
 }
 
 Status gemv_swiglu_tuned(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M,
                          int64_t K, const void* w, int64_t N, const float* bias, void* y, int64_t ldy,
-                         DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream) {
+                         DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream,
+                         const GemvFusion& fusion) {
   const auto shapes = [&] {
-    return fmt::format("gemv_swiglu [M={} K={} N={} gate_ld={} up_ld={} ldy={} act={} y={}]", M, K, N,
-                       gate_ld, up_ld, ldy, dtype_name(act), dtype_name(y_dtype));
+    return fmt::format("gemv_swiglu [M={} K={} N={} gate_ld={} up_ld={} ldy={} act={} y={}{}]", M, K, N,
+                       gate_ld, up_ld, ldy, dtype_name(act), dtype_name(y_dtype),
+                       fusion.residual_out ? " residual-out" : "");
   };
   int k_split = 0;
   KILN_TRY(check_gemv(shapes, M, K, N, ldy, act, y_dtype, w, y, tuning, k_split));
@@ -385,18 +444,23 @@ Status gemv_swiglu_tuned(const void* gate, int64_t gate_ld, const void* up, int6
   if (tuning.rows_per_warp != 0 && tuning.rows_per_warp != 2 && tuning.rows_per_warp != 4 &&
       tuning.rows_per_warp != 8)
     return make_error("{}: rows_per_warp must be 2, 4 or 8 (found {})", shapes(), tuning.rows_per_warp);
+  KILN_TRY(check_fusion(shapes, fusion, M, K, act, y_dtype, false, true));
 
   const GemvArgs args{gate, gate_ld, up, up_ld, K, w, N, bias, y, ldy, y_dtype == DType::F32, k_split};
-  Status status =
-      KILN_DISPATCH_ACT(act, return launch_m<T, false, true>(M, tuning.rows_per_warp, args, stream));
+  Status status = KILN_DISPATCH_ACT(act, {
+    if (fusion.residual_out)
+      return launch_m<T, false, true, false, false, true>(M, tuning.rows_per_warp, args, stream);
+    return launch_m<T, false, true>(M, tuning.rows_per_warp, args, stream);
+  });
   if (!status.ok()) return status.error().with_context(shapes());
   return check(cudaGetLastError(), shapes().c_str());
 }
 
 Status gemv_glu(const void* x, int64_t M, int64_t K, const void* w, int64_t F, const float* bias, void* y,
-                int64_t ldy, DType act, cudaStream_t stream) {
+                int64_t ldy, DType act, cudaStream_t stream, const GemvFusion& fusion) {
   const auto shapes = [&] {
-    return fmt::format("gemv_glu [M={} K={} F={} ldy={} act={}]", M, K, F, ldy, dtype_name(act));
+    return fmt::format("gemv_glu [M={} K={} F={} ldy={} act={}{}]", M, K, F, ldy, dtype_name(act),
+                       fusion.norm_weight ? " norm-in" : "");
   };
   // k_split as the plain GEMV over the whole [2F, K] matrix picks it: the same sums, bit for bit.
   int k_split = 0;
@@ -404,22 +468,28 @@ Status gemv_glu(const void* x, int64_t M, int64_t K, const void* w, int64_t F, c
   if (ldy < F) return make_error("{}: need ldy >= F", shapes());
   if (x == nullptr) return make_error("{}: null pointer", shapes());
   if (!detail::is_aligned16(x)) return make_error("{}: x and w must be 16-byte aligned", shapes());
-  const GemvArgs args{x, K, nullptr, 0, K, w, F, bias, y, ldy, false, k_split};
-  Status status = KILN_DISPATCH_ACT(act, return launch_glu_m<T>(M, args, stream));
+  KILN_TRY(check_fusion(shapes, fusion, M, K, act, act, true, false));
+  GemvArgs args{x, K, nullptr, 0, K, w, F, bias, y, ldy, false, k_split};
+  args.norm_w = fusion.norm_weight;
+  args.norm_eps = fusion.norm_eps;
+  Status status = KILN_DISPATCH_ACT(act, {
+    if (fusion.norm_weight != nullptr) return launch_m<T, true, false, true, true, false>(M, 0, args, stream);
+    return launch_m<T, false, false, true>(M, 0, args, stream);
+  });
   if (!status.ok()) return status.error().with_context(shapes());
   return check(cudaGetLastError(), shapes().c_str());
 }
 
 Status gemv(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
-            int64_t ldy, DType act, DType y_dtype, cudaStream_t stream) {
-  return gemv_tuned(x, M, K, w, N, bias, y, ldy, act, y_dtype, GemvTuning{}, stream);
+            int64_t ldy, DType act, DType y_dtype, cudaStream_t stream, const GemvFusion& fusion) {
+  return gemv_tuned(x, M, K, w, N, bias, y, ldy, act, y_dtype, GemvTuning{}, stream, fusion);
 }
 
 Status gemv_swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M, int64_t K,
                    const void* w, int64_t N, const float* bias, void* y, int64_t ldy, DType act,
-                   DType y_dtype, cudaStream_t stream) {
+                   DType y_dtype, cudaStream_t stream, const GemvFusion& fusion) {
   return gemv_swiglu_tuned(gate, gate_ld, up, up_ld, M, K, w, N, bias, y, ldy, act, y_dtype, GemvTuning{},
-                           stream);
+                           stream, fusion);
 }
 
 }  // namespace kiln::cuda

@@ -13,10 +13,12 @@ struct GemvTuning {
 };
 
 Status gemv_tuned(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
-                  int64_t ldy, DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream);
+                  int64_t ldy, DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream,
+                  const GemvFusion& fusion = {});
 // stage_x must be 0 or -1 (the SwiGLU input is computed as it is loaded).
 Status gemv_swiglu_tuned(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M,
                          int64_t K, const void* w, int64_t N, const float* bias, void* y, int64_t ldy,
-                         DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream);
+                         DType act, DType y_dtype, const GemvTuning& tuning, cudaStream_t stream,
+                         const GemvFusion& fusion = {});
 
 }  // namespace kiln::cuda

@@ -26,8 +26,20 @@ Status check(cudaError_t error, const char* what);
 //   x: [M, K] act dtype, stride K (16-byte aligned rows: K % 8 == 0);
 //   w: [N, K] same dtype as x;  bias: [N] f32 or null;
 //   y: [M, N] stride ldy, dtype y_dtype (act dtype, or F32 for logits).
+// Fusions of a GEMV with its neighbours in a decode step (none by default):
+//   norm_weight: x is the residual stream [M, K] and the GEMV multiplies rms_norm(x) * norm_weight
+//     (f32 [K], eps norm_eps) instead, computed per block exactly as rms_norm() computes it (same
+//     bits); needs M * K * 2 bytes of shared memory. gemv and gemv_glu.
+//   residual_out: y (act dtype) is the residual stream, y = round(y + round(result)), as
+//     add_rms_norm() adds a stored result to it (same bits). gemv and gemv_swiglu.
+struct GemvFusion {
+  const float* norm_weight = nullptr;
+  float norm_eps = 0.0f;
+  bool residual_out = false;
+};
+
 Status gemv(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const float* bias, void* y,
-            int64_t ldy, DType act, DType y_dtype, cudaStream_t stream);
+            int64_t ldy, DType act, DType y_dtype, cudaStream_t stream, const GemvFusion& fusion = {});
 constexpr int64_t kGemvMaxRows = 8;
 // The same with SwiGLU applied to the input as it is loaded (an MLP's down projection reading the
 // gate_up output):  y[m, n] = sum_k round(silu(gate[m, k]) * up[m, k]) * w[n, k] (+ bias[n]),
@@ -36,7 +48,7 @@ constexpr int64_t kGemvMaxRows = 8;
 //   pointers; fused gate_up: up = gate + K, both strides 2K);  w, bias, y as for gemv.
 Status gemv_swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up_ld, int64_t M, int64_t K,
                    const void* w, int64_t N, const float* bias, void* y, int64_t ldy, DType act,
-                   DType y_dtype, cudaStream_t stream);
+                   DType y_dtype, cudaStream_t stream, const GemvFusion& fusion = {});
 
 // A fused gate_up projection with SwiGLU as its epilogue (an MLP's up half at decode):
 //   y[m, f] = round(silu(g) * u),  g = round(sum_k x[m, k] w[f, k] + bias[f]),
@@ -44,7 +56,7 @@ Status gemv_swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up
 // round() to the act dtype; bit-identical to gemv() into [M, 2F] followed by swiglu() on its two
 // halves. w: [2F, K] (gate rows, then up rows); bias: [2F] f32 or null; y: [M, F] act, stride ldy.
 Status gemv_glu(const void* x, int64_t M, int64_t K, const void* w, int64_t F, const float* bias, void* y,
-                int64_t ldy, DType act, cudaStream_t stream);
+                int64_t ldy, DType act, cudaStream_t stream, const GemvFusion& fusion = {});
 
 // ---- normalization and elementwise ----
 // y = rms_norm(x) * weight  (HF LlamaRMSNorm: f32 math, cast at the end).  x, y: [M, D]; weight: [D] f32

@@ -200,6 +200,99 @@ TEST(CudaGemvGlu, EqualsGemvThenSwiglu) {
   run_glu_case(rng, DType::BF16, 8, 2056, 4099, 4099, true);
 }
 
+// GemvFusion: the norm before a GEMV (its input the residual stream) and the residual add after it,
+// against the kernels they replace, bit for bit: rms_norm + gemv / gemv_glu, and gemv / gemv_swiglu +
+// add. Outputs poisoned (NaN) before the calls.
+void run_norm_in_case(std::mt19937& rng, DType act, int64_t M, int64_t K, int64_t N, bool glu) {
+  SCOPED_TRACE(::testing::Message() << "norm-in act=" << dtype_name(act) << " M=" << M << " K=" << K << " N=" << N
+                                    << " glu=" << glu);
+  const HostAct x = random_act(rng, M * K, act, -2.0, 2.0);
+  const std::vector<float> norm_w = random_f32(rng, K, 0.5f, 1.5f);
+  const HostAct w = random_act(rng, (glu ? 2 : 1) * N * K, act);
+  const float eps = 1e-5f;
+  DeviceBuffer dx(x.bits), dnorm(norm_w), dw(w.bits), normed(M * K * 2), want(M * N * 2), got(M * N * 2);
+  ASSERT_TRUE(rms_norm(dx.get(), dnorm.get<float>(), M, K, eps, normed.get(), act, nullptr).ok());
+  GemvFusion fusion;
+  fusion.norm_weight = dnorm.get<float>();
+  fusion.norm_eps = eps;
+  if (glu) {
+    ASSERT_TRUE(gemv_glu(normed.get(), M, K, dw.get(), N, nullptr, want.get(), N, act, nullptr).ok());
+    const Status s = gemv_glu(dx.get(), M, K, dw.get(), N, nullptr, got.get(), N, act, nullptr, fusion);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+  } else {
+    ASSERT_TRUE(gemv(normed.get(), M, K, dw.get(), N, nullptr, want.get(), N, act, act, nullptr).ok());
+    const Status s = gemv(dx.get(), M, K, dw.get(), N, nullptr, got.get(), N, act, act, nullptr, fusion);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+  }
+  EXPECT_EQ(got.download<uint16_t>(), want.download<uint16_t>());
+  EXPECT_EQ(dx.download<uint16_t>(), x.bits) << "the residual stream is only read";
+}
+
+void run_residual_case(std::mt19937& rng, DType act, int64_t M, int64_t K, int64_t N, bool swiglu_in) {
+  SCOPED_TRACE(::testing::Message() << "residual-out act=" << dtype_name(act) << " M=" << M << " K=" << K
+                                    << " N=" << N << " swiglu=" << swiglu_in);
+  const HostAct x = random_act(rng, M * (swiglu_in ? 2 : 1) * K, act, -2.0, 2.0);
+  const HostAct w = random_act(rng, N * K, act);
+  const HostAct residual = random_act(rng, M * N, act, -4.0, 4.0);
+  const std::vector<float> bias = random_f32(rng, N, -0.5f, 0.5f);
+  DeviceBuffer dx(x.bits), dw(w.bits), dbias(bias), r(M * N * 2), want(residual.bits), got(residual.bits);
+  const auto* gate = dx.get<uint16_t>();
+  GemvFusion fusion;
+  fusion.residual_out = true;
+  if (swiglu_in) {
+    ASSERT_TRUE(gemv_swiglu(gate, 2 * K, gate + K, 2 * K, M, K, dw.get(), N, dbias.get<float>(), r.get(), N, act, act,
+                            nullptr)
+                    .ok());
+    const Status s = gemv_swiglu(gate, 2 * K, gate + K, 2 * K, M, K, dw.get(), N, dbias.get<float>(), got.get(), N,
+                                 act, act, nullptr, fusion);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+  } else {
+    ASSERT_TRUE(gemv(dx.get(), M, K, dw.get(), N, dbias.get<float>(), r.get(), N, act, act, nullptr).ok());
+    const Status s = gemv(dx.get(), M, K, dw.get(), N, dbias.get<float>(), got.get(), N, act, act, nullptr, fusion);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+  }
+  ASSERT_TRUE(add(want.get(), r.get(), M, N, act, nullptr).ok());
+  EXPECT_EQ(got.download<uint16_t>(), want.download<uint16_t>());
+}
+
+TEST(CudaGemvFusion, NormInAndResidualOutEqualTheKernelsTheyReplace) {
+  GPU_OR_SKIP();
+  std::mt19937 rng(24);
+  for (DType act : kActs) {
+    for (int64_t M : {1, 2, 3, 4, 8}) {
+      run_norm_in_case(rng, act, M, 4096, 300, false);  // Llama-2-7B's hidden size (two vectors a thread)
+      run_norm_in_case(rng, act, M, 4096, 172, true);   // gate_up with SwiGLU in the epilogue
+      run_norm_in_case(rng, act, M, 64, 37, false);     // stories260K's width: threads without a vector
+      run_norm_in_case(rng, act, M, 2056, 9, true);     // a partial last step
+      run_residual_case(rng, act, M, 4096, 300, false);
+      run_residual_case(rng, act, M, 1024, 300, true);  // the down projection reading gate_up
+    }
+  }
+}
+
+TEST(CudaGemvFusion, RejectsUnsupportedCombinations) {
+  GPU_OR_SKIP();
+  DeviceBuffer buf(1 << 16);
+  GemvFusion both;
+  both.norm_weight = buf.get<float>();
+  both.residual_out = true;
+  const Status s = gemv(buf.get(), 1, 16, buf.get(), 8, nullptr, buf.get(), 8, DType::F16, DType::F16, nullptr, both);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("gemv [M=1 K=16 N=8"), std::string::npos) << s.error().message;
+  GemvFusion residual;
+  residual.residual_out = true;
+  EXPECT_FALSE(gemv(buf.get(), 1, 16, buf.get(), 8, nullptr, buf.get(), 8, DType::F16, DType::F32, nullptr, residual).ok());
+  EXPECT_FALSE(gemv_glu(buf.get(), 1, 16, buf.get(), 8, nullptr, buf.get(), 8, DType::F16, nullptr, residual).ok());
+  GemvFusion norm;
+  norm.norm_weight = reinterpret_cast<const float*>(buf.get<char>() + 4);  // misaligned
+  EXPECT_FALSE(gemv(buf.get(), 1, 16, buf.get(), 8, nullptr, buf.get(), 8, DType::F16, DType::F16, nullptr, norm).ok());
+  norm.norm_weight = buf.get<float>();
+  const auto* g = buf.get<uint16_t>();
+  EXPECT_FALSE(gemv_swiglu(g, 32, g + 16, 32, 1, 16, buf.get(), 4, nullptr, buf.get(), 4, DType::F16, DType::F16, nullptr,
+                           norm)
+                   .ok());
+}
+
 TEST(CudaGemvGlu, RejectsBadArguments) {
   GPU_OR_SKIP();
   DeviceBuffer buf(1 << 16);
