@@ -67,9 +67,10 @@ Result<CublasGemm::Plan*> CublasGemm::plan_for(int64_t M, int64_t K, int64_t N, 
   cublasLtMatmulPreferenceCreate(&pref);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
                                        sizeof(workspace_bytes_));
-  cublasLtMatmulHeuristicResult_t results[8];
+  cublasLtMatmulHeuristicResult_t results[kMaxCandidates];
   int found = 0;
-  cublasLtMatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.d, plan.d, pref, 8, results, &found);
+  cublasLtMatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.d, plan.d, pref, kMaxCandidates, results,
+                                 &found);
   cublasLtMatmulPreferenceDestroy(pref);
   const int pick = candidate < 0 ? 0 : candidate;
   if (found <= pick) return make_error("{}: no cuBLASLt algorithm for this shape and dtype", where);
@@ -102,14 +103,16 @@ Status CublasGemm::run(const void* x, int64_t M, int64_t K, const void* w, int64
 
 Result<std::pair<int, float>> CublasGemm::tune(const void* x, int64_t M, int64_t K, const void* w, int64_t w_copies,
                                                size_t w_stride, int64_t N, void* y, int64_t ldy, DType act,
-                                               DType y_dtype, cudaStream_t stream) {
+                                               DType y_dtype, cudaStream_t stream, int candidates) {
+  if (candidates < 1 || candidates > kMaxCandidates)
+    return make_error("cuBLASLt GEMM tuning: candidates must be 1..{} (found {})", kMaxCandidates, candidates);
   auto w_at = [&](int rep) { return static_cast<const char*>(w) + static_cast<size_t>(rep % w_copies) * w_stride; };
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
   int best = -1;
   float best_ms = 0;
-  for (int candidate = 0; candidate < 4; ++candidate) {
+  for (int candidate = 0; candidate < candidates; ++candidate) {
     if (!plan_for(M, K, N, ldy, act, y_dtype, false, candidate).ok()) break;
     KILN_TRY(run(x, M, K, w, N, nullptr, y, ldy, act, y_dtype, stream));  // warm-up
     cudaEventRecord(start, stream);

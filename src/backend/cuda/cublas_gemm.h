@@ -18,6 +18,9 @@ namespace kiln::cuda {
 
 class CublasGemm {
  public:
+  // The heuristic's candidates a tactic may name (an engine's recorded index must stay below this).
+  static constexpr int kMaxCandidates = 16;
+
   static Result<std::unique_ptr<CublasGemm>> create(size_t workspace_bytes);
   ~CublasGemm();
 
@@ -31,12 +34,12 @@ class CublasGemm {
     return plan.ok() ? Status::Ok() : Status(plan.error());
   }
 
-  // Times the heuristic's top candidates for this shape and keeps the fastest (a "tactic").
+  // Times the heuristic's top `candidates` for this shape and keeps the fastest (a "tactic").
   // Repetition r reads the weights at w + (r % w_copies) * w_stride bytes, so timings of matrices
   // smaller than L2 are not served from the cache. Returns the chosen candidate index and its time.
   Result<std::pair<int, float>> tune(const void* x, int64_t M, int64_t K, const void* w, int64_t w_copies,
                                      size_t w_stride, int64_t N, void* y, int64_t ldy, DType act, DType y_dtype,
-                                     cudaStream_t stream);
+                                     cudaStream_t stream, int candidates = 4);
 
  private:
   struct Plan {
