@@ -21,7 +21,21 @@ cudaDataType_t cuda_type(DType t) {
   }
 }
 
+void destroy_plan_parts(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                        cublasLtMatrixLayout_t d) {
+  if (a) cublasLtMatrixLayoutDestroy(a);
+  if (b) cublasLtMatrixLayoutDestroy(b);
+  if (d) cublasLtMatrixLayoutDestroy(d);
+  if (op) cublasLtMatmulDescDestroy(op);
+}
+
 }  // namespace
+
+void CublasGemm::Plan::release() {
+  destroy_plan_parts(op, a, b, d);
+  op = nullptr;
+  a = b = d = nullptr;
+}
 
 Result<std::unique_ptr<CublasGemm>> CublasGemm::create(size_t workspace_bytes) {
   std::unique_ptr<CublasGemm> gemm(new CublasGemm());
@@ -32,12 +46,7 @@ Result<std::unique_ptr<CublasGemm>> CublasGemm::create(size_t workspace_bytes) {
 }
 
 CublasGemm::~CublasGemm() {
-  for (auto& [key, plan] : plans_) {
-    cublasLtMatrixLayoutDestroy(plan.a);
-    cublasLtMatrixLayoutDestroy(plan.b);
-    cublasLtMatrixLayoutDestroy(plan.d);
-    cublasLtMatmulDescDestroy(plan.op);
-  }
+  for (auto& [key, plan] : plans_) plan.release();
   if (workspace_) cudaFree(workspace_);
   if (handle_) cublasLtDestroy(handle_);
 }
@@ -49,8 +58,17 @@ Result<CublasGemm::Plan*> CublasGemm::plan_for(int64_t M, int64_t K, int64_t N, 
   const Key key{M, K, N, ldy, static_cast<int>(act), static_cast<int>(y_dtype), bias};
   auto it = plans_.find(key);
   if (it != plans_.end() && candidate < 0) return &it->second;
-  Plan plan;
   const std::string where = fmt::format("cuBLASLt GEMM [M={}, N={}, K={}]", M, N, K);
+  if (candidate >= kMaxCandidates) {
+    return make_error("{}: algorithm candidate {} is out of range (at most {} are queried)", where, candidate,
+                      kMaxCandidates - 1);
+  }
+  // Owns the descriptors until the plan is stored, so every error return below releases them.
+  struct Guard {
+    Plan plan;
+    ~Guard() { plan.release(); }
+  } guard;
+  Plan& plan = guard.plan;
   KILN_TRY(check_blas(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), where.c_str()));
   const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
   cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof(trans));
@@ -69,21 +87,26 @@ Result<CublasGemm::Plan*> CublasGemm::plan_for(int64_t M, int64_t K, int64_t N, 
                                        sizeof(workspace_bytes_));
   cublasLtMatmulHeuristicResult_t results[kMaxCandidates];
   int found = 0;
-  cublasLtMatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.d, plan.d, pref, kMaxCandidates, results,
-                                 &found);
+  const cublasStatus_t heuristic = cublasLtMatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.d, plan.d,
+                                                                   pref, kMaxCandidates, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
+  if (heuristic != CUBLAS_STATUS_SUCCESS) found = 0;
   const int pick = candidate < 0 ? 0 : candidate;
-  if (found <= pick) return make_error("{}: no cuBLASLt algorithm for this shape and dtype", where);
-  plan.algo = results[pick].algo;
-  if (it != plans_.end()) {
-    cublasLtMatrixLayoutDestroy(it->second.a);
-    cublasLtMatrixLayoutDestroy(it->second.b);
-    cublasLtMatrixLayoutDestroy(it->second.d);
-    cublasLtMatmulDescDestroy(it->second.op);
-    it->second = plan;
-    return &it->second;
+  if (found <= pick) {
+    if (candidate < 0) return make_error("{}: no cuBLASLt algorithm for this shape and dtype", where);
+    return make_error("{}: the heuristic offers {} algorithm(s), candidate {} was asked for", where, found, candidate);
   }
-  return &plans_.emplace(key, plan).first->second;
+  plan.algo = results[pick].algo;
+  Plan* stored;
+  if (it != plans_.end()) {
+    it->second.release();
+    it->second = plan;
+    stored = &it->second;
+  } else {
+    stored = &plans_.emplace(key, plan).first->second;
+  }
+  guard.plan = Plan{};  // ownership moved into plans_
+  return stored;
 }
 
 Status CublasGemm::run(const void* x, int64_t M, int64_t K, const void* w, int64_t N, const void* bias, void* y,

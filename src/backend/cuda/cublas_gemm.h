@@ -47,6 +47,7 @@ class CublasGemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
     bool has_bias = false;
+    void release();  // destroys the descriptors and layouts (safe on a default Plan)
   };
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, bool>;
   Result<Plan*> plan_for(int64_t M, int64_t K, int64_t N, int64_t ldy, DType act, DType y_dtype, bool bias, int candidate);

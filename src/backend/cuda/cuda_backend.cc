@@ -316,7 +316,7 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   norm_consumer_.assign(graph_.nodes.size(), -1);
   norm_pending_.assign(graph_.nodes.size(), -1);
   residual_done_.assign(graph_.nodes.size(), 0);
-  {
+  if (fuse_norms_) {
     // Where norms can fold into GEMVs. The analysis asks only what the fusions need, not a Llama
     // layout: (a) the producer of r is r's only writer and only reader besides the norm, its input
     // is not the residual stream x, and no node between it and the norm reads x (the GEMV updates x
@@ -344,6 +344,7 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
       if (norm.inputs[0].col_offset != 0 || norm.inputs[0].width != D || graph_.values[x].width != D) continue;
       if (norm.op == OpKind::AddRmsNorm) {
         const int32_t r = norm.inputs[1].value;
+        if (norm.inputs[1].col_offset != 0 || norm.inputs[1].width != D) continue;
         for (size_t i = 0; i < j; ++i) {
           const Node& p = graph_.nodes[i];
           if (p.output != r || (p.op != OpKind::Linear && p.op != OpKind::SwiGluLinear)) continue;
