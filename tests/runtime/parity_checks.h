@@ -151,7 +151,7 @@ inline void check_stories_reference(const std::string& dtype, const std::string&
 
 inline std::vector<HfCase> hf_cases(const std::vector<std::string>& dtypes) {
   std::vector<HfCase> cases;
-  for (const std::string d : {shared_path("fixtures/hf-tiny/tiny-llama"), shared_path("fixtures/hf-tiny/tiny-qwen2"),
+  for (const std::string& d : {shared_path("fixtures/hf-tiny/tiny-llama"), shared_path("fixtures/hf-tiny/tiny-qwen2"),
                               source_path("tests/fixtures/hf/llama3-rope"), source_path("tests/fixtures/hf/linear-rope"),
                               source_path("tests/fixtures/hf/mistral"), source_path("tests/fixtures/hf/llama-tied-bias")}) {
     for (const std::string& dtype : dtypes) cases.push_back(HfCase{d, dtype});

@@ -212,6 +212,9 @@ TEST(CudaParity, BuildRecordsTimedTactics) {
   ASSERT_TRUE(engine.ok());
   const auto& tactics = engine->metadata["tactics"];
   ASSERT_TRUE(tactics.is_object()) << report->tactics;
+  // The cuBLASLt release that ordered the heuristic list the "algo" indices point into.
+  ASSERT_TRUE(tactics.contains("cublaslt_version")) << report->tactics;
+  EXPECT_GT(tactics["cublaslt_version"].get<uint64_t>(), 0u);
   // 4 Linear shapes (qkv, o, gate_up, down) + lm_head, each at rows 1, 2, 4 and the prefill step.
   EXPECT_EQ(tactics["linear"].size(), 5u * 4u);
   for (const auto& t : tactics["linear"]) {
@@ -220,8 +223,12 @@ TEST(CudaParity, BuildRecordsTimedTactics) {
     // The GEMV is timed wherever it applies (up to 8 rows, K a multiple of 8), and never chosen elsewhere.
     const bool gemv_applies = t["m"].get<int64_t>() <= 8 && t["k"].get<int64_t>() % 8 == 0;
     EXPECT_EQ(t["gemv_ms"].get<double>() > 0, gemv_applies) << t.dump();
-    if (!gemv_applies) EXPECT_EQ(kernel, "cublaslt") << t.dump();
+    if (!gemv_applies) {
+      EXPECT_EQ(kernel, "cublaslt") << t.dump();
+    }
     EXPECT_GT(t["cublas_ms"].get<double>(), 0) << t.dump();
+    EXPECT_GE(t["algo"].get<int>(), 0) << t.dump();
+    EXPECT_LT(t["algo"].get<int>(), 4) << t.dump();  // tactics time the heuristic's top 4
   }
 }
 

@@ -455,7 +455,12 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   // Linear shape and row count; shapes without one fall back to the measured crossover.
   if (engine.metadata.contains("tactics") && engine.metadata["tactics"].is_object()) {
     try {
-      for (const auto& t : engine.metadata["tactics"].at("linear")) {
+      const nlohmann::json& tactics = engine.metadata["tactics"];
+      // An algorithm index names an entry of cuBLASLt's heuristic list: meaningful only under the
+      // cuBLASLt release that timed it (engines without the field predate it and are pinned as before).
+      const bool pin_algos = !tactics.contains("cublaslt_version") ||
+                             tactics.at("cublaslt_version").get<uint64_t>() == static_cast<uint64_t>(cublasLtGetVersion());
+      for (const auto& t : tactics.at("linear")) {
         const int64_t M = t.at("m").get<int64_t>(), N = t.at("n").get<int64_t>(), K = t.at("k").get<int64_t>();
         const std::string kernel = t.at("kernel").get<std::string>();
         const bool use_gemv = kernel == "gemv" || kernel == "gemv_swiglu";
@@ -466,12 +471,17 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
         } else {
           linear_tactics_[{M, N, K}] = use_gemv;
         }
-        if (!use_gemv && t.contains("algo")) {
+        if (!use_gemv && pin_algos && t.contains("algo")) {
           const auto y_dtype = dtype_from_name(t.at("y_dtype").get<std::string>());
           if (!y_dtype) return make_error("engine tactics: bad y_dtype");
-          for (const bool bias : {false, true}) {
-            KILN_TRY(gemm_->pin(M, K, N, N, act_, *y_dtype, bias, t.at("algo").get<int>()));
+          const int algo = t.at("algo").get<int>();
+          if (algo < 0 || algo >= cuda::CublasGemm::kMaxCandidates) {
+            return make_error("engine tactics: cuBLASLt algorithm index {} for [M={}, N={}, K={}] is outside 0..{}",
+                              algo, M, N, K, cuda::CublasGemm::kMaxCandidates - 1);
           }
+          // A candidate the heuristic no longer offers here (another GPU of the same architecture,
+          // say) leaves the shape on the heuristic's top choice: slower perhaps, never wrong.
+          for (const bool bias : {false, true}) (void)gemm_->pin(M, K, N, N, act_, *y_dtype, bias, algo);
         }
       }
     } catch (const nlohmann::json::exception& e) {

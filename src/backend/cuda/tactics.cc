@@ -171,7 +171,11 @@ Result<nlohmann::json> cuda_plugin::select_tactics(const Graph& graph, const std
   gemm->reset();
   release();
   if (!failed.ok()) return failed.error();
-  return nlohmann::json{{"device_arch", arch}, {"linear", linear}};
+  // "algo" is an index into cuBLASLt's heuristic list, which another cuBLASLt release may order
+  // differently: the loader pins it only under the same version (and otherwise takes the heuristic's top).
+  return nlohmann::json{{"device_arch", arch},
+                        {"cublaslt_version", static_cast<uint64_t>(cublasLtGetVersion())},
+                        {"linear", linear}};
 }
 
 }  // namespace kiln
