@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 
+#include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/cuda_test_util.h"
 #include "parity_checks.h"
 
@@ -228,7 +229,7 @@ TEST(CudaParity, BuildRecordsTimedTactics) {
     }
     EXPECT_GT(t["cublas_ms"].get<double>(), 0) << t.dump();
     EXPECT_GE(t["algo"].get<int>(), 0) << t.dump();
-    EXPECT_LT(t["algo"].get<int>(), 4) << t.dump();  // tactics time the heuristic's top 4
+    EXPECT_LT(t["algo"].get<int>(), cuda::CublasGemm::kTunedCandidates) << t.dump();
   }
 }
 

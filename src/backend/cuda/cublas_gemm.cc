@@ -21,20 +21,15 @@ cudaDataType_t cuda_type(DType t) {
   }
 }
 
-void destroy_plan_parts(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
-                        cublasLtMatrixLayout_t d) {
-  if (a) cublasLtMatrixLayoutDestroy(a);
-  if (b) cublasLtMatrixLayoutDestroy(b);
-  if (d) cublasLtMatrixLayoutDestroy(d);
-  if (op) cublasLtMatmulDescDestroy(op);
-}
-
 }  // namespace
 
 void CublasGemm::Plan::release() {
-  destroy_plan_parts(op, a, b, d);
+  for (cublasLtMatrixLayout_t* layout : {&a, &b, &d}) {
+    if (*layout) cublasLtMatrixLayoutDestroy(*layout);
+    *layout = nullptr;
+  }
+  if (op) cublasLtMatmulDescDestroy(op);
   op = nullptr;
-  a = b = d = nullptr;
 }
 
 Result<std::unique_ptr<CublasGemm>> CublasGemm::create(size_t workspace_bytes) {
