@@ -64,9 +64,11 @@ struct BuildArgs {
 int run_build(const BuildArgs& args) {
   auto report = build_engine(args.options);
   if (!report.ok()) return fail(report.error());
-  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm, {} rope into attention, {} swiglu into down; tokenizer: {}; tactics: {})\n",
+  for (const std::string& note : report->quant_notes) fmt::print(stderr, "kiln: quant: {}\n", note);
+  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm, {} rope into attention, {} swiglu into down; tokenizer: {}; tactics: {}{})\n",
              args.options.output_path, report->num_tensors, report->weight_bytes / 1048576.0, report->fused_qkv,
-             report->fused_gate_up, report->fused_add_rms_norm, report->fused_rope, report->fused_swiglu_linear, report->tokenizer.empty() ? "none" : report->tokenizer, report->tactics);
+             report->fused_gate_up, report->fused_add_rms_norm, report->fused_rope, report->fused_swiglu_linear, report->tokenizer.empty() ? "none" : report->tokenizer, report->tactics,
+             report->quant.empty() ? "" : "; quant: " + report->quant);
   return 0;
 }
 
@@ -188,6 +190,32 @@ int run_inspect(const std::string& path) {
     const std::string prefill = kernels_for_node(h.backend, *graph, n, false);
     fmt::print("  {:<18} kernels: {}\n", "", decode == prefill ? decode : "decode " + decode + " | prefill " + prefill);
   }
+  // Quantized weights: layout, bits per weight (scales and mins included) and bytes of each.
+  int64_t quant_params = 0, quant_bytes = 0, matrix_params = 0, matrix_bytes = 0;
+  bool any_quant = false;
+  for (const auto& [name, info] : graph->weights) {
+    if (info.shape.size() != 2) continue;
+    int64_t bytes = 0;
+    for (const StoredTensor& part : stored_tensors(name, info)) {
+      const TensorView* t = engine->find(part.name);
+      bytes += t ? static_cast<int64_t>(t->nbytes) : 0;
+    }
+    const int64_t params = info.shape[0] * info.shape[1];
+    matrix_params += params;
+    matrix_bytes += bytes;
+    if (!info.quant) continue;
+    if (!any_quant) fmt::print("\nquantized weights:\n");
+    any_quant = true;
+    quant_params += params;
+    quant_bytes += bytes;
+    fmt::print("  {:<52} {:<26} {:>6.3f} bits/weight {:>12} bytes\n", name, quant_describe(*info.quant, info.shape[1]),
+               8.0 * static_cast<double>(bytes) / static_cast<double>(params), bytes);
+  }
+  if (any_quant) {
+    fmt::print("  quantized: {} parameters in {:.2f} MiB ({:.3f} bits/weight); all matrices: {:.2f} MiB ({:.3f} bits/weight)\n",
+               quant_params, quant_bytes / 1048576.0, 8.0 * quant_bytes / static_cast<double>(quant_params),
+               matrix_bytes / 1048576.0, 8.0 * matrix_bytes / static_cast<double>(std::max<int64_t>(matrix_params, 1)));
+  }
   fmt::print("\ntensors:\n");
   uint64_t total = 0;
   std::map<std::string, uint64_t> by_dtype;
@@ -264,6 +292,17 @@ int cli_main(int argc, char** argv) {
   build_cmd->add_option("--profile", build.options.profile, "shape profile, e.g. batch=1:8:64,seq=1:512:4096 (min:opt:max)");
   build_cmd->add_flag("--no-fuse{false}", build.options.fuse, "run no fusion pass (q/k/v, gate/up, add+norm, rope, swiglu into down)");
   build_cmd->add_flag("--no-tune{false}", build.options.tune, "cuda: skip timing kernel tactics on the GPU");
+  build_cmd->add_option("--quant", build.options.quant,
+                        "weight quantization: none, int8 (per channel), int4 (group-wise, AWQ-calibrated) or int4-rtn")
+      ->check(CLI::IsMember({"none", "int8", "int4", "int4-rtn"}));
+  build_cmd->add_option("--group-size", build.options.group_size, "int4: weights per scale along K (multiple of 32; default 128)")
+      ->check(CLI::PositiveNumber);
+  build_cmd->add_option("--calib", build.options.calib_path,
+                        "calibration prompts: a text file (paragraphs) or JSONL ({\"text\": ...} or {\"prompt\": ...}); default: built-in");
+  build_cmd->add_option("--calib-samples", build.options.calib_samples, "calibration prompts to use (default 32)")
+      ->check(CLI::PositiveNumber);
+  build_cmd->add_option("--keep-fp16", build.options.keep_fp16,
+                        "keep weights whose name contains PATTERN unquantized (repeatable), e.g. layers.0.");
 
   RunArgs run;
   auto* run_cmd = app.add_subcommand("run", "Generate text from an engine");

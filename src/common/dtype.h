@@ -9,7 +9,7 @@
 
 namespace kiln {
 
-enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, F64 = 3, I32 = 4, I64 = 5, U8 = 6 };
+enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, F64 = 3, I32 = 4, I64 = 5, U8 = 6, I8 = 7 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
@@ -20,6 +20,7 @@ constexpr size_t dtype_size(DType t) {
     case DType::I32: return 4;
     case DType::I64: return 8;
     case DType::U8: return 1;
+    case DType::I8: return 1;
   }
   return 0;
 }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 
@@ -23,6 +24,14 @@ struct BuildOptions {
   std::string profile;          // "batch=1:8:64,seq=1:512:4096" (min:opt:max); overrides max_batch/max_seq_len
   bool fuse = true;             // QKV, gate/up, add+RMSNorm, RoPE-into-attention and SwiGLU-into-down fusion
   bool tune = true;             // cuda: time kernel tactics on the GPU present (skipped without one)
+  // Weight quantization (common/quant.h): none | int8 (per output channel, symmetric) | int4 (group-wise,
+  // asymmetric, AWQ scales searched on calibration prompts) | int4-rtn (round to nearest, no search).
+  std::string quant = "none";
+  int64_t group_size = 128;              // int4: elements of K per scale (32, 64, 128, ...); wider than K -> K
+  std::string calib_path;                // calibration prompts: text (one per paragraph) or JSONL; "" = built-in
+  int64_t calib_samples = 32;            // prompts used for calibration
+  int64_t calib_seq_len = 256;           // tokens per calibration prompt (longer ones are cut)
+  std::vector<std::string> keep_fp16;    // weights whose names contain one of these stay unquantized
 };
 
 struct BuildReport {
@@ -36,6 +45,8 @@ struct BuildReport {
   std::string tokenizer;  // what was embedded ("" when none)
   std::string chat_template;  // the file the embedded chat template came from ("" when none)
   std::string tactics;    // e.g. "40 timed on sm_90", or why none were
+  std::string quant;      // e.g. "int4 g128 (AWQ, 32 calibration prompts): 35 of 36 matrices, 4.63 bits per weight"
+  std::vector<std::string> quant_notes;  // per weight: kept unquantized and why, AWQ choices
 };
 
 // Shape profile of an engine (TensorRT's optimization profile): the run side plans memory for the

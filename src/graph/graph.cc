@@ -64,6 +64,16 @@ Status Graph::validate() const {
     auto it = weights.find(node.weights[i]);
     return it == weights.end() ? nullptr : &it->second;
   };
+  for (const auto& [name, info] : weights) {
+    if (!info.quant) continue;
+    const std::string what = fmt::format("graph weight '{}'", name);
+    if (info.shape.size() != 2) return make_error("{}: only matrices can be quantized", what);
+    KILN_TRY(validate_quant(*info.quant, info.shape[0], info.shape[1], what));
+    if (info.dtype != quant_code_dtype(*info.quant)) {
+      return make_error("{}: int{} codes must be {}, found {}", what, info.quant->bits,
+                        dtype_name(quant_code_dtype(*info.quant)), dtype_name(info.dtype));
+    }
+  }
   for (const Node& node : nodes) {
     const std::string where = fmt::format("graph node '{}' ({})", node.name, op_name(node.op));
     if (node.inputs.size() != expected_inputs(node.op)) {
@@ -197,6 +207,12 @@ nlohmann::json Graph::to_json() const {
   j["weights"] = json::object();
   for (const auto& [name, info] : weights) {
     j["weights"][name] = {{"dtype", dtype_name(info.dtype)}, {"shape", info.shape}};
+    if (info.quant) {
+      j["weights"][name]["quant"] = {{"bits", info.quant->bits},
+                                     {"group_size", info.quant->group_size},
+                                     {"scale_dtype", dtype_name(info.quant->scale_dtype)},
+                                     {"has_min", info.quant->has_min}};
+    }
   }
   j["logits_value"] = logits_value;
   return j;
@@ -225,7 +241,15 @@ Result<Graph> Graph::from_json(const nlohmann::json& j) {
     for (const auto& [name, w] : j.at("weights").items()) {
       const auto dtype = dtype_from_name(w.at("dtype").get<std::string>());
       if (!dtype) return make_error("graph: weight '{}' has unknown dtype", name);
-      g.weights[name] = WeightInfo{*dtype, w.at("shape").get<std::vector<int64_t>>()};
+      WeightInfo info{*dtype, w.at("shape").get<std::vector<int64_t>>(), std::nullopt};
+      if (w.contains("quant")) {
+        const auto& q = w.at("quant");
+        const auto scale_dtype = dtype_from_name(q.at("scale_dtype").get<std::string>());
+        if (!scale_dtype) return make_error("graph: weight '{}' has an unknown scale dtype", name);
+        info.quant = QuantInfo{q.at("bits").get<int>(), q.at("group_size").get<int64_t>(), *scale_dtype,
+                               q.at("has_min").get<bool>()};
+      }
+      g.weights[name] = std::move(info);
     }
     g.logits_value = j.at("logits_value").get<int32_t>();
   } catch (const nlohmann::json::exception& e) {
@@ -233,6 +257,16 @@ Result<Graph> Graph::from_json(const nlohmann::json& j) {
   }
   KILN_TRY(g.validate());
   return g;
+}
+
+std::vector<StoredTensor> stored_tensors(const std::string& name, const WeightInfo& info) {
+  if (!info.quant || info.shape.size() != 2) return {StoredTensor{name, info.dtype, info.shape}};
+  const QuantInfo& q = *info.quant;
+  const int64_t N = info.shape[0], K = info.shape[1];
+  std::vector<StoredTensor> out{StoredTensor{name, info.dtype, {N, quant_row_bytes(q, K)}},
+                                StoredTensor{quant_scales_name(name), q.scale_dtype, {N, quant_groups(q, K)}}};
+  if (q.has_min) out.push_back(StoredTensor{quant_mins_name(name), q.scale_dtype, {N, quant_groups(q, K)}});
+  return out;
 }
 
 std::optional<Node> rope_of(const Node& node) {

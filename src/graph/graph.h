@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 
 #include "common/dtype.h"
 #include "common/error.h"
+#include "common/quant.h"
 
 namespace kiln {
 
@@ -71,8 +73,20 @@ struct Node {
 
 struct WeightInfo {
   DType dtype;
+  std::vector<int64_t> shape;  // logical shape; a quantized [N, K] matrix keeps [N, K]
+  // Set for a quantized matrix (common/quant.h): dtype is then its code dtype (I8 or U8) and the
+  // engine holds NAME (codes), NAME.scales and NAME.mins with their own storage shapes.
+  std::optional<QuantInfo> quant;
+};
+
+// The tensors that store weight `name`: {name} or, quantized, {name, name.scales[, name.mins]},
+// with the dtype and storage shape of each.
+struct StoredTensor {
+  std::string name;
+  DType dtype;
   std::vector<int64_t> shape;
 };
+std::vector<StoredTensor> stored_tensors(const std::string& name, const WeightInfo& info);
 
 struct Graph {
   std::vector<Value> values;

@@ -8,6 +8,7 @@
 
 #include "backend/cpu/thread_pool.h"
 #include "common/dtype.h"
+#include "common/quant.h"
 
 namespace kiln::cpu {
 
@@ -20,6 +21,12 @@ bool using_avx2();                  // AVX2 path active
 //   y: [M, N] f32, row stride ldy (>= N) so outputs can land in a column slice of a wider buffer.
 void matmul(const float* x, int64_t M, int64_t K, const void* w, DType w_dtype, int64_t N,
             const float* bias, float* y, int64_t ldy, ThreadPool& pool);
+
+// The same product with a quantized weight (common/quant.h): W[n, k] = scale * q + min per group.
+// Decode (M <= 8) dequantizes in registers as it streams the codes (each code byte read once);
+// prefill dequantizes panels of rows to f32 and runs the f32 tiles. Activations past K read as 0.
+void matmul_quant(const float* x, int64_t M, int64_t K, const QuantMatrixView& w, const float* bias, float* y,
+                  int64_t ldy, ThreadPool& pool);
 
 // y[m, :] = x[m, :] / sqrt(mean(x[m, :]^2) + eps) * weight   (HF LlamaRMSNorm, computed in f32)
 //   x, y: [M, D] (may alias);  weight: [D] f32
