@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench_command.h"
+#include "cli/eval_command.h"
 #include "cli/serve_command.h"
 #include "backend/kernel_plan.h"
 #include "compiler/build_engine.h"
@@ -341,6 +342,9 @@ int cli_main(int argc, char** argv) {
   BenchArgs bench;
   auto* bench_cmd = add_bench_command(app, bench);
 
+  EvalArgs eval;
+  auto* eval_cmd = add_eval_command(app, eval);
+
   ServeArgs serve;
   auto* serve_cmd = add_serve_command(app, serve);
 
@@ -357,6 +361,7 @@ int cli_main(int argc, char** argv) {
   if (inspect_cmd->parsed()) return run_inspect(inspect_path);
   if (tokenize_cmd->parsed()) return run_tokenize(tokenize_source, tokenize_bos, tokenize_text);
   if (bench_cmd->parsed()) return run_bench_command(bench);
+  if (eval_cmd->parsed()) return run_eval_command(eval);
   if (serve_cmd->parsed()) return run_serve_command(serve);
   return 1;
 }
