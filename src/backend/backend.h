@@ -67,6 +67,15 @@ struct KvGeometry {
   int64_t block_size;
 };
 
+// Calibration hook of the build side: sees the input of every Linear and SwiGluLinear node (for the
+// latter, the SwiGLU product the matmul reads) as a step runs, on the calling thread.
+class ActivationObserver {
+ public:
+  virtual ~ActivationObserver() = default;
+  // x: [rows, width] f32, row stride width; valid only during the call.
+  virtual void observe(size_t node, const float* x, int64_t rows, int64_t width) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -104,6 +113,11 @@ class Backend {
   virtual int64_t weight_bytes() const = 0;
   virtual int64_t arena_bytes() const = 0;
   virtual int64_t kv_cache_bytes() const = 0;
+  // Installs (or, with nullptr, removes) a calibration observer. The CPU backend supports it.
+  virtual Status set_activation_observer(ActivationObserver* observer) {
+    (void)observer;
+    return make_error("the {} backend cannot observe activations (calibration runs on the cpu backend)", name());
+  }
 };
 
 // What a backend accepts in one step; validate_batch checks a Batch against it (token ids, positions,

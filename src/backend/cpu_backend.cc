@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "backend/arena_plan.h"
@@ -25,7 +26,18 @@ namespace {
 struct BoundWeight {
   const void* data = nullptr;
   DType dtype = DType::F32;
+  std::optional<QuantMatrixView> quant;  // a quantized matrix (data = its codes)
 };
+
+// y = x @ W^T (+ bias) for a plain or quantized weight.
+void linear(const float* x, int64_t rows, int64_t K, const BoundWeight& w, int64_t N, const float* bias, float* y,
+            cpu::ThreadPool& pool) {
+  if (w.quant) {
+    cpu::matmul_quant(x, rows, K, *w.quant, bias, y, N, pool);
+  } else {
+    cpu::matmul(x, rows, K, w.data, w.dtype, N, bias, y, N, pool);
+  }
+}
 
 struct RopeTable {
   std::vector<float> cos;  // [max_positions, head_dim / 2]
@@ -82,6 +94,10 @@ class CpuBackend final : public Backend {
   }
   double copy_bandwidth_bytes_per_second() override;
   int64_t peak_device_bytes() const override { return 0; }
+  Status set_activation_observer(ActivationObserver* observer) override {
+    observer_ = observer;
+    return Status::Ok();
+  }
 
  private:
   Status init(const LoadedEngine& engine, const BackendOptions& options);
@@ -110,6 +126,7 @@ class CpuBackend final : public Backend {
   int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0;
   int64_t num_kv_blocks_ = 0, block_size_ = 0, weight_bytes_ = 0;
   double copy_bandwidth_ = 0;
+  ActivationObserver* observer_ = nullptr;
 };
 
 // Best of a few memcpy passes over 256 MiB (well beyond any cache), counting bytes read + written.
@@ -151,7 +168,23 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
   vocab_size_ = graph_.values[graph_.logits_value].width;
 
   // (1) weights
+  std::map<std::string, QuantMatrixView> quantized;
   for (const auto& [name, info] : graph_.weights) {
+    if (info.quant) {  // codes, scales and mins, each with its storage dtype and shape
+      std::vector<const TensorView*> parts;
+      for (const StoredTensor& part : stored_tensors(name, info)) {
+        const TensorView* t = engine.find(part.name);
+        if (!t) return make_error("engine: quantized weight '{}' has no tensor '{}'", name, part.name);
+        if (t->dtype != part.dtype || t->shape != part.shape) {
+          return make_error("engine: tensor '{}' dtype/shape disagree with the graph's quantization", part.name);
+        }
+        weight_bytes_ += static_cast<int64_t>(t->nbytes);
+        parts.push_back(t);
+      }
+      quantized[name] = QuantMatrixView{*info.quant, info.shape[0], info.shape[1], parts[0]->data, parts[1]->data,
+                                        parts.size() > 2 ? parts[2]->data : nullptr};
+      continue;
+    }
     const TensorView* t = engine.find(name);
     if (!t) return make_error("engine: graph weight '{}' has no tensor", name);
     if (t->dtype != info.dtype || t->shape != info.shape) {
@@ -169,9 +202,18 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
   int64_t num_layers = 0;
   for (const Node& n : graph_.nodes) {
     std::vector<BoundWeight> bound;
-    for (const std::string& w : n.weights) {
+    for (size_t wi = 0; wi < n.weights.size(); ++wi) {
+      const std::string& w = n.weights[wi];
+      const auto q = quantized.find(w);
+      if (q != quantized.end()) {
+        if ((n.op != OpKind::Linear && n.op != OpKind::SwiGluLinear) || wi != 0) {
+          return make_error("cpu backend: node '{}' ({}) cannot read quantized weight '{}'", n.name, op_name(n.op), w);
+        }
+        bound.push_back(BoundWeight{q->second.codes, graph_.weights.at(w).dtype, q->second});
+        continue;
+      }
       const TensorView* t = engine.find(w);
-      bound.push_back(BoundWeight{t->data, t->dtype});
+      bound.push_back(BoundWeight{t->data, t->dtype, std::nullopt});
     }
     node_weights_.push_back(std::move(bound));
     node_rope_.push_back(nullptr);
@@ -289,8 +331,9 @@ Status CpuBackend::run(const Batch& batch, float* logits, std::vector<NodeTiming
                       static_cast<float>(n.attr("eps")), out);
         break;
       case OpKind::Linear:
-        cpu::matmul(value_ptr(n.inputs[0].value), rows, n.inputs[0].width, w[0].data, w[0].dtype, out_width,
-                    w.size() > 1 ? static_cast<const float*>(w[1].data) : nullptr, out, out_width, *pool_);
+        if (observer_) observer_->observe(i, value_ptr(n.inputs[0].value), rows, n.inputs[0].width);
+        linear(value_ptr(n.inputs[0].value), rows, n.inputs[0].width, w[0], out_width,
+               w.size() > 1 ? static_cast<const float*>(w[1].data) : nullptr, out, *pool_);
         break;
       case OpKind::Rope: {
         const RopeTable& table = *node_rope_[i];
@@ -328,8 +371,9 @@ Status CpuBackend::run(const Batch& batch, float* logits, std::vector<NodeTiming
         swiglu_slices(value_ptr(gate.value) + gate.col_offset, graph_.values[gate.value].width,
                       value_ptr(up.value) + up.col_offset, graph_.values[up.value].width, rows, F, act);
         if (n.op == OpKind::SwiGluLinear) {
-          cpu::matmul(act, rows, F, w[0].data, w[0].dtype, out_width,
-                      w.size() > 1 ? static_cast<const float*>(w[1].data) : nullptr, out, out_width, *pool_);
+          if (observer_) observer_->observe(i, act, rows, F);
+          linear(act, rows, F, w[0], out_width, w.size() > 1 ? static_cast<const float*>(w[1].data) : nullptr, out,
+                 *pool_);
         }
         break;
       }

@@ -302,6 +302,10 @@ int cli_main(int argc, char** argv) {
                         "calibration prompts: a text file (paragraphs) or JSONL ({\"text\": ...} or {\"prompt\": ...}); default: built-in");
   build_cmd->add_option("--calib-samples", build.options.calib_samples, "calibration prompts to use (default 32)")
       ->check(CLI::PositiveNumber);
+  build_cmd->add_option("--max-quant-error", build.options.max_quant_error,
+                        "keep a matrix unquantized when its relative output error on the calibration prompts exceeds this "
+                        "(default 0.05 int8, 0.25 int4; 0: never, and int8 / int4-rtn then skip calibration)")
+      ->check(CLI::NonNegativeNumber);
   build_cmd->add_option("--keep-fp16", build.options.keep_fp16,
                         "keep weights whose name contains PATTERN unquantized (repeatable), e.g. layers.0.");
 

@@ -60,8 +60,9 @@ std::string quant_describe(const QuantInfo& q, int64_t K) {
 Status validate_quant(const QuantInfo& q, int64_t N, int64_t K, const std::string& what) {
   if (q.bits != 4 && q.bits != 8) return make_error("{}: quantized with {} bits (kiln runs 4 and 8)", what, q.bits);
   const int64_t multiple = q.bits == 4 ? 32 : 16;
-  if (q.group_size <= 0 || q.group_size % multiple != 0) {
-    return make_error("{}: group size {} is not a positive multiple of {}", what, q.group_size, multiple);
+  if (q.group_size <= 0 || (q.group_size % multiple != 0 && q.group_size < K)) {
+    return make_error("{}: group size {} is not a positive multiple of {} (nor one group of all {} columns)", what,
+                      q.group_size, multiple, K);
   }
   if (q.scale_dtype != DType::F16 && q.scale_dtype != DType::F32) {
     return make_error("{}: scales of dtype {} (expected F16 or F32)", what, dtype_name(q.scale_dtype));

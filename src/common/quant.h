@@ -15,8 +15,8 @@
 //               element i + 16 in its high nibble (GGUF's Q4_0 / Q4_1 order: one 16-byte load,
 //               one mask and one shift give both halves in order)
 // Padding codes are 0 and padding never contributes: kernels treat activations past K as zeros.
-// group_size is a multiple of 16 (bits 8) or 32 (bits 4); groups = ceil(K / group_size), the last
-// one may be partial. Scales and mins are [N, groups], row-major, F16 or F32.
+// group_size is a multiple of 16 (bits 8) or 32 (bits 4), or >= K (one group per row: per channel);
+// groups = ceil(K / group_size), the last one may be partial. Scales and mins are [N, groups], row-major, F16 or F32.
 //
 // How other formats map onto it (lossless unless stated):
 //   GGUF Q8_0            bits 8, group 32, F16 scale, no min

@@ -13,6 +13,7 @@
 #include "format/hf_tokenizer_config.h"
 #include "format/llama2c.h"
 #include "format/safetensors.h"
+#include "compiler/quantize_model.h"
 #include "model/llama_builder.h"
 #include "passes/passes.h"
 #include "tokenizer/chat_template.h"
@@ -184,6 +185,36 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     KILN_ASSIGN(report.fused_swiglu_linear, fuse_swiglu_into_linear(built.graph));
   }
 
+  // Tokenizer: stored verbatim so the run side parses exactly what the build side saw.
+  std::optional<Tokenizer> tokenizer;
+  const std::string tokenizer_path = options.tokenizer_path.empty() ? imported.default_tokenizer : options.tokenizer_path;
+  if (!tokenizer_path.empty()) {
+    KILN_ASSIGN(tokenizer, Tokenizer::from_file(tokenizer_path));
+    if (tokenizer->vocab_size() > config.vocab_size) {
+      return make_error("tokenizer {} has {} tokens but the model's vocabulary is {}", tokenizer_path,
+                        tokenizer->vocab_size(), config.vocab_size);
+    }
+    report.tokenizer = tokenizer_path;
+  }
+
+  // Quantization (after fusion: a fused qkv / gate_up shares one input and so one set of AWQ scales).
+  nlohmann::json quant_metadata = nullptr;
+  if (options.quant != "none") {
+    QuantizeModelOptions q;
+    q.mode = options.quant;
+    q.group_size = options.group_size;
+    q.calib_path = options.calib_path;
+    q.calib_samples = options.calib_samples;
+    q.calib_seq_len = std::min(options.calib_seq_len, max_seq_len);
+    q.keep = options.keep_fp16;
+    q.max_error = options.max_quant_error;
+    q.tokenizer = tokenizer ? &*tokenizer : nullptr;
+    KILN_ASSIGN(QuantizeModelReport quant, quantize_model(built.graph, built.weights, q));
+    report.quant = quant.summary;
+    report.quant_notes = quant.notes;
+    quant_metadata = quant.metadata;
+  }
+
   // Tactics: on the GPU the engine is built for, time GEMV vs cuBLASLt algorithms for every Linear
   // shape at each decode bucket (1, 2, 4, ... max batch) and the opt prefill step; the run side uses
   // the winners. Without that GPU the run side keeps its heuristics.
@@ -204,17 +235,6 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     }
   }
 
-  // Tokenizer: stored verbatim so the run side parses exactly what the build side saw.
-  std::optional<Tokenizer> tokenizer;
-  const std::string tokenizer_path = options.tokenizer_path.empty() ? imported.default_tokenizer : options.tokenizer_path;
-  if (!tokenizer_path.empty()) {
-    KILN_ASSIGN(tokenizer, Tokenizer::from_file(tokenizer_path));
-    if (tokenizer->vocab_size() > config.vocab_size) {
-      return make_error("tokenizer {} has {} tokens but the model's vocabulary is {}", tokenizer_path,
-                        tokenizer->vocab_size(), config.vocab_size);
-    }
-    report.tokenizer = tokenizer_path;
-  }
   nlohmann::json chat_template_metadata = nullptr;
   if (!chat_template.source.empty()) {
     // Without a tokenizer_config.json (llama2.c checkpoints) the special tokens are the tokenizer's.
@@ -262,16 +282,22 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
         {"fused_add_rms_norm", report.fused_add_rms_norm},
         {"fused_rope_into_attention", report.fused_rope},
         {"fused_swiglu_into_linear", report.fused_swiglu_linear},
+        {"quant", quant_metadata},
         {"kiln_version", KILN_VERSION}}},
       {"graph", built.graph.to_json()},
       {"tactics", tactics},
       {"tokenizer", nullptr},
   };
   for (const auto& [name, info] : built.graph.weights) {
-    const TensorView* t = built.weights.find(name);
-    if (!t) return make_error("internal: weight '{}' missing after passes", name);
-    spec.tensors.push_back(EngineTensorSource{name, t->dtype, t->shape, t->data, t->nbytes});
-    report.weight_bytes += static_cast<int64_t>(t->nbytes);
+    for (const StoredTensor& part : stored_tensors(name, info)) {
+      const TensorView* t = built.weights.find(part.name);
+      if (!t) return make_error("internal: weight '{}' missing after passes", part.name);
+      if (t->dtype != part.dtype || t->shape != part.shape) {
+        return make_error("internal: weight '{}' disagrees with the graph after passes", part.name);
+      }
+      spec.tensors.push_back(EngineTensorSource{part.name, t->dtype, t->shape, t->data, t->nbytes});
+      report.weight_bytes += static_cast<int64_t>(t->nbytes);
+    }
   }
   report.num_tensors = static_cast<int64_t>(spec.tensors.size());
   if (tokenizer) {

@@ -108,8 +108,12 @@ void remove_unused(Graph& graph, WeightStore& weights) {
   for (auto it = graph.weights.begin(); it != graph.weights.end();) {
     it = used_weights.count(it->first) ? std::next(it) : graph.weights.erase(it);
   }
+  std::set<std::string> stored;  // a quantized weight is stored as several tensors
+  for (const auto& [name, info] : graph.weights) {
+    for (const StoredTensor& part : stored_tensors(name, info)) stored.insert(part.name);
+  }
   for (auto it = weights.tensors.begin(); it != weights.tensors.end();) {
-    it = used_weights.count(it->first) ? std::next(it) : weights.tensors.erase(it);
+    it = stored.count(it->first) ? std::next(it) : weights.tensors.erase(it);
   }
   remove_unused_values(graph);
 }

@@ -23,7 +23,8 @@ Result<bool> fuse_sibling_linears(Graph& graph, WeightStore& weights, const std:
 // Index of the node that writes value `value` as a Linear (not in place), or -1.
 int find_linear_producer(const Graph& graph, int32_t value);
 
-// Drops weights no node references and values no node touches (renumbering refs).
+// Drops weights no node references (with every tensor that stores them) and values no node touches
+// (renumbering refs).
 void remove_unused(Graph& graph, WeightStore& weights);
 // Drops values no node touches (renumbering refs); weights are left alone.
 void remove_unused_values(Graph& graph);

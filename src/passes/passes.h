@@ -34,3 +34,21 @@ Result<int> fuse_rope_into_attention(Graph& graph);
 Result<int> fuse_swiglu_into_linear(Graph& graph);
 
 }  // namespace kiln
+
+namespace kiln {
+
+// The matrices quantization applies to: weights[0] of every Linear and SwiGluLinear node, in graph
+// order, each once; `lm_head` is set to the one computing the logits (or "" when none).
+struct QuantizableWeights {
+  std::vector<std::string> names;
+  std::string lm_head;
+};
+QuantizableWeights quantizable_weights(const Graph& graph);
+
+// Replaces weight `name` (a Linear / SwiGluLinear matrix) by a quantized matrix: the graph declares
+// it with its code dtype and QuantInfo, the store holds NAME, NAME.scales and NAME.mins. A weight
+// shared with a node that cannot read it quantized (a tied embedding table) is first split: those
+// nodes keep the original under its name and the Linear nodes read "<name>.linear".
+Status set_quantized_weight(Graph& graph, WeightStore& weights, const std::string& name, const QuantizedMatrix& q);
+
+}  // namespace kiln

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/simd.h"
 
 namespace kiln::cpu {
@@ -217,7 +218,26 @@ RowsFn select_rows_fn(bool avx2, bool panel) {
   return panel ? &rows_panel_avx2<D> : &rows_stream_avx2<D>;
 }
 
+KILN_AVX2 void panel_sweep_avx2(const float* x, int64_t M, int64_t K, const float* wp, int64_t rows,
+                                const float* bias, float* y, int64_t ldy) {
+  for (int64_t m = 0; m < M; m += 4) {
+    const int mr = static_cast<int>(std::min<int64_t>(4, M - m));
+    for (int64_t n = 0; n < rows; n += 3) {
+      const int nr = static_cast<int>(std::min<int64_t>(3, rows - n));
+      tile_avx2_any<DType::F32>(mr, nr, x + m * K, K, wp + n * K, K, bias ? bias + n : nullptr, y + m * ldy + n, ldy);
+    }
+  }
+}
+
 }  // namespace
+
+void matmul_f32_panel(const float* x, int64_t M, int64_t K, const float* panel, int64_t rows, const float* bias,
+                      float* y, int64_t ldy) {
+  if (using_avx2()) return panel_sweep_avx2(x, M, K, panel, rows, bias, y, ldy);
+  const MatmulArgs args{x, M, K, panel, bias, y, ldy};
+  // rows_scalar indexes weight rows from n0: shift the output and bias instead.
+  rows_scalar<DType::F32>(args, 0, rows);
+}
 
 void matmul(const float* x, int64_t M, int64_t K, const void* w, DType w_dtype, int64_t N,
             const float* bias, float* y, int64_t ldy, ThreadPool& pool) {
