@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "$@"; do
   case $what in
     tests)
-      for t in test_cuda_kernels test_cuda_attention test_cuda_decode_path test_cuda_gemv_swiglu test_cuda_sampling \
+      for t in test_cuda_kernels test_cuda_attention test_cuda_decode_path test_cuda_gemv_swiglu test_cuda_gemv_quant test_cuda_sampling \
                test_cuda_forward_sample test_parity_cuda; do
         [ -x .dev/gpu/$t ] || continue
         .dev/gpu/$t > "$out/$t.log" 2>&1
@@ -81,7 +81,7 @@ for r in d["levels"]: print(d.get("label",""), {k: r[k] for k in ("concurrency",
     parity7b)
       python3 bench/check_7b_parity.py /tmp/l7b --kiln .dev/gpu/kiln --engine /tmp/l7b.kiln 2>&1 | tee "$out/parity7b.log" | tail -12 ;;
     benches)  # kernel benchmarks (no model needed): pack cuda_layer_bench, cuda_attention_bench, cuda_gemv_bench
-      for b in cuda_layer_bench cuda_attention_bench cuda_gemv_bench; do
+      for b in cuda_layer_bench cuda_attention_bench cuda_gemv_bench cuda_gemv_quant_bench; do
         [ -x .dev/gpu/$b ] || continue
         .dev/gpu/$b > "$out/$b.txt" 2>&1; echo "$b: exit $?"; grep -v '^{' "$out/$b.txt" | tail -40
       done ;;

@@ -58,6 +58,38 @@ Status gemv_swiglu(const void* gate, int64_t gate_ld, const void* up, int64_t up
 Status gemv_glu(const void* x, int64_t M, int64_t K, const void* w, int64_t F, const float* bias, void* y,
                 int64_t ldy, DType act, cudaStream_t stream, const GemvFusion& fusion = {});
 
+// ---- quantized weights (common/quant.h: int8 / int4 codes, a scale and optional min per group) ----
+// A quantized matrix W[N, K] in device memory: the fields of common/quant.h's QuantInfo and
+// QuantMatrixView (that header is C++20; CUDA sources are C++17). Codes [N, row_bytes] 16-byte
+// aligned, row_bytes = K padded to a multiple of 32, halved for int4 (GGUF Q4_0 nibble order); scales
+// and mins [N, ceil(K / group_size)], F16 or F32, W = scale * q + min (mins null: min = 0). Any layout
+// validate_quant accepts: bits 4 or 8, group_size a multiple of 32 (int4) or 16 (int8), or >= K.
+struct QuantWeightView {
+  int bits = 0;
+  int64_t group_size = 0;
+  DType scale_dtype = DType::F16;
+  int64_t rows = 0;  // N
+  int64_t cols = 0;  // K
+  const uint8_t* codes = nullptr;
+  const void* scales = nullptr;
+  const void* mins = nullptr;
+};
+
+// Decode GEMV on quantized weights: y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]), M in [1, 32].
+//   x: [M, K] act dtype (F16 / BF16), row stride K (any K: 16-byte vectors when K % 8 == 0 and x is
+//   16-byte aligned, scalar loads otherwise); bias: [N] f32 or null; y: [M, N] stride ldy, act dtype or
+//   F32. Weights are dequantized in registers (int4: q * scale + min as one packed fma in the act dtype;
+//   int8: fmaf in f32, rounded once) and multiplied on tensor cores with f32 accumulation.
+struct GemvQuantTuning {
+  int k_split = 0;  // warps splitting K per 16-row tile: 1, 2, 4, 8; 0 = auto (by grid size)
+};
+constexpr int64_t kGemvQuantMaxRows = 32;
+Status gemv_quant(const void* x, int64_t M, const QuantWeightView& w, const float* bias, void* y, int64_t ldy,
+                  DType act, DType y_dtype, cudaStream_t stream, const GemvQuantTuning& tuning = {});
+// W expanded to the act dtype: out[n, k] = round(fmaf(q, scale, min)), out: [N, K] dense (row stride K).
+// Prefill runs it into a scratch matrix, then cuBLASLt.
+Status dequantize(const QuantWeightView& w, void* out, DType act, cudaStream_t stream);
+
 // ---- normalization and elementwise ----
 // y = rms_norm(x) * weight  (HF LlamaRMSNorm: f32 math, cast at the end).  x, y: [M, D]; weight: [D] f32
 Status rms_norm(const void* x, const float* weight, int64_t M, int64_t D, float eps, void* y, DType act,

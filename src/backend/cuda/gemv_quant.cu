@@ -1,0 +1,525 @@
+// Decode GEMV over quantized weights (common/quant.h: int8 / int4 codes in 32-element blocks along K,
+// a scale and optional min per (row, group)): y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]), M <= 32,
+// and `dequantize`, which expands a quantized matrix to the activation dtype for cuBLASLt (prefill).
+//
+// Bytes to move: the codes (K / 2 or K per row), the scales and mins (2 or 4 bytes per group each),
+// x and y. A Llama-2-7B int4 g128 layer streams 3.6 bytes per 8 weights... the point is the same as
+// gemv.cu: a bandwidth kernel, judged by the fraction of a device-to-device copy it reaches (measured
+// in bench/cuda_gemv_quant_bench.cu; numbers in backend/cuda/README.md).
+//
+// Why tensor cores at M = 1. Each 16 bytes of int4 codes are 32 weights: 32 FMAs per row of x plus the
+// unpacking, 4x the arithmetic per byte of the fp16 GEMV, which is already issue-bound at M = 8 there.
+// So the kernel dequantizes into the activation dtype in registers and multiplies on mma.sync
+// m16n8k16 (f32 accumulation): A = 16 weight rows x 16 k, B = x (8 columns: rows of x, M <= 8 per
+// n-tile; columns past M are computed and dropped), and the cost of a multiply no longer grows with M.
+//
+// Fragments. A warp owns 16 rows (a tile); lane (g = lane / 4, t = lane % 4) holds rows g and g + 8 of
+// the A fragment at k-slots {2t, 2t+1, 2t+8, 2t+9}, and column g of B (x row g) at the same slots.
+// Since a dot product does not care in which order k is summed, the slots need not be consecutive
+// elements: each lane loads its own 16-byte "unit" of codes of rows g and g + 8 (int4: one 32-element
+// block; int8: 16 elements; units 4c..4c+3 of a chunk c go to t = 0..3), dequantizes it in whatever
+// order the bit tricks give, and loads the x elements of that same order for B. Per unit: int4 gives
+// 16 element pairs = 8 mma, int8 8 pairs = 4 mma. A unit lies in one group (groups are multiples of 32
+// for int4 and 16 for int8), so each lane needs one scale and min per row per unit.
+//
+// Dequantization, in registers:
+//   int4: for each 32-bit word w of the unit (bytes 4j..4j+3: elements 4j..4j+3 in the low nibbles,
+//     4j+16..4j+19 in the high ones), ((w >> s) & 0x000f000f) | magic, s = 0, 4, 8, 12, is a pair of
+//     act-dtype numbers magic + q (magic = 1024 in fp16, 128 in bf16: q < 16 fits the mantissa),
+//     i.e. elements (4j, 4j+2), (4j+16, 4j+18), (4j+1, 4j+3), (4j+17, 4j+19); subtracting magic gives
+//     q exactly, and one packed fma gives q * scale + min, rounded once to the act dtype (scale and
+//     min are first rounded to it). x pairs come from x's natural pairs with one byte permute each.
+//     (The magic-number conversion is FasterTransformer's / Kim et al. 2022, "Who says elephants
+//     can't run", in the nibble order of GGUF's Q4_0 block.)
+//   int8: each byte goes to f32 as 2^23 + (q ^ 0x80) through one byte permute (exact), minus
+//     2^23 + 128, then fmaf(q, scale, min) in f32 and one rounding to the act dtype: the weight is
+//     what dequantize_row gives, rounded once, i.e. the weight an fp16/bf16 engine would hold.
+//
+// Work split (as gemv.cu): a block of 8 warps owns 8 / k_split tiles; the k_split warps of a tile take
+// interleaved chunks of 4 units and combine their accumulators through shared memory. Each lane keeps
+// U chunks of 2 x 16-byte code loads (and their scales and mins) in flight; the first U are issued
+// before the PDL wait (weights do not depend on the previous kernel). Code loads bypass L1 (read once);
+// x, scales and mins go through it. k_split by grid size: enough warps to fill the GPU, no more.
+//
+// Columns of x past M: a lane of group g >= M loads x row M - 1 (a valid address; its output column
+// is dropped). Elements past K (the padded codes of the last block, and whole units past the row)
+// get x = 0, so they never contribute.
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <type_traits>
+
+#include "backend/cuda/act_traits.cuh"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
+
+namespace kiln::cuda {
+namespace {
+
+using detail::Act;
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileRows = 16;    // rows of W per warp (the mma's M)
+constexpr int kUnitsPerChunk = 4;  // one 16-byte unit per t = lane % 4
+
+__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+template <class T>
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// Packed pair arithmetic of the act dtype on raw 32-bit words: (v - magic) * s + m, one rounding for
+// the fma (the subtraction is exact).
+template <class T>
+__device__ __forceinline__ uint32_t sub_fma2(uint32_t v, uint32_t magic, uint32_t s, uint32_t m) {
+  using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+  T2 hv, hmagic, hs, hm;
+  memcpy(&hv, &v, 4);
+  memcpy(&hmagic, &magic, 4);
+  memcpy(&hs, &s, 4);
+  memcpy(&hm, &m, 4);
+  const T2 r = __hfma2(__hsub2(hv, hmagic), hs, hm);
+  uint32_t out;
+  memcpy(&out, &r, 4);
+  return out;
+}
+
+// int4: one word of a unit -> 4 pairs: (4j, 4j+2), (4j+16, 4j+18), (4j+1, 4j+3), (4j+17, 4j+19).
+template <class T>
+__device__ __forceinline__ void dequant_int4(uint32_t w, uint32_t s2, uint32_t m2, uint32_t (&p)[4]) {
+  constexpr uint32_t kMagic = std::is_same_v<T, __half> ? 0x64006400u : 0x43004300u;  // 1024 / 128
+  p[0] = sub_fma2<T>((w & 0x000f000fu) | kMagic, kMagic, s2, m2);
+  p[1] = sub_fma2<T>(((w >> 4) & 0x000f000fu) | kMagic, kMagic, s2, m2);
+  p[2] = sub_fma2<T>(((w >> 8) & 0x000f000fu) | kMagic, kMagic, s2, m2);
+  p[3] = sub_fma2<T>(((w >> 12) & 0x000f000fu) | kMagic, kMagic, s2, m2);
+}
+// The x pairs matching dequant_int4's: xa, xb = x's natural pairs (4j, 4j+1), (4j+2, 4j+3); xc, xd =
+// (4j+16, 4j+17), (4j+18, 4j+19).
+__device__ __forceinline__ void x_pairs_int4(uint32_t xa, uint32_t xb, uint32_t xc, uint32_t xd, uint32_t (&p)[4]) {
+  p[0] = __byte_perm(xa, xb, 0x5410);
+  p[1] = __byte_perm(xc, xd, 0x5410);
+  p[2] = __byte_perm(xa, xb, 0x7632);
+  p[3] = __byte_perm(xc, xd, 0x7632);
+}
+
+// int8: one word (elements 4j..4j+3, signed bytes) -> 2 natural pairs (4j, 4j+1), (4j+2, 4j+3).
+template <class T>
+__device__ __forceinline__ void dequant_int8(uint32_t w, float s, float m, uint32_t (&p)[2]) {
+  const uint32_t u = w ^ 0x80808080u;  // q + 128 per byte
+  float f[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // 0x4B0000uu = 2^23 + u exactly; minus 2^23 + 128 gives q.
+    const float q = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540u + i)) - 8388736.0f;
+    f[i] = fmaf(q, s, m);
+  }
+  p[0] = Act<T>::from_float2(f[0], f[1]);
+  p[1] = Act<T>::from_float2(f[2], f[3]);
+}
+
+// The E x values of row `xrow` from element k0 (zeros past K) as E / 2 natural pairs.
+template <int E, bool kVecX>
+__device__ __forceinline__ void load_x(const uint16_t* __restrict__ xrow, int k0, int K, uint32_t (&xw)[E / 2]) {
+  if constexpr (kVecX && E == 4) {  // K % 8 == 0 and k0 % 4 == 0: inside K or wholly past it
+    const uint2 q = k0 < K ? __ldg(reinterpret_cast<const uint2*>(xrow + k0)) : make_uint2(0, 0);
+    xw[0] = q.x, xw[1] = q.y;
+  } else if constexpr (kVecX) {  // K % 8 == 0: each 8-element vector is whole inside K or past it
+#pragma unroll
+    for (int v = 0; v < E / 8; ++v) {
+      const int k = k0 + 8 * v;
+      const uint4 q = k < K ? __ldg(reinterpret_cast<const uint4*>(xrow + k)) : make_uint4(0, 0, 0, 0);
+      xw[4 * v] = q.x, xw[4 * v + 1] = q.y, xw[4 * v + 2] = q.z, xw[4 * v + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E / 2; ++e) {
+      const int k = k0 + 2 * e;
+      const uint32_t lo = k < K ? __ldg(xrow + k) : 0u;
+      const uint32_t hi = k + 1 < K ? __ldg(xrow + k + 1) : 0u;
+      xw[e] = lo | (hi << 16);
+    }
+  }
+}
+
+__device__ __forceinline__ float load_meta(const void* __restrict__ p, int64_t i, bool f32) {
+  return f32 ? __ldg(static_cast<const float*>(p) + i) : __half2float(__ldg(static_cast<const __half*>(p) + i));
+}
+
+struct QuantParams {
+  const uint16_t* x;  // [M, K] act dtype, stride K
+  int M, K;
+  const uint8_t* codes;  // [N, row_bytes]
+  int row_bytes;
+  const void* scales;    // [N, groups]
+  const void* mins;      // [N, groups] or null
+  bool scale_f32;
+  int groups;
+  int units_per_group;   // group_size / elements per unit
+  int upg_shift;         // log2(units_per_group) when a power of two, else -1
+  int N;
+  const float* bias;     // [N] or null
+  void* y;               // [M, N] stride ldy
+  int64_t ldy;
+  bool y_f32;
+  int k_split;
+};
+
+__device__ __forceinline__ int group_of(const QuantParams& p, int unit) {
+  if (p.groups == 1) return 0;
+  const int g = p.upg_shift >= 0 ? unit >> p.upg_shift : unit / p.units_per_group;
+  return min(g, p.groups - 1);  // units past K in a new group (int8, group 16) read the last one
+}
+
+// NT n-tiles of 8 columns: M <= 8 * NT.
+template <class T, int kBits, int NT, bool kVecX>
+__global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantParams p) {
+  constexpr int U = NT == 1 ? 4 : NT == 2 ? 2 : 1;  // chunks in flight per lane (2 x 16-byte code loads each)
+  constexpr int E = kBits == 4 ? 32 : 16;     // elements per 16-byte unit
+  constexpr int kWords = 4;                   // 32-bit words per unit
+  __shared__ float partial[kWarps][NT * 4][32];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int k_split = p.k_split;
+  const int tile = blockIdx.x * (kWarps / k_split) + warp / k_split, slice = warp % k_split;
+  const int units = p.row_bytes / 16, chunks = (units + kUnitsPerChunk - 1) / kUnitsPerChunk;
+
+  detail::allow_dependents();
+  // Rows past N (last tile) re-read row N - 1 and are not stored.
+  const int row_a = min(tile * kTileRows + g, p.N - 1), row_b = min(tile * kTileRows + g + 8, p.N - 1);
+  const uint4* wa = reinterpret_cast<const uint4*>(p.codes + static_cast<int64_t>(row_a) * p.row_bytes);
+  const uint4* wb = reinterpret_cast<const uint4*>(p.codes + static_cast<int64_t>(row_b) * p.row_bytes);
+  const int64_t meta_a = static_cast<int64_t>(row_a) * p.groups, meta_b = static_cast<int64_t>(row_b) * p.groups;
+
+  uint4 ca[U], cb[U];
+  float sa[U], ma[U], sb[U], mb[U];
+  const auto load = [&](int c0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int unit = (c0 + u * k_split) * kUnitsPerChunk + t;
+      if (unit < units) {
+        ca[u] = load_streaming(wa + unit);
+        cb[u] = load_streaming(wb + unit);
+        const int gi = group_of(p, unit);
+        sa[u] = load_meta(p.scales, meta_a + gi, p.scale_f32);
+        sb[u] = load_meta(p.scales, meta_b + gi, p.scale_f32);
+        ma[u] = p.mins ? load_meta(p.mins, meta_a + gi, p.scale_f32) : 0.0f;
+        mb[u] = p.mins ? load_meta(p.mins, meta_b + gi, p.scale_f32) : 0.0f;
+      } else {  // past the row: zero weights (x is zero there too)
+        ca[u] = cb[u] = make_uint4(0, 0, 0, 0);
+        sa[u] = sb[u] = ma[u] = mb[u] = 0.0f;
+      }
+    }
+  };
+  load(slice);  // independent of the previous kernel: in flight while we wait for x
+  detail::wait_for_producer();
+
+  const uint16_t* xrows[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) xrows[nt] = p.x + static_cast<int64_t>(min(nt * 8 + g, p.M - 1)) * p.K;
+
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
+
+  for (int c0 = slice; c0 < chunks; c0 += U * k_split) {
+    if (c0 != slice) load(c0);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = c0 + u * k_split;
+      if (c >= chunks) break;  // warp-uniform
+      const int k0 = (c * kUnitsPerChunk + t) * E;
+      const uint32_t wa_words[kWords] = {ca[u].x, ca[u].y, ca[u].z, ca[u].w};
+      const uint32_t wb_words[kWords] = {cb[u].x, cb[u].y, cb[u].z, cb[u].w};
+      if constexpr (kBits == 4) {
+        const uint32_t s2a = Act<T>::from_float2(sa[u], sa[u]), m2a = Act<T>::from_float2(ma[u], ma[u]);
+        const uint32_t s2b = Act<T>::from_float2(sb[u], sb[u]), m2b = Act<T>::from_float2(mb[u], mb[u]);
+        uint32_t pa[kWords][4], pb[kWords][4];
+#pragma unroll
+        for (int j = 0; j < kWords; ++j) {
+          dequant_int4<T>(wa_words[j], s2a, m2a, pa[j]);
+          dequant_int4<T>(wb_words[j], s2b, m2b, pb[j]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          // x of word j: elements 4j..4j+3 and 4j+16..4j+19 (two runs of 4).
+#pragma unroll
+          for (int j = 0; j < kWords; ++j) {
+            uint32_t lo[2], hi[2];
+            load_x<4, kVecX>(xrows[nt], k0 + 4 * j, p.K, lo);
+            load_x<4, kVecX>(xrows[nt], k0 + 16 + 4 * j, p.K, hi);
+            uint32_t xp[4];
+            x_pairs_int4(lo[0], lo[1], hi[0], hi[1], xp);
+            mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
+            mma16816<T>(acc[nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
+          }
+        }
+      } else {
+        uint32_t pa[kWords][2], pb[kWords][2];
+#pragma unroll
+        for (int j = 0; j < kWords; ++j) {
+          dequant_int8<T>(wa_words[j], sa[u], ma[u], pa[j]);
+          dequant_int8<T>(wb_words[j], sb[u], mb[u], pb[j]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          uint32_t xw[E / 2];
+          load_x<E, kVecX>(xrows[nt], k0, p.K, xw);
+#pragma unroll
+          for (int j = 0; j < kWords; ++j)
+            mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xw[2 * j], xw[2 * j + 1]);
+        }
+      }
+    }
+  }
+
+  // k_split combine: the first warp of each tile adds the others' fragments (same lane layout).
+  if (k_split > 1) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) partial[warp][nt * 4 + i][lane] = acc[nt][i];
+    __syncthreads();
+    if (slice != 0) return;
+    for (int s = 1; s < k_split; ++s)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[nt][i] += partial[warp + s][nt * 4 + i][lane];
+  }
+  // Accumulator i of n-tile nt: row g (i < 2) or g + 8, column (x row) nt * 8 + 2t + (i & 1).
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = tile * kTileRows + g + (i >= 2 ? 8 : 0), m = nt * 8 + 2 * t + (i & 1);
+      if (row < p.N && m < p.M) {
+        const float v = acc[nt][i] + (p.bias ? p.bias[row] : 0.0f);
+        if (p.y_f32) {
+          static_cast<float*>(p.y)[m * p.ldy + row] = v;
+        } else {
+          static_cast<T*>(p.y)[m * p.ldy + row] = Act<T>::from_float(v);
+        }
+      }
+    }
+  }
+}
+
+// One thread per 16-byte unit: W[n, :] in the act dtype, out[N, K] dense. w = fmaf(q, scale, min)
+// in f32, rounded once (the int8 GEMV's weights, bit for bit).
+template <class T, int kBits, bool kVecOut>
+__global__ void __launch_bounds__(256) dequantize_kernel(const QuantParams p, int64_t total_units, T* __restrict__ out) {
+  constexpr int E = kBits == 4 ? 32 : 16;
+  detail::allow_dependents();
+  const int units = p.row_bytes / 16;
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const bool active = i < total_units;
+  const int64_t row = active ? i / units : 0;
+  const int unit = active ? static_cast<int>(i % units) : 0;
+  uint4 c = make_uint4(0, 0, 0, 0);
+  float s = 0.0f, m = 0.0f;
+  if (active) {
+    c = load_streaming(reinterpret_cast<const uint4*>(p.codes + row * p.row_bytes) + unit);
+    const int64_t meta = row * p.groups + group_of(p, unit);
+    s = load_meta(p.scales, meta, p.scale_f32);
+    m = p.mins ? load_meta(p.mins, meta, p.scale_f32) : 0.0f;
+  }
+  detail::wait_for_producer();  // `out` may still be read by the previous kernel
+  if (!active) return;
+  const uint32_t words[4] = {c.x, c.y, c.z, c.w};
+  float w[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    int q;
+    if constexpr (kBits == 4) {
+      const uint32_t byte = (words[(e % 16) / 4] >> (8 * (e % 4))) & 0xffu;
+      q = static_cast<int>(e < 16 ? byte & 0xfu : byte >> 4);
+    } else {
+      q = static_cast<int>(static_cast<int8_t>((words[e / 4] >> (8 * (e % 4))) & 0xffu));
+    }
+    w[e] = fmaf(static_cast<float>(q), s, m);
+  }
+  const int k0 = unit * E;
+  T* dst = out + row * p.K;
+  if constexpr (kVecOut) {
+#pragma unroll
+    for (int v = 0; v < E / 8; ++v) {
+      if (k0 + 8 * v >= p.K) break;
+      float f[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) f[e] = w[8 * v + e];
+      *reinterpret_cast<uint4*>(dst + k0 + 8 * v) = detail::pack8<T>(f);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if (k0 + e < p.K) dst[k0 + e] = Act<T>::from_float(w[e]);
+  }
+}
+
+int log2_exact(int v) {
+  for (int s = 0; s < 31; ++s)
+    if ((1 << s) == v) return s;
+  return -1;
+}
+
+// The device's SM count, read once (the engine runs on one device).
+int sm_count() {
+  static std::atomic<int> cached{0};
+  int sms = cached.load();
+  if (sms == 0) {
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      cudaGetLastError();
+      sms = 132;
+    }
+    cached.store(sms);
+  }
+  return sms;
+}
+
+// Warps of k_split slices per tile: as many as the GPU holds at once (2 blocks of 8 warps per SM) and
+// no more, each slice at least one chunk.
+int auto_k_split(int64_t tiles, int64_t chunks) {
+  const int64_t resident = int64_t{sm_count()} * 2 * kWarps;
+  int k = 8;
+  while (k > 1 && (tiles * k > resident || chunks < k)) k /= 2;
+  return k;
+}
+
+// "int4 g128 f16 +min" (quant_describe's words, for messages).
+std::string describe(const QuantWeightView& w) {
+  const std::string group = w.group_size >= w.cols ? "per-channel" : fmt::format("g{}", w.group_size);
+  return fmt::format("int{} {} {}{}", w.bits, group, w.scale_dtype == DType::F32 ? "f32" : "f16",
+                     w.mins ? " +min" : "");
+}
+
+// Checks a quantized matrix (validate_quant's rules plus pointers and alignment) and fills the
+// parameters shared by both kernels.
+template <class Shapes>
+Status quant_params(const Shapes& shapes, const QuantWeightView& w, QuantParams& p) {
+  if (w.bits != 4 && w.bits != 8) return make_error("{}: {} bits (4 or 8)", shapes(), w.bits);
+  const int E = w.bits == 4 ? 32 : 16;  // elements per 16-byte unit; groups are multiples of it
+  if (w.group_size <= 0 || (w.group_size % E != 0 && w.group_size < w.cols))
+    return make_error("{}: group size {} is not a positive multiple of {} (nor one group of all {} columns)", shapes(),
+                      w.group_size, E, w.cols);
+  if (w.scale_dtype != DType::F16 && w.scale_dtype != DType::F32)
+    return make_error("{}: scales must be F16 or F32", shapes());
+  if (w.rows <= 0 || w.cols <= 0) return make_error("{}: need N > 0 and K > 0", shapes());
+  if (w.rows >= (int64_t{1} << 30) || w.cols >= (int64_t{1} << 30)) return make_error("{}: N and K must be below 2^30", shapes());
+  if (w.codes == nullptr || w.scales == nullptr) return make_error("{}: null codes or scales", shapes());
+  if (!detail::is_aligned16(w.codes)) return make_error("{}: codes must be 16-byte aligned", shapes());
+  const size_t meta_align = w.scale_dtype == DType::F32 ? 4 : 2;
+  if (reinterpret_cast<uintptr_t>(w.scales) % meta_align != 0 || reinterpret_cast<uintptr_t>(w.mins) % meta_align != 0)
+    return make_error("{}: scales and mins must be aligned to their dtype", shapes());
+  const int64_t padded_k = (w.cols + 31) / 32 * 32;
+  p.codes = w.codes;
+  p.row_bytes = static_cast<int>(w.bits == 4 ? padded_k / 2 : padded_k);
+  p.scales = w.scales;
+  p.mins = w.mins;
+  p.scale_f32 = w.scale_dtype == DType::F32;
+  p.groups = static_cast<int>((w.cols + w.group_size - 1) / w.group_size);
+  // One group per row (group_size >= K) needs no group arithmetic (group_of returns 0).
+  p.units_per_group = p.groups == 1 ? 1 : static_cast<int>(w.group_size / E);
+  p.upg_shift = log2_exact(p.units_per_group);
+  p.N = static_cast<int>(w.rows);
+  p.K = static_cast<int>(w.cols);
+  return Status::Ok();
+}
+
+template <class T, int kBits, int NT>
+Status launch_gemv(const QuantParams& p, bool vec_x, cudaStream_t stream) {
+  const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
+  const int64_t blocks = (tiles + kWarps / p.k_split - 1) / (kWarps / p.k_split);
+  auto* kernel = vec_x ? gemv_quant_kernel<T, kBits, NT, true> : gemv_quant_kernel<T, kBits, NT, false>;
+  return check(detail::launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, p), "gemv_quant launch");
+}
+
+template <class T, int kBits>
+Status launch_gemv_nt(const QuantParams& p, bool vec_x, cudaStream_t stream) {
+  if (p.M <= 8) return launch_gemv<T, kBits, 1>(p, vec_x, stream);
+  if (p.M <= 16) return launch_gemv<T, kBits, 2>(p, vec_x, stream);
+  return launch_gemv<T, kBits, 4>(p, vec_x, stream);
+}
+
+}  // namespace
+
+Status gemv_quant(const void* x, int64_t M, const QuantWeightView& w, const float* bias, void* y, int64_t ldy,
+                  DType act, DType y_dtype, cudaStream_t stream, const GemvQuantTuning& tuning) {
+  const auto shapes = [&] {
+    return fmt::format("gemv_quant [M={} K={} N={} ldy={} act={} y={} {}]", M, w.cols, w.rows, ldy, dtype_name(act),
+                       dtype_name(y_dtype), describe(w));
+  };
+  if (act != DType::F16 && act != DType::BF16) return make_error("{}: activation dtype must be F16 or BF16", shapes());
+  if (y_dtype != act && y_dtype != DType::F32) return make_error("{}: y dtype must be the activation dtype or F32", shapes());
+  if (M < 1 || M > kGemvQuantMaxRows) return make_error("{}: M must be in [1, {}]", shapes(), kGemvQuantMaxRows);
+  QuantParams p{};
+  KILN_TRY(quant_params(shapes, w, p));
+  if (ldy < w.rows) return make_error("{}: need ldy >= N", shapes());
+  if (x == nullptr || y == nullptr) return make_error("{}: null pointer", shapes());
+  if (reinterpret_cast<uintptr_t>(x) % 2 != 0) return make_error("{}: x must be 2-byte aligned", shapes());
+  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  const int64_t chunks = (p.row_bytes / 16 + kUnitsPerChunk - 1) / kUnitsPerChunk;
+  int k_split = tuning.k_split != 0 ? tuning.k_split : auto_k_split(tiles, chunks);
+  if (k_split != 1 && k_split != 2 && k_split != 4 && k_split != 8)
+    return make_error("{}: k_split must be 1, 2, 4 or 8 (found {})", shapes(), k_split);
+  p.x = static_cast<const uint16_t*>(x);
+  p.M = static_cast<int>(M);
+  p.bias = bias;
+  p.y = y;
+  p.ldy = ldy;
+  p.y_f32 = y_dtype == DType::F32;
+  p.k_split = k_split;
+  const bool vec_x = w.cols % 8 == 0 && detail::is_aligned16(x);
+  Status status = KILN_DISPATCH_ACT(act, {
+    return w.bits == 4 ? launch_gemv_nt<T, 4>(p, vec_x, stream) : launch_gemv_nt<T, 8>(p, vec_x, stream);
+  });
+  if (!status.ok()) return status.error().with_context(shapes());
+  return check(cudaGetLastError(), shapes().c_str());
+}
+
+Status dequantize(const QuantWeightView& w, void* out, DType act, cudaStream_t stream) {
+  const auto shapes = [&] {
+    return fmt::format("dequantize [N={} K={} act={} {}]", w.rows, w.cols, dtype_name(act),
+                       describe(w));
+  };
+  if (act != DType::F16 && act != DType::BF16) return make_error("{}: activation dtype must be F16 or BF16", shapes());
+  QuantParams p{};
+  KILN_TRY(quant_params(shapes, w, p));
+  if (out == nullptr) return make_error("{}: null output", shapes());
+  if (reinterpret_cast<uintptr_t>(out) % 2 != 0) return make_error("{}: out must be 2-byte aligned", shapes());
+  const int64_t total_units = w.rows * (p.row_bytes / 16);
+  const int64_t blocks = (total_units + 255) / 256;
+  const bool vec = w.cols % 8 == 0 && detail::is_aligned16(out);
+  Status status = KILN_DISPATCH_ACT(act, {
+    auto* kernel = w.bits == 4 ? (vec ? dequantize_kernel<T, 4, true> : dequantize_kernel<T, 4, false>)
+                                    : (vec ? dequantize_kernel<T, 8, true> : dequantize_kernel<T, 8, false>);
+    return check(detail::launch_kernel(kernel, static_cast<unsigned>(blocks), 256, 0, stream, p, total_units,
+                                       static_cast<T*>(out)),
+                 "dequantize launch");
+  });
+  if (!status.ok()) return status.error().with_context(shapes());
+  return check(cudaGetLastError(), shapes().c_str());
+}
+
+}  // namespace kiln::cuda
