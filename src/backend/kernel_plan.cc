@@ -2,8 +2,14 @@
 
 namespace kiln {
 
+const QuantInfo* node_quant(const Graph& graph, const Node& node) {
+  if ((node.op != OpKind::Linear && node.op != OpKind::SwiGluLinear) || node.weights.empty()) return nullptr;
+  const auto it = graph.weights.find(node.weights[0]);
+  return it != graph.weights.end() && it->second.quant ? &*it->second.quant : nullptr;
+}
+
 bool cuda_gemv_swiglu_layout(const Graph& graph, const Node& node) {
-  if (node.op != OpKind::SwiGluLinear || node.inputs[0].width % 8 != 0) return false;
+  if (node.op != OpKind::SwiGluLinear || node.inputs[0].width % 8 != 0 || node_quant(graph, node)) return false;
   for (const ValueRef& r : node.inputs) {
     if (r.col_offset % 8 != 0 || graph.values[r.value].width % 8 != 0) return false;
   }
@@ -25,7 +31,7 @@ bool cuda_decode_fuses_rope_kv(const Graph& graph, const Node& node) {
 
 int cuda_glu_consumer(const Graph& graph, size_t linear) {
   const Node& n = graph.nodes[linear];
-  if (n.op != OpKind::Linear || n.output == graph.logits_value || n.inputs[0].width % 8 != 0) return -1;
+  if (n.op != OpKind::Linear || n.output == graph.logits_value || n.inputs[0].width % 8 != 0 || node_quant(graph, n)) return -1;
   const int64_t width = graph.values[n.output].width;
   if (width % 2 != 0) return -1;
   int consumer = -1;
@@ -39,7 +45,7 @@ int cuda_glu_consumer(const Graph& graph, size_t linear) {
   if (consumer < 0) return -1;
   const Node& c = graph.nodes[static_cast<size_t>(consumer)];
   const int64_t F = width / 2;
-  if (c.op != OpKind::SwiGluLinear || c.inputs.size() != 2) return -1;
+  if (c.op != OpKind::SwiGluLinear || c.inputs.size() != 2 || node_quant(graph, c)) return -1;
   const ValueRef &gate = c.inputs[0], &up = c.inputs[1];
   const bool halves = gate.value == n.output && up.value == n.output && gate.col_offset == 0 && gate.width == F &&
                       up.col_offset == F && up.width == F;
@@ -57,6 +63,10 @@ std::string kernels_for_node(const std::string& backend, const Graph& graph, con
     case OpKind::SwiGlu: return "swiglu";
     case OpKind::SelectLogitRows: return cuda ? "gather_rows" : "copy rows";
     case OpKind::Linear:
+      if (const QuantInfo* q = node_quant(graph, node); q && cuda) {
+        const std::string what = quant_describe(*q, node.inputs[0].width);
+        return decode ? "gemv_quant (" + what + ", tensor cores)" : "dequantize + cublasLt gemm (" + what + ")";
+      }
       if (!cuda) return "matmul";
       if (!decode) return "cublasLt gemm";
       for (size_t i = 0; i < graph.nodes.size(); ++i) {
@@ -67,6 +77,10 @@ std::string kernels_for_node(const std::string& backend, const Graph& graph, con
     case OpKind::SwiGluLinear:
       // CUDA decode: the GEMV applies SwiGLU to its input as it loads it (tactics may still pick
       // swiglu + gemv or swiglu + cublasLt gemm for a shape where that measured faster).
+      if (const QuantInfo* q = node_quant(graph, node); q && cuda) {
+        const std::string what = quant_describe(*q, node.inputs[0].width);
+        return decode ? "swiglu + gemv_quant (" + what + ", tensor cores)" : "swiglu + dequantize + cublasLt gemm (" + what + ")";
+      }
       if (!cuda) return "swiglu + matmul";
       if (!decode) return "swiglu + cublasLt gemm";
       if (cuda_gemv_swiglu_layout(graph, node)) return "gemv_swiglu";

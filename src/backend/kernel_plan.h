@@ -12,6 +12,11 @@ namespace kiln {
 // GEMV serves Linear layers of at most this many rows on CUDA; cuBLASLt serves larger ones.
 inline constexpr int64_t kCudaGemvMaxRows = 4;
 
+// The QuantInfo of a Linear / SwiGluLinear node's matrix (weights[0]) when it is quantized, else null.
+// The CUDA executor runs such a node on gemv_quant (up to kGemvQuantMaxRows rows) or dequantize +
+// cuBLASLt, with none of the fp16 GEMV's fusions (gemv_swiglu, gemv_glu, norms).
+const QuantInfo* node_quant(const Graph& graph, const Node& node);
+
 // Whether a SwiGluLinear's gate and up rows suit the CUDA GEMV that applies SwiGLU as it loads its
 // input (16-byte vectors: K, column offsets and row strides multiples of 8 elements).
 bool cuda_gemv_swiglu_layout(const Graph& graph, const Node& node);

@@ -10,11 +10,14 @@
 // Decode steps (one token per sequence) replay a CUDA graph captured per batch-size bucket; the
 // batch is padded to the bucket with tokens that write no KV (slot -1) and whose rows are dropped.
 // Linear layers use the bandwidth-bound GEMV kernel up to kGemvMaxRows rows and cuBLASLt above.
+// Quantized Linear / SwiGluLinear matrices (common/quant.h) stay quantized on the device: gemv_quant
+// up to kGemvQuantMaxRows rows, else the matrix expanded into a scratch buffer (dequantize) + cuBLASLt.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -55,6 +58,7 @@ enum class SwiGluKernel : uint8_t { kFusedGemv, kSwiGluGemv, kSwiGluGemm };
 
 struct NodeBinding {
   std::vector<const void*> weights;  // device pointers, in node.weights order
+  std::optional<cuda::QuantWeightView> quant;  // weights[0] of a Linear / SwiGluLinear, when quantized
   const void* bias_act = nullptr;    // Linear bias in the activation dtype (cuBLASLt epilogue)
   const float* rope_cos = nullptr;
   const float* rope_sin = nullptr;
@@ -94,6 +98,9 @@ class CudaBackend final : public Backend {
   Status upload_batch(const Batch& batch, int64_t padded_tokens);
   Status launch_nodes(int64_t T, int64_t R, int64_t max_position, std::vector<NodeTiming>* timings);
   Status launch_swiglu_linear(size_t node, int64_t rows, bool fuse_norms);
+  // y = x @ W^T (+ bias) for a node whose matrix is quantized: gemv_quant, or dequantize + cuBLASLt.
+  Status quant_matmul(const NodeBinding& b, const void* x, int64_t rows, int64_t K, int64_t N, void* y,
+                      DType y_dtype, bool has_bias);
   // How SwiGluLinear node `node` runs at `rows` rows (tactics, layout and size limits).
   SwiGluKernel swiglu_kernel_for(size_t node, int64_t rows) const;
   // Replays the decode graph of `bucket` rows (captured on first use, after one eager run).
@@ -161,6 +168,11 @@ class CudaBackend final : public Backend {
   // H100 (Llama-2-7B fp16, docs/PERFORMANCE.md): at 8 rows cuBLASLt decodes 1314 tok/s vs 1044 with
   // the GEMV; at 4 rows they tie (674 vs 665).
   int64_t gemv_max_rows_ = kCudaGemvMaxRows;
+  // Quantized matrices: gemv_quant up to this many rows (KILN_CUDA_QUANT_GEMV_MAX_ROWS, 0..32), else
+  // dequantize into dequant_scratch_ ([N, K] act dtype, sized at load for the largest such matrix) and
+  // cuBLASLt. The GEMV reads 4-8 bits per weight once; the GEMM path writes and reads 16 more.
+  int64_t quant_gemv_max_rows_ = cuda::kGemvQuantMaxRows;
+  void* dequant_scratch_ = nullptr;
   std::map<std::tuple<int64_t, int64_t, int64_t>, bool> linear_tactics_;  // (M, N, K) -> use GEMV
   std::map<std::tuple<int64_t, int64_t, int64_t>, SwiGluKernel> swiglu_tactics_;  // SwiGluLinear (M, N, K)
   std::vector<int64_t> node_scratch_offset_;  // [node] arena byte offset of its scratch (-1: none)
@@ -220,15 +232,19 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   if (const char* env = std::getenv("KILN_CUDA_GEMV_MAX_ROWS"); env && *env) {
     gemv_max_rows_ = std::clamp<int64_t>(std::atoll(env), 0, cuda::kGemvMaxRows);  // NOLINT(cert-err34-c)
   }
+  if (const char* env = std::getenv("KILN_CUDA_QUANT_GEMV_MAX_ROWS"); env && *env) {
+    quant_gemv_max_rows_ = std::clamp<int64_t>(std::atoll(env), 0, cuda::kGemvQuantMaxRows);  // NOLINT(cert-err34-c)
+  }
   if (const char* env = std::getenv("KILN_CUDA_DECODE_ROPE_KV"); env && *env) fuse_decode_rope_kv_ = std::string(env) != "0";
   if (const char* env = std::getenv("KILN_CUDA_GLU"); env && *env) fuse_glu_ = std::string(env) != "0";
   if (const char* env = std::getenv("KILN_CUDA_NORM_FUSION"); env && *env) fuse_norms_ = std::string(env) == "1";
   KILN_TRY(check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
 
-  // Activation dtype: the engine's matrix dtype (all matrices share it).
+  // Activation dtype: the engine's matrix dtype (all unquantized matrices share it; the embedding
+  // table is one).
   bool have_act = false;
   for (const auto& [name, info] : graph_.weights) {
-    if (info.shape.size() != 2) continue;
+    if (info.shape.size() != 2 || info.quant) continue;
     if (info.dtype != DType::F16 && info.dtype != DType::BF16) {
       return make_error("engine: tensor '{}' is {}: the cuda backend runs fp16 or bf16 engines (build with --dtype fp16|bf16)",
                         name, dtype_name(info.dtype));
@@ -237,17 +253,23 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
     act_ = info.dtype;
     have_act = true;
   }
+  if (!have_act) return make_error("engine: no fp16 or bf16 matrix gives the activation dtype (is the embedding table quantized?)");
 
-  // (1) weights: one allocation, each tensor 256-byte aligned.
+  // (1) weights: one allocation, each tensor 256-byte aligned; a quantized matrix as its stored
+  // tensors (codes, scales, mins), so weight_bytes counts what is read.
   std::map<std::string, size_t> weight_offset;
   size_t total = 0;
   for (const auto& [name, info] : graph_.weights) {
-    const TensorView* t = engine.find(name);
-    if (!t) return make_error("engine: graph weight '{}' has no tensor", name);
-    if (t->dtype != info.dtype || t->shape != info.shape) return make_error("engine: tensor '{}' disagrees with the graph", name);
-    if (info.shape.size() == 1 && info.dtype != DType::F32) return make_error("engine: vector '{}' must be F32", name);
-    weight_offset[name] = total;
-    total += (t->nbytes + 255) / 256 * 256;
+    for (const StoredTensor& stored : stored_tensors(name, info)) {
+      const TensorView* t = engine.find(stored.name);
+      if (!t) return make_error("engine: graph weight '{}' has no tensor '{}'", name, stored.name);
+      if (t->dtype != stored.dtype || t->shape != stored.shape) {
+        return make_error("engine: tensor '{}' disagrees with the graph", stored.name);
+      }
+      if (!info.quant && info.shape.size() == 1 && info.dtype != DType::F32) return make_error("engine: vector '{}' must be F32", name);
+      weight_offset[stored.name] = total;
+      total += (t->nbytes + 255) / 256 * 256;
+    }
   }
   KILN_ASSIGN(void* weights, device_alloc(total, "weights"));
   weight_bytes_ = static_cast<int64_t>(total);
@@ -265,6 +287,24 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
   for (const Node& n : graph_.nodes) {
     NodeBinding b;
     for (const std::string& w : n.weights) b.weights.push_back(weight_ptr(w));
+    for (size_t w = 0; w < n.weights.size(); ++w) {
+      const WeightInfo& info = graph_.weights.at(n.weights[w]);
+      if (!info.quant) continue;
+      if (w != 0 || (n.op != OpKind::Linear && n.op != OpKind::SwiGluLinear)) {
+        return make_error("cuda backend: node '{}' ({}) reads quantized weight '{}': only the matrix of a Linear or SwiGluLinear may be quantized",
+                          n.name, op_name(n.op), n.weights[w]);
+      }
+      const int64_t N = graph_.values[n.output].width, K = n.inputs[0].width;
+      if (info.shape != std::vector<int64_t>{N, K}) {
+        return make_error("cuda backend: node '{}': quantized weight '{}' is [{}, {}], the node needs [{}, {}]", n.name,
+                          n.weights[w], info.shape[0], info.shape[1], N, K);
+      }
+      const QuantInfo& q = *info.quant;
+      b.quant = cuda::QuantWeightView{q.bits, q.group_size, q.scale_dtype, N, K,
+                                      static_cast<const uint8_t*>(weight_ptr(n.weights[w])),
+                                      weight_ptr(quant_scales_name(n.weights[w])),
+                                      q.has_min ? weight_ptr(quant_mins_name(n.weights[w])) : nullptr};
+    }
     if ((n.op == OpKind::Linear || n.op == OpKind::SwiGluLinear) && n.weights.size() > 1 && n.output != graph_.logits_value) {
       const TensorView* bias = engine.find(n.weights[1]);
       std::vector<uint16_t> converted(static_cast<size_t>(bias->numel()));
@@ -448,6 +488,19 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
                                                max_seqs_ * max_blocks_per_seq_);
   d_ids_ = reinterpret_cast<int32_t*>(d_sampling_ + max_logit_rows_);
 
+  // (5b) the prefill path of quantized matrices: one scratch matrix for the largest that can see more
+  // rows than the GEMV takes (nodes run one after another on one stream, so one buffer serves all).
+  int64_t dequant_bytes = 0;
+  for (size_t i = 0; i < graph_.nodes.size(); ++i) {
+    if (!bindings_[i].quant) continue;
+    const bool token_rows = graph_.values[graph_.nodes[i].output].rows == RowSpace::Tokens;
+    const int64_t most_rows = token_rows ? std::max(max_tokens_, max_seqs_) : max_logit_rows_;
+    if (most_rows > quant_gemv_max_rows_) dequant_bytes = std::max(dequant_bytes, bindings_[i].quant->rows * bindings_[i].quant->cols * 2);
+  }
+  if (dequant_bytes > 0) {
+    KILN_ASSIGN(dequant_scratch_, device_alloc(static_cast<size_t>(dequant_bytes), "dequantized weights (prefill)"));
+  }
+
   KILN_ASSIGN(gemm_, cuda::CublasGemm::create(size_t{32} << 20));
   device_bytes_ += 32 << 20;
 
@@ -580,6 +633,10 @@ Status CudaBackend::launch_nodes(int64_t T, int64_t R, int64_t max_position, std
         const int64_t K = n.inputs[0].width;
         const DType y_dtype = n.output == graph_.logits_value ? DType::F32 : act_;
         const bool has_bias = n.weights.size() > 1;
+        if (b.quant) {  // no fusions (gemv_glu, norms) on quantized matrices
+          KILN_TRY(quant_matmul(b, value_ptr(n.inputs[0].value), rows, K, width, out, y_dtype, has_bias));
+          break;
+        }
         const bool use_gemv = linear_uses_gemv(i, rows);
         const int glu = glu_consumer_[i];
         // The GEMV's fusions: the norm before it (its input is then the residual stream), the
@@ -704,6 +761,11 @@ Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows, bool fuse_norms
   const bool has_bias = n.weights.size() > 1;
   const float* bias_f32 = has_bias ? static_cast<const float*>(b.weights[1]) : nullptr;
   void* out = value_ptr(n.output);
+  if (b.quant) {  // swiglu into the node's scratch, then the quantized matrix
+    void* act = static_cast<char*>(arena_) + node_scratch_offset_[i];
+    KILN_TRY(cuda::swiglu(gate_ptr, gate_ld, up_ptr, up_ld, rows, K, act, act_, stream_));
+    return quant_matmul(b, act, rows, K, N, out, y_dtype, has_bias);
+  }
   const SwiGluKernel kernel = swiglu_kernel_for(i, rows);
   const bool glu_done = glu_done_[i] != 0;  // gate_up's gemv_glu wrote the product
   glu_done_[i] = 0;
@@ -734,7 +796,21 @@ Status CudaBackend::launch_swiglu_linear(size_t i, int64_t rows, bool fuse_norms
   return gemm_->run(act, rows, K, b.weights[0], N, bias, out, N, act_, y_dtype, stream_);
 }
 
+Status CudaBackend::quant_matmul(const NodeBinding& b, const void* x, int64_t rows, int64_t K, int64_t N, void* y,
+                                 DType y_dtype, bool has_bias) {
+  if (rows <= quant_gemv_max_rows_) {
+    return cuda::gemv_quant(x, rows, *b.quant, has_bias ? static_cast<const float*>(b.weights[1]) : nullptr, y, N,
+                            act_, y_dtype, stream_);
+  }
+  KILN_TRY(cuda::dequantize(*b.quant, dequant_scratch_, act_, stream_));
+  const void* bias = has_bias ? (y_dtype == DType::F32 ? b.weights[1] : b.bias_act) : nullptr;
+  return gemm_->run(x, rows, K, dequant_scratch_, N, bias, y, N, act_, y_dtype, stream_);
+}
+
+// The plain GEMV (fp16/bf16 weights); false for a quantized matrix, which runs quant_matmul and takes
+// none of the GEMV's fusions.
 bool CudaBackend::linear_uses_gemv(size_t i, int64_t rows) const {
+  if (bindings_[i].quant) return false;
   const Node& n = graph_.nodes[i];
   const int64_t K = n.inputs[0].width, width = graph_.values[n.output].width;
   const auto tactic = linear_tactics_.find({rows, width, K});

@@ -1,6 +1,9 @@
 // Build-time kernel choice ("tactics"): GEMV vs cuBLASLt algorithms per Linear shape and row count,
 // timed on the GPU the engine is built for (see backend/backend.h, cuda_select_tactics). A SwiGluLinear
 // shape also times the GEMV that applies SwiGLU itself against swiglu + GEMV and swiglu + cuBLASLt.
+// Nodes with a quantized matrix are not timed: the executor runs them on gemv_quant up to
+// kGemvQuantMaxRows rows (it reads 4-8 bits per weight against cuBLASLt's 16 plus a dequantization)
+// and on dequantize + cuBLASLt above, whatever tactics say.
 #include <algorithm>
 #include <map>
 #include <tuple>
@@ -39,13 +42,14 @@ Result<nlohmann::json> cuda_plugin::select_tactics(const Graph& graph, const std
   KILN_ASSIGN(const std::string arch, device_arch());
   DType act = DType::F16;
   for (const auto& [name, info] : graph.weights) {
-    if (info.shape.size() == 2) act = info.dtype;
+    if (info.shape.size() == 2 && !info.quant) act = info.dtype;
   }
   // Distinct Linear shapes: (N, K, output dtype) -> whether the node is a SwiGluLinear (input
   // silu(gate) * up from a fused gate_up row [gate | up]; timed as such, see below).
   std::map<std::tuple<int64_t, int64_t, int, bool>, bool> shapes;
   for (const Node& n : graph.nodes) {
     if (n.op != OpKind::Linear && n.op != OpKind::SwiGluLinear) continue;
+    if (const auto w = graph.weights.find(n.weights[0]); w != graph.weights.end() && w->second.quant) continue;
     const DType y = n.output == graph.logits_value ? DType::F32 : act;
     shapes[{graph.values[n.output].width, n.inputs[0].width, static_cast<int>(y),
             n.op == OpKind::SwiGluLinear}] = true;
