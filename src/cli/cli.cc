@@ -294,8 +294,12 @@ int cli_main(int argc, char** argv) {
   build_cmd->add_flag("--no-fuse{false}", build.options.fuse, "run no fusion pass (q/k/v, gate/up, add+norm, rope, swiglu into down)");
   build_cmd->add_flag("--no-tune{false}", build.options.tune, "cuda: skip timing kernel tactics on the GPU");
   build_cmd->add_option("--quant", build.options.quant,
-                        "weight quantization: none, int8 (per channel), int4 (group-wise, AWQ-calibrated) or int4-rtn")
-      ->check(CLI::IsMember({"none", "int8", "int4", "int4-rtn"}));
+                        "weight quantization: none, int8 (per channel), int4 (group-wise, AWQ-calibrated), int4-rtn, or w8a8 "
+                        "(SmoothQuant int8 weights and per-token int8 activations)")
+      ->check(CLI::IsMember({"none", "int8", "int4", "int4-rtn", "w8a8"}));
+  build_cmd->add_option("--kv-cache", build.options.kv_cache,
+                        "KV cache precision: auto (cpu f32, cuda the activation dtype) or int8 (per token and head scales)")
+      ->check(CLI::IsMember({"auto", "int8"}));
   build_cmd->add_option("--group-size", build.options.group_size, "int4: weights per scale along K (multiple of 32; default 128)")
       ->check(CLI::PositiveNumber);
   build_cmd->add_option("--calib", build.options.calib_path,

@@ -32,6 +32,7 @@ struct BuildOptions {
   int64_t calib_samples = 32;            // prompts used for calibration
   int64_t calib_seq_len = 256;           // tokens per calibration prompt (longer ones are cut)
   std::vector<std::string> keep_fp16;    // weights whose names contain one of these stay unquantized
+  std::string kv_cache = "auto";         // KV cache element type: auto (cpu f32, cuda the activation dtype) | int8
   double max_quant_error = -1;           // keep a matrix unquantized above this relative output error on the
                                          // calibration prompts (< 0: the mode's default; 0: never, no calibration
                                          // for int8 / int4-rtn)

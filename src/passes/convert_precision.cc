@@ -7,6 +7,7 @@ Status convert_precision(Graph& graph, WeightStore& weights, DType matrix_dtype)
     return make_error("convert_precision: unsupported weight dtype {}", dtype_name(matrix_dtype));
   }
   for (auto& [name, info] : graph.weights) {
+    if (info.quant) continue;  // quantized matrices (pre-quantized checkpoints) keep their layout
     const DType target = info.shape.size() == 2 ? matrix_dtype : DType::F32;
     TensorView* t = weights.tensors.count(name) ? &weights.tensors[name] : nullptr;
     if (!t) return make_error("convert_precision: weight '{}' not in the store", name);

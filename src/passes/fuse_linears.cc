@@ -30,6 +30,8 @@ Result<bool> fuse_sibling_linears(Graph& graph, WeightStore& weights, const std:
     const TensorView* w = weights.find(n.weights[0]);
     if (!w) return make_error("fuse '{}': weight '{}' not in the store", fused_name, n.weights[0]);
     if (w->dtype != weights.find(first.weights[0])->dtype) return false;
+    // Quantized siblings fuse when their layouts are equal: codes, scales and mins are per row.
+    if (graph.weights.at(n.weights[0]).quant != graph.weights.at(first.weights[0]).quant) return false;
     mats.push_back(w);
     if (has_bias) {
       const TensorView* b = weights.find(n.weights[1]);
@@ -63,10 +65,23 @@ Result<bool> fuse_sibling_linears(Graph& graph, WeightStore& weights, const std:
     offsets.push_back(total_out);
     total_out += m->shape[0];
   }
-  const int64_t in_features = mats[0]->shape[1];
+  const WeightInfo first_info = graph.weights.at(first.weights[0]);
+  const int64_t in_features = first_info.shape[1];
   const DType w_dtype = mats[0]->dtype;
-  weights.put_owned(fused_weight, w_dtype, {total_out, in_features}, concat_rows(mats));
-  graph.weights[fused_weight] = WeightInfo{w_dtype, {total_out, in_features}};
+  const WeightInfo fused_info{w_dtype, {total_out, in_features}, first_info.quant};
+  for (const StoredTensor& part : stored_tensors(fused_weight, fused_info)) {
+    // The same part (codes, scales or mins) of every sibling, stacked by rows.
+    std::vector<const TensorView*> parts;
+    for (int idx : node_indices) {
+      const std::string& name = graph.nodes.at(idx).weights[0];
+      const std::string source = name + part.name.substr(fused_weight.size());
+      const TensorView* t = weights.find(source);
+      if (!t) return make_error("fuse '{}': weight '{}' not in the store", fused_name, source);
+      parts.push_back(t);
+    }
+    weights.put_owned(part.name, part.dtype, part.shape, concat_rows(parts));
+  }
+  graph.weights[fused_weight] = fused_info;
   std::vector<std::string> fused_weights{fused_weight};
   if (has_bias) {
     const DType b_dtype = biases[0]->dtype;

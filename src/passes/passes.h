@@ -8,7 +8,7 @@
 
 namespace kiln {
 
-// Matrices (linear weights, embedding tables) to `matrix_dtype`; norm weights and biases to F32,
+// Matrices (linear weights, embedding tables; quantized ones stay as they are) to `matrix_dtype`; norm weights and biases to F32,
 // the precision the kernels accumulate in.
 Status convert_precision(Graph& graph, WeightStore& weights, DType matrix_dtype);
 
