@@ -1,6 +1,9 @@
 // kv_cache_write + paged_attention against dense causal attention in double: several sequences of
 // different lengths, block tables shuffled across one shared pool, query tokens interleaved across
 // sequences, GQA ratios 1, 2 and 4, several head sizes and block sizes, both code paths.
+// The int8 cache is checked twice: the quantizer against its rounding bound, and attention against
+// the float64 reference over the DEQUANTIZED cache (read back from the codes and scales), so the
+// kernel's own error is held to the f32 bound; all-zero rows and outliers included.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -23,6 +26,57 @@ struct Case {
 
 class PagedAttentionTest : public PathTest {};
 
+// Several sequences' tokens in shuffled order over shuffled physical blocks: QKV rows
+// [T, (H + 2 KV) * hd] as the fused QKV projection would produce them.
+struct Problem {
+  struct Token {
+    int32_t seq, pos;
+  };
+  int64_t num_heads = 0, num_seqs = 0, max_len = 0, max_blocks_per_seq = 0, num_blocks = 0, qkv_stride = 0, T = 0;
+  std::vector<int32_t> block_tables;  // [num_seqs, max_blocks_per_seq], -1: never read
+  std::vector<Token> tokens;          // [T]
+  std::vector<float> qkv;             // [T, qkv_stride]
+  std::vector<int32_t> token_seq, positions, slots;
+  std::vector<int64_t> row_of;        // [num_seqs * max_len] token index of (seq, pos)
+};
+
+Problem make_problem(const Case& c, const std::vector<int64_t>& seq_lens, std::mt19937& rng) {
+  Problem pr;
+  pr.num_heads = c.num_kv_heads * c.group;
+  pr.num_seqs = static_cast<int64_t>(seq_lens.size());
+  pr.max_len = *std::max_element(seq_lens.begin(), seq_lens.end());
+  pr.max_blocks_per_seq = (pr.max_len + c.block_size - 1) / c.block_size + 1;  // +1 unused
+  // Shuffled physical blocks, 3 spare: sequences own interleaved, non-contiguous blocks.
+  int64_t blocks_needed = 0;
+  for (int64_t len : seq_lens) blocks_needed += (len + c.block_size - 1) / c.block_size;
+  pr.num_blocks = blocks_needed + 3;
+  std::vector<int32_t> physical(pr.num_blocks);
+  std::iota(physical.begin(), physical.end(), 0);
+  std::shuffle(physical.begin(), physical.end(), rng);
+  pr.block_tables.assign(pr.num_seqs * pr.max_blocks_per_seq, -1);
+  for (int64_t s = 0, next = 0; s < pr.num_seqs; ++s)
+    for (int64_t b = 0; b * c.block_size < seq_lens[s]; ++b) pr.block_tables[s * pr.max_blocks_per_seq + b] = physical[next++];
+  for (int64_t s = 0; s < pr.num_seqs; ++s)
+    for (int64_t p = 0; p < seq_lens[s]; ++p) pr.tokens.push_back({static_cast<int32_t>(s), static_cast<int32_t>(p)});
+  std::shuffle(pr.tokens.begin(), pr.tokens.end(), rng);
+  pr.T = static_cast<int64_t>(pr.tokens.size());
+  pr.qkv_stride = (pr.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+  pr.qkv = testing::random_floats(rng, pr.T * pr.qkv_stride);
+  pr.token_seq.resize(pr.T);
+  pr.positions.resize(pr.T);
+  pr.slots.resize(pr.T);
+  pr.row_of.assign(pr.num_seqs * pr.max_len, -1);
+  for (int64_t t = 0; t < pr.T; ++t) {
+    const Problem::Token tok = pr.tokens[t];
+    pr.token_seq[t] = tok.seq;
+    pr.positions[t] = tok.pos;
+    pr.slots[t] = pr.block_tables[tok.seq * pr.max_blocks_per_seq + tok.pos / c.block_size] * c.block_size +
+                  tok.pos % c.block_size;
+    pr.row_of[tok.seq * pr.max_len + tok.pos] = t;
+  }
+  return pr;
+}
+
 TEST_P(PagedAttentionTest, MatchesDenseCausalAttention) {
   const std::vector<int64_t> seq_lens = {1, 17, 40, 5};
   const std::vector<Case> cases = {
@@ -33,58 +87,26 @@ TEST_P(PagedAttentionTest, MatchesDenseCausalAttention) {
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message() << "kv_heads=" << c.num_kv_heads << " group=" << c.group
                                       << " head_dim=" << c.head_dim << " block_size=" << c.block_size);
-    const int64_t num_heads = c.num_kv_heads * c.group, hd = c.head_dim;
-    const int64_t num_seqs = static_cast<int64_t>(seq_lens.size());
-    const int64_t max_len = *std::max_element(seq_lens.begin(), seq_lens.end());
-    const int64_t max_blocks_per_seq = (max_len + c.block_size - 1) / c.block_size + 1;  // +1 unused
-
-    // Shuffled physical blocks, 3 spare: sequences own interleaved, non-contiguous blocks.
-    int64_t blocks_needed = 0;
-    for (int64_t len : seq_lens) blocks_needed += (len + c.block_size - 1) / c.block_size;
-    const int64_t num_blocks = blocks_needed + 3;
-    std::vector<int32_t> physical(num_blocks);
-    std::iota(physical.begin(), physical.end(), 0);
-    std::shuffle(physical.begin(), physical.end(), rng);
-    std::vector<int32_t> block_tables(num_seqs * max_blocks_per_seq, -1);  // -1: never read
-    for (int64_t s = 0, next = 0; s < num_seqs; ++s)
-      for (int64_t b = 0; b * c.block_size < seq_lens[s]; ++b) block_tables[s * max_blocks_per_seq + b] = physical[next++];
-
-    // All tokens of all sequences, in shuffled order: QKV rows [T, (H + 2 KV) * hd] as the fused
-    // QKV projection would produce them.
-    struct Token {
-      int32_t seq, pos;
-    };
-    std::vector<Token> tokens;
-    for (int64_t s = 0; s < num_seqs; ++s)
-      for (int64_t p = 0; p < seq_lens[s]; ++p) tokens.push_back({static_cast<int32_t>(s), static_cast<int32_t>(p)});
-    std::shuffle(tokens.begin(), tokens.end(), rng);
-    const int64_t T = static_cast<int64_t>(tokens.size());
-    const int64_t qkv_stride = (num_heads + 2 * c.num_kv_heads) * hd;
-    const std::vector<float> qkv = testing::random_floats(rng, T * qkv_stride);
-    std::vector<int32_t> token_seq(T), positions(T), slots(T);
-    for (int64_t t = 0; t < T; ++t) {
-      token_seq[t] = tokens[t].seq;
-      positions[t] = tokens[t].pos;
-      slots[t] = block_tables[tokens[t].seq * max_blocks_per_seq + tokens[t].pos / c.block_size] * c.block_size +
-                 tokens[t].pos % c.block_size;
-    }
+    const Problem pr = make_problem(c, seq_lens, rng);
+    const int64_t num_heads = pr.num_heads, hd = c.head_dim, num_blocks = pr.num_blocks, T = pr.T;
+    const int64_t max_len = pr.max_len, max_blocks_per_seq = pr.max_blocks_per_seq, qkv_stride = pr.qkv_stride;
+    const auto& tokens = pr.tokens;
+    const auto& row_of = pr.row_of;
 
     const int64_t cache_floats = num_blocks * c.block_size * c.num_kv_heads * hd;
     std::vector<float> k_cache(cache_floats, NAN), v_cache(cache_floats, NAN);  // unwritten slots poison
     const PagedKv kv{k_cache.data(), v_cache.data(), num_blocks, c.block_size, c.num_kv_heads, hd};
-    const float* q = qkv.data();
-    const float* k = qkv.data() + num_heads * hd;
+    const float* q = pr.qkv.data();
+    const float* k = pr.qkv.data() + num_heads * hd;
     const float* v = k + c.num_kv_heads * hd;
-    kv_cache_write(k, v, T, qkv_stride, slots.data(), kv);
+    kv_cache_write(k, v, T, qkv_stride, pr.slots.data(), kv);
 
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     std::vector<float> out(T * num_heads * hd);
-    paged_attention(q, T, qkv_stride, token_seq.data(), positions.data(), block_tables.data(),
+    paged_attention(q, T, qkv_stride, pr.token_seq.data(), pr.positions.data(), pr.block_tables.data(),
                     max_blocks_per_seq, kv, num_heads, scale, out.data(), pool);
 
-    // Dense reference: row index of (seq, pos) in the token list.
-    std::vector<int64_t> row_of(num_seqs * max_len, -1);
-    for (int64_t t = 0; t < T; ++t) row_of[tokens[t].seq * max_len + tokens[t].pos] = t;
+    // Dense reference over the rows of the token list.
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t h = 0; h < num_heads; ++h) {
         const int64_t kvh = h / c.group;
@@ -144,6 +166,182 @@ TEST(KvCacheWrite, StoresRowsAtSlotsAndSkipsPadding) {
       EXPECT_EQ(v_cache[slot * row + i], token < 0 ? 0.5f : v[token * stride + i]) << slot;
     }
   }
+}
+
+// int8 cache: one layer's four arrays, PagedKv over them.
+struct Int8Cache {
+  std::vector<int8_t> k_codes, v_codes;  // [num_blocks, block_size, kv_heads, head_dim]
+  std::vector<float> k_scales, v_scales;  // [num_blocks, block_size, kv_heads]
+  PagedKv kv{};
+
+  Int8Cache(int64_t num_blocks, int64_t block_size, int64_t kv_heads, int64_t hd, int8_t code_fill, float scale_fill)
+      : k_codes(num_blocks * block_size * kv_heads * hd, code_fill),
+        v_codes(k_codes.size(), code_fill),
+        k_scales(num_blocks * block_size * kv_heads, scale_fill),
+        v_scales(k_scales.size(), scale_fill) {
+    kv = PagedKv{nullptr, nullptr, num_blocks, block_size, kv_heads, hd};
+    kv.k_codes = k_codes.data();
+    kv.v_codes = v_codes.data();
+    kv.k_scales = k_scales.data();
+    kv.v_scales = v_scales.data();
+  }
+  // The value the kernel must see at (slot, head, d), in double: code * scale exactly.
+  double k_at(int64_t slot, int64_t h, int64_t d) const { return at(k_codes, k_scales, slot, h, d); }
+  double v_at(int64_t slot, int64_t h, int64_t d) const { return at(v_codes, v_scales, slot, h, d); }
+
+ private:
+  double at(const std::vector<int8_t>& codes, const std::vector<float>& scales, int64_t slot, int64_t h, int64_t d) const {
+    const int64_t row = slot * kv.num_kv_heads + h;
+    return static_cast<double>(codes[row * kv.head_dim + d]) * scales[row];
+  }
+};
+
+// Checks that row x[n] was stored as codes * scale within the quantizer's bound: scale = max|x| / 127,
+// |code| <= 127 with 127 reached, and |x - code * scale| <= scale / 2 plus a few roundings of
+// x * (127 / max) (3 u relative, i.e. < 4e-5 scale at |x| <= 127 scale). Zero rows store zeros.
+void expect_quantized_row(const float* x, int64_t n, const int8_t* codes, float scale, const std::string& what) {
+  double amax = 0;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(static_cast<double>(x[i])));
+  if (amax == 0) {
+    EXPECT_EQ(scale, 0.0f) << what;
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(codes[i], 0) << what << " d " << i;
+    return;
+  }
+  EXPECT_NEAR(scale, amax / 127, amax / 127 * 2 * kUnit) << what;
+  int max_code = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    max_code = std::max(max_code, std::abs(static_cast<int>(codes[i])));
+    ASSERT_LE(std::fabs(x[i] - static_cast<double>(codes[i]) * scale), scale * (0.5 + 4e-5)) << what << " d " << i;
+  }
+  EXPECT_EQ(max_code, 127) << what;
+}
+
+TEST_P(PagedAttentionTest, Int8CacheMatchesFloat64OverDequantizedCache) {
+  const std::vector<int64_t> seq_lens = {1, 17, 40, 5, 33};
+  // Odd head dims exercise the 16-wide loop, the 8-wide loop and the scalar tail in every mix.
+  const std::vector<Case> cases = {
+      {2, 1, 8, 4}, {2, 2, 7, 1}, {1, 4, 64, 16}, {2, 4, 13, 3}, {3, 2, 69, 8}, {1, 1, 24, 5}, {2, 3, 33, 16}, {1, 2, 1, 2},
+  };
+  std::mt19937 rng(77);
+  ThreadPool pool(3);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "kv_heads=" << c.num_kv_heads << " group=" << c.group
+                                      << " head_dim=" << c.head_dim << " block_size=" << c.block_size);
+    Problem pr = make_problem(c, seq_lens, rng);
+    const int64_t H = pr.num_heads, KVH = c.num_kv_heads, hd = c.head_dim, T = pr.T, stride = pr.qkv_stride;
+    float* q = pr.qkv.data();
+    float* k = q + H * hd;
+    float* v = k + KVH * hd;
+    // Make the data look like real keys and values: a large-magnitude key channel shared by all tokens
+    // (K caches have them), occasional single outliers, and all-zero rows (one head, or the whole token).
+    std::uniform_int_distribution<int64_t> any_d(0, hd - 1);
+    const int64_t hot_channel = any_d(rng);
+    for (int64_t t = 0; t < T; ++t) {
+      float* kt = k + t * stride;
+      float* vt = v + t * stride;
+      for (int64_t h = 0; h < KVH; ++h) kt[h * hd + hot_channel] *= 8.0f;
+      if (t % 7 == 3) kt[(t % KVH) * hd + any_d(rng)] = (t % 2 ? 40.0f : -40.0f);
+      if (t % 5 == 1) vt[((t + 1) % KVH) * hd + any_d(rng)] = (t % 2 ? -25.0f : 25.0f);
+      if (t % 11 == 4) std::fill(kt, kt + hd, 0.0f);                       // key row of head 0 zero
+      if (t % 13 == 6) std::fill(vt + (KVH - 1) * hd, vt + KVH * hd, 0.0f);  // value row of the last head zero
+      if (t % 17 == 8) {                                                   // the whole token zero
+        std::fill(kt, kt + KVH * hd, 0.0f);
+        std::fill(vt, vt + KVH * hd, 0.0f);
+      }
+    }
+
+    // Unwritten slots hold codes that would poison the output (scale NaN), as stale blocks would.
+    Int8Cache cache(pr.num_blocks, c.block_size, KVH, hd, 99, NAN);
+    kv_cache_write(k, v, T, stride, pr.slots.data(), cache.kv);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < KVH; ++h) {
+        const int64_t row = pr.slots[t] * KVH + h;
+        const std::string what = "token " + std::to_string(t) + " head " + std::to_string(h);
+        expect_quantized_row(k + t * stride + h * hd, hd, cache.k_codes.data() + row * hd, cache.k_scales[row], "k " + what);
+        expect_quantized_row(v + t * stride + h * hd, hd, cache.v_codes.data() + row * hd, cache.v_scales[row], "v " + what);
+      }
+    }
+
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    std::vector<float> out(T * H * hd);
+    paged_attention(q, T, stride, pr.token_seq.data(), pr.positions.data(), pr.block_tables.data(),
+                    pr.max_blocks_per_seq, cache.kv, H, scale, out.data(), pool);
+
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t kvh = h / c.group;
+        const float* qh = q + t * stride + h * hd;
+        const int64_t n = pr.tokens[t].pos + 1;
+        std::vector<int64_t> slot(n);
+        for (int64_t p = 0; p < n; ++p) slot[p] = pr.slots[pr.row_of[pr.tokens[t].seq * pr.max_len + p]];
+        std::vector<double> w(n);
+        double max_score = -INFINITY, max_abs_qk = 0, max_abs_v = 0;
+        for (int64_t p = 0; p < n; ++p) {
+          double dot = 0, abs_dot = 0;
+          for (int64_t d = 0; d < hd; ++d) {
+            dot += static_cast<double>(qh[d]) * cache.k_at(slot[p], kvh, d);
+            abs_dot += std::fabs(static_cast<double>(qh[d]) * cache.k_at(slot[p], kvh, d));
+            max_abs_v = std::max(max_abs_v, std::fabs(cache.v_at(slot[p], kvh, d)));
+          }
+          w[p] = dot * scale;
+          max_score = std::max(max_score, w[p]);
+          max_abs_qk = std::max(max_abs_qk, abs_dot * scale);
+        }
+        double sum = 0;
+        for (double& x : w) sum += (x = std::exp(x - max_score));
+        // The f32 cache's error budget (MatchesDenseCausalAttention) over the dequantized values: the
+        // integer codes are exact in f32 and the row scale adds two roundings to each score and each
+        // weight, covered by the +2 / +16 terms; the values here reach max_abs_v, not 1.
+        const double delta = (hd + 2) * kUnit * max_abs_qk;
+        const double tol = (2 * delta + (2 * n + 16) * kUnit) * std::max(1.0, max_abs_v);
+        for (int64_t d = 0; d < hd; ++d) {
+          double exact = 0;
+          for (int64_t p = 0; p < n; ++p) exact += w[p] / sum * cache.v_at(slot[p], kvh, d);
+          ASSERT_NEAR(out[(t * H + h) * hd + d], exact, tol)
+              << "token " << t << " (seq " << pr.tokens[t].seq << ", pos " << pr.tokens[t].pos << ") head " << h << " d " << d;
+        }
+      }
+    }
+  }
+}
+
+TEST(KvCacheWriteInt8, QuantizesEachTokenAndHeadAndSkipsPadding) {
+  const int64_t kv_heads = 2, hd = 5, block_size = 2, num_blocks = 3;
+  const int64_t row = kv_heads * hd, stride = row + 3;
+  std::vector<float> k(3 * stride), v(3 * stride);
+  for (size_t i = 0; i < k.size(); ++i) {
+    k[i] = static_cast<float>(i % 9) - 4.5f;
+    v[i] = 0.01f * static_cast<float>(i) - 0.2f;
+  }
+  std::fill(k.begin() + 2 * stride, k.begin() + 2 * stride + hd, 0.0f);  // token 2, head 0: zero key row
+  k[hd + 1] = 1000.0f;                                                  // token 0, head 1: one outlier
+  Int8Cache cache(num_blocks, block_size, kv_heads, hd, 7, 0.5f);
+  const std::vector<int32_t> slots = {5, -1, 2};  // token 1 is padding
+  kv_cache_write(k.data(), v.data(), 3, stride, slots.data(), cache.kv);
+  for (int64_t slot = 0; slot < num_blocks * block_size; ++slot) {
+    const int64_t token = slot == 5 ? 0 : slot == 2 ? 2 : -1;
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      const int64_t r = slot * kv_heads + h;
+      const std::string what = "slot " + std::to_string(slot) + " head " + std::to_string(h);
+      if (token < 0) {  // untouched
+        EXPECT_EQ(cache.k_scales[r], 0.5f) << what;
+        EXPECT_EQ(cache.v_scales[r], 0.5f) << what;
+        for (int64_t d = 0; d < hd; ++d) EXPECT_EQ(cache.k_codes[r * hd + d], 7) << what;
+        continue;
+      }
+      expect_quantized_row(k.data() + token * stride + h * hd, hd, cache.k_codes.data() + r * hd, cache.k_scales[r], "k " + what);
+      expect_quantized_row(v.data() + token * stride + h * hd, hd, cache.v_codes.data() + r * hd, cache.v_scales[r], "v " + what);
+    }
+  }
+  EXPECT_EQ(cache.k_scales[2 * kv_heads], 0.0f);  // the zero row
+  // Round half to even on exact ties: 0.5 and 1.5 of a step become 0 and 2.
+  const float tie_row[4] = {127.0f, 0.5f, 1.5f, -2.5f};
+  int8_t codes[4];
+  EXPECT_EQ(quantize_kv_row(tie_row, 4, codes), 1.0f);
+  EXPECT_EQ(codes[0], 127);
+  EXPECT_EQ(codes[1], 0);
+  EXPECT_EQ(codes[2], 2);
+  EXPECT_EQ(codes[3], -2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, PagedAttentionTest, ::testing::ValuesIn(testing::available_paths()),

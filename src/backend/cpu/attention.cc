@@ -4,7 +4,11 @@
 //   1. scores s_p = scale · q·k_p and their max       (AVX2 dot products of length head_dim)
 //   2. w_p = exp(s_p - max), sum                      (vector exp over the score row)
 //   3. out = Σ w_p v_p / sum                          (AVX2 axpy into the output row)
-// Work per item: 4·(pos+1)·head_dim FLOPs over 2·(pos+1)·head_dim·4 bytes of K and V.
+// Work per item: 4·(pos+1)·head_dim FLOPs over 2·(pos+1)·head_dim·4 bytes of K and V (f32 cache) or
+// 2·(pos+1)·(head_dim + 4) bytes (int8 cache: codes + one f32 scale per row, 3.8x fewer at
+// head_dim 64). The int8 cache is never dequantized into memory: codes are widened to f32 in
+// registers (AVX2: 8 bytes -> vpmovsxbd -> vcvtdq2ps, then the same FMAs as the f32 path) and the row
+// scale is folded into the score (k) or the softmax weight (v), one multiply per row.
 // Scores live in a thread_local buffer that only grows, so steady state allocates nothing.
 #include <algorithm>
 #include <cassert>
@@ -102,15 +106,67 @@ float exp_shift_sum_scalar(float* s, int64_t n, float max) {
   return sum;
 }
 
+// 8 int8 codes widened to 8 f32 lanes.
+KILN_AVX2 inline __m256 widen8_i8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
+
+// Σ a[i] · codes[i]: the q·k dot over an int8 key row (its scale is applied by the caller).
+KILN_AVX2 float dot_i8_avx2(const float* a, const int8_t* codes, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), widen8_i8(bytes), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), widen8_i8(_mm_unpackhi_epi64(bytes, bytes)), acc1);
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i));
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), widen8_i8(bytes), acc0);
+  }
+  float sum = simd::hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) sum += a[i] * static_cast<float>(codes[i]);
+  return sum;
+}
+
+// y += alpha · codes: the p·v accumulation over an int8 value row (alpha carries its scale).
+KILN_AVX2 void axpy_i8_avx2(float alpha, const int8_t* codes, float* y, int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, widen8_i8(bytes), _mm256_loadu_ps(y + i)));
+    _mm256_storeu_ps(y + i + 8,
+                     _mm256_fmadd_ps(a, widen8_i8(_mm_unpackhi_epi64(bytes, bytes)), _mm256_loadu_ps(y + i + 8)));
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, widen8_i8(bytes), _mm256_loadu_ps(y + i)));
+  }
+  for (; i < n; ++i) y[i] += alpha * static_cast<float>(codes[i]);
+}
+
+float dot_i8_scalar(const float* a, const int8_t* codes, int64_t n) {
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * static_cast<float>(codes[i]);
+  return sum;
+}
+
+void axpy_i8_scalar(float alpha, const int8_t* codes, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * static_cast<float>(codes[i]);
+}
+
 struct AvxOps {
   KILN_AVX2 static float dot(const float* a, const float* b, int64_t n) { return dot_avx2(a, b, n); }
   KILN_AVX2 static void axpy(float alpha, const float* x, float* y, int64_t n) { axpy_avx2(alpha, x, y, n); }
   KILN_AVX2 static float exp_shift_sum(float* s, int64_t n, float max) { return exp_shift_sum_avx2(s, n, max); }
+  KILN_AVX2 static float dot_i8(const float* a, const int8_t* c, int64_t n) { return dot_i8_avx2(a, c, n); }
+  KILN_AVX2 static void axpy_i8(float alpha, const int8_t* c, float* y, int64_t n) { axpy_i8_avx2(alpha, c, y, n); }
 };
 struct ScalarOps {
   static float dot(const float* a, const float* b, int64_t n) { return dot_scalar(a, b, n); }
   static void axpy(float alpha, const float* x, float* y, int64_t n) { axpy_scalar(alpha, x, y, n); }
   static float exp_shift_sum(float* s, int64_t n, float max) { return exp_shift_sum_scalar(s, n, max); }
+  static float dot_i8(const float* a, const int8_t* c, int64_t n) { return dot_i8_scalar(a, c, n); }
+  static void axpy_i8(float alpha, const int8_t* c, float* y, int64_t n) { axpy_i8_scalar(alpha, c, y, n); }
 };
 
 // Items [begin, end) of the flattened (token, head) grid.
@@ -145,7 +201,59 @@ void attend_items(const AttentionArgs& a, int64_t begin, int64_t end) {
   }
 }
 
+// attend_items over an int8 cache: the same three passes, row (slot, kv head) read as
+// scale[row] * codes[row, :]. score = (scale · k_scale) · Σ q·code;  out += (w · v_scale) · code.
+template <class Ops>
+void attend_items_int8(const AttentionArgs& a, int64_t begin, int64_t end) {
+  const PagedKv& kv = *a.kv;
+  const int64_t hd = kv.head_dim;
+  const int64_t group = a.num_heads / kv.num_kv_heads;
+  thread_local std::vector<float> scores;  // [pos + 1], grows only
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t m = item / a.num_heads;
+    const int64_t h = item % a.num_heads;
+    const int64_t kv_head = h / group;
+    const int64_t last = a.positions[m];
+    const int32_t* table = a.block_tables + a.token_seq[m] * a.max_blocks_per_seq;
+    const float* q = a.q + m * a.q_stride + h * hd;
+    float* out = a.out + (m * a.num_heads + h) * hd;
+    if (static_cast<int64_t>(scores.size()) < last + 1) scores.resize(last + 1);
+    float* s = scores.data();
+
+    float max = -std::numeric_limits<float>::infinity();
+    for_each_position(table, kv.block_size, last, [&](int64_t p, int64_t slot) {
+      const int64_t row = slot * kv.num_kv_heads + kv_head;
+      s[p] = (a.scale * kv.k_scales[row]) * Ops::dot_i8(q, kv.k_codes + row * hd, hd);
+      max = std::max(max, s[p]);
+    });
+    const float inv_sum = 1.0f / Ops::exp_shift_sum(s, last + 1, max);
+
+    std::memset(out, 0, hd * sizeof(float));
+    for_each_position(table, kv.block_size, last, [&](int64_t p, int64_t slot) {
+      const int64_t row = slot * kv.num_kv_heads + kv_head;
+      Ops::axpy_i8(s[p] * inv_sum * kv.v_scales[row], kv.v_codes + row * hd, out, hd);
+    });
+  }
+}
+
 }  // namespace
+
+float quantize_kv_row(const float* x, int64_t n, int8_t* codes) {
+  float amax = 0;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float scale = amax / 127.0f;
+  // A zero row, or one so small that 1 / scale would overflow, stores zeros (error <= 127·FLT_MIN).
+  if (!(scale >= std::numeric_limits<float>::min())) {
+    std::memset(codes, 0, static_cast<size_t>(n));
+    return 0.0f;
+  }
+  const float inv = 127.0f / amax;
+  for (int64_t i = 0; i < n; ++i) {
+    const float c = std::nearbyint(x[i] * inv);  // round half to even; |c| <= 127 up to one rounding of inv
+    codes[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, c)));
+  }
+  return scale;
+}
 
 void kv_cache_write(const float* k, const float* v, int64_t M, int64_t row_stride,
                     const int32_t* slot_mapping, const PagedKv& kv) {
@@ -155,6 +263,14 @@ void kv_cache_write(const float* k, const float* v, int64_t M, int64_t row_strid
     const int64_t slot = slot_mapping[m];
     if (slot < 0) continue;  // padding token (vLLM's convention): nothing to store
     assert(slot < kv.num_blocks * kv.block_size);
+    if (kv.is_int8()) {
+      for (int64_t h = 0; h < kv.num_kv_heads; ++h) {
+        const int64_t r = slot * kv.num_kv_heads + h;  // cache row of (slot, head)
+        kv.k_scales[r] = quantize_kv_row(k + m * row_stride + h * kv.head_dim, kv.head_dim, kv.k_codes + r * kv.head_dim);
+        kv.v_scales[r] = quantize_kv_row(v + m * row_stride + h * kv.head_dim, kv.head_dim, kv.v_codes + r * kv.head_dim);
+      }
+      continue;
+    }
     std::memcpy(kv.k_cache + slot * row, k + m * row_stride, row * sizeof(float));
     std::memcpy(kv.v_cache + slot * row, v + m * row_stride, row * sizeof(float));
   }
@@ -179,7 +295,13 @@ void paged_attention(const float* q, int64_t M, int64_t q_stride, const int32_t*
   const int64_t items = M * num_heads;
   const int64_t macs_per_item = std::max<int64_t>(1, 2 * total_positions * kv.head_dim / M);
   const int64_t min_chunk = std::max<int64_t>(1, 16384 / macs_per_item);
-  if (using_avx2()) {
+  if (kv.is_int8()) {
+    if (using_avx2()) {
+      pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items_int8<AvxOps>(args, b, e); });
+    } else {
+      pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items_int8<ScalarOps>(args, b, e); });
+    }
+  } else if (using_avx2()) {
     pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<AvxOps>(args, b, e); });
   } else {
     pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<ScalarOps>(args, b, e); });

@@ -50,7 +50,12 @@ void swiglu(const float* gate_up, int64_t M, int64_t F, float* out);
 // out[m, :] = table[ids[m], :]   table: [V, D] of dtype;  out: [M, D] f32
 void embedding(const int32_t* ids, int64_t M, const void* table, DType dtype, int64_t D, float* out);
 
-// Paged KV cache, one layer: k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim] f32.
+// Paged KV cache, one layer, in one of two element types:
+//   f32:  k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim] f32 (codes/scales null).
+//   int8: k_codes, v_codes: [num_blocks, block_size, num_kv_heads, head_dim] int8 and
+//         k_scales, v_scales: [num_blocks, block_size, num_kv_heads] f32 (k_cache/v_cache null):
+//         row (slot, head) holds x ≈ scale * code, symmetric, scale = max|x| / 127 of that row
+//         ("dynamic per token and head", as llama.cpp's q8_0 KV and vLLM's per-token int8 KV).
 struct PagedKv {
   float* k_cache;
   float* v_cache;
@@ -58,9 +63,20 @@ struct PagedKv {
   int64_t block_size;
   int64_t num_kv_heads;
   int64_t head_dim;
+  int8_t* k_codes = nullptr;
+  float* k_scales = nullptr;
+  int8_t* v_codes = nullptr;
+  float* v_scales = nullptr;
+
+  bool is_int8() const { return k_codes != nullptr; }
 };
 
-// Writes token m's key/value into slot slot_mapping[m] (= block * block_size + offset in block).
+// Quantizes one row x[n] to codes[n] with scale max|x| / 127 (round to nearest even, |code| <= 127);
+// an all-zero row gets scale 0 and zero codes. Returns the scale.
+float quantize_kv_row(const float* x, int64_t n, int8_t* codes);
+
+// Writes token m's key/value into slot slot_mapping[m] (= block * block_size + offset in block);
+// an int8 cache quantizes each (token, kv head) row as it stores it (quantize_kv_row).
 //   k, v: rows of [num_kv_heads * head_dim] at k + m * row_stride (may be column slices of a QKV buffer)
 void kv_cache_write(const float* k, const float* v, int64_t M, int64_t row_stride,
                     const int32_t* slot_mapping, const PagedKv& kv);
@@ -69,7 +85,9 @@ void kv_cache_write(const float* k, const float* v, int64_t M, int64_t row_strid
 // kv_cache_write of the same tokens). Token m belongs to sequence token_seq[m] and sits at position
 // positions[m]; it attends to that sequence's positions 0..positions[m], found through
 // block_tables[token_seq[m] * max_blocks_per_seq + position / block_size]. GQA: query head h reads
-// kv head h / (num_heads / num_kv_heads). Softmax in f32 with max subtraction.
+// kv head h / (num_heads / num_kv_heads). Softmax in f32 with max subtraction. An int8 cache is read
+// as it is stored: codes are widened to f32 in registers inside the q·k dot and the p·v accumulation,
+// and the row scale multiplies the dot (keys) or the softmax weight (values), once per row.
 //   q: rows of [num_heads * head_dim] at q + m * q_stride;  out: [M, num_heads * head_dim]
 void paged_attention(const float* q, int64_t M, int64_t q_stride, const int32_t* token_seq,
                      const int32_t* positions, const int32_t* block_tables,
