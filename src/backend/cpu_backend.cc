@@ -3,7 +3,8 @@
 // At load it (1) binds every graph weight to its tensor in the mapped engine (no copy), (2) builds
 // RoPE cos/sin tables for the profile's max sequence length, (3) plans the activation arena from
 // value lifetimes so values that are never live together share a buffer, and (4) allocates the
-// paged KV cache. forward() then allocates nothing.
+// paged KV cache (f32, or int8 codes + per-(token, head) scales when the engine's build metadata says
+// "kv_cache": {"dtype": "int8"}). forward() then allocates nothing.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -70,7 +71,9 @@ class CpuBackend final : public Backend {
   int64_t max_logit_rows() const override { return max_logit_rows_; }
   int64_t weight_bytes() const override { return weight_bytes_; }
   int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.size() * sizeof(float)); }
-  int64_t kv_cache_bytes() const override { return static_cast<int64_t>(kv_storage_.size() * sizeof(float)); }
+  int64_t kv_cache_bytes() const override {
+    return static_cast<int64_t>(kv_storage_.size() * sizeof(float) + kv_codes_.size() + kv_scales_.size() * sizeof(float));
+  }
   Status forward(const Batch& batch, float* logits) override { return run(batch, logits, nullptr); }
   Status forward_argmax(const Batch& batch, int32_t* ids) override {
     KILN_TRY(run(batch, argmax_logits_.data(), nullptr));
@@ -117,7 +120,10 @@ class CpuBackend final : public Backend {
   std::vector<int64_t> value_offset_;                   // [value] float offset into arena_
   std::vector<int64_t> node_scratch_offset_;            // [node] float offset of its scratch in arena_, -1: none
   std::vector<float> arena_;
-  std::vector<float> kv_storage_;
+  std::vector<float> kv_storage_;                       // f32 cache: per layer K then V
+  std::vector<int8_t> kv_codes_;                        // int8 cache: per layer K codes then V codes
+  std::vector<float> kv_scales_;                        // int8 cache: per layer K scales then V scales
+  bool kv_int8_ = false;
   std::vector<cpu::PagedKv> kv_layers_;                 // [layer]
   std::vector<int32_t> slot_mapping_;                   // [max_tokens] scratch
   std::vector<float> argmax_logits_;                    // [max_logit_rows, vocab] scratch of forward_argmax/_sample
@@ -146,9 +152,25 @@ double CpuBackend::copy_bandwidth_bytes_per_second() {
 }
 
 
+// The KV cache element type the engine asks for: build.kv_cache.dtype, absent (older engines, or
+// --kv-cache auto) = f32. Returns true for int8.
+Result<bool> kv_cache_is_int8(const nlohmann::json& metadata) {
+  if (!metadata.contains("build") || !metadata["build"].is_object() || !metadata["build"].contains("kv_cache")) {
+    return false;
+  }
+  const nlohmann::json& kv = metadata["build"]["kv_cache"];
+  if (kv.is_null()) return false;
+  const std::string dtype = kv.is_object() && kv.contains("dtype") && kv["dtype"].is_string() ? kv["dtype"].get<std::string>() : "";
+  const std::string scales = kv.is_object() && kv.contains("scales") && kv["scales"].is_string() ? kv["scales"].get<std::string>() : "";
+  if (dtype == "int8" && scales == "per_token_head") return true;
+  return make_error("engine: kv_cache {} is not supported by the cpu backend (known: int8 with per_token_head scales)",
+                    kv.dump());
+}
+
 Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& options) {
   if (!engine.metadata.contains("graph")) return make_error("engine has no graph");
   KILN_ASSIGN(graph_, Graph::from_json(engine.metadata["graph"]));
+  KILN_ASSIGN(kv_int8_, kv_cache_is_int8(engine.metadata));
   try {
     max_seq_len_ = engine.metadata.at("profile").at("max_seq_len").get<int64_t>();
     const int64_t max_batch = engine.metadata.at("profile").at("max_batch").get<int64_t>();
@@ -245,7 +267,8 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
     }
     node_rope_[i] = &it->second;
   }
-  // (4) KV cache: one [num_blocks, block_size, kv_heads, head_dim] pair per layer.
+  // (4) KV cache: one [num_blocks, block_size, kv_heads, head_dim] pair per layer; int8: codes of that
+  // shape plus [num_blocks, block_size, kv_heads] f32 scales (layout: backend/cpu/README.md).
   kv_layers_.assign(num_layers, cpu::PagedKv{});
   std::vector<int64_t> layer_width(num_layers, 0);
   std::vector<int64_t> layer_kv_heads(num_layers, 0), layer_head_dim(num_layers, 0);
@@ -255,16 +278,41 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
     layer_kv_heads[l] = static_cast<int64_t>(n.attr("num_kv_heads"));
     layer_head_dim[l] = static_cast<int64_t>(n.attr("head_dim"));
   }
-  int64_t kv_floats = 0;
-  for (int64_t l = 0; l < num_layers; ++l) kv_floats += 2 * num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
-  kv_storage_.assign(static_cast<size_t>(kv_floats), 0.0f);
-  int64_t at = 0;
   for (int64_t l = 0; l < num_layers; ++l) {
-    const int64_t per = num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
-    if (per == 0) return make_error("cpu backend: layer {} has no attention node", l);
-    kv_layers_[l] = cpu::PagedKv{kv_storage_.data() + at, kv_storage_.data() + at + per, num_kv_blocks_,
-                                 block_size_, layer_kv_heads[l], layer_head_dim[l]};
-    at += 2 * per;
+    if (layer_kv_heads[l] * layer_head_dim[l] == 0) return make_error("cpu backend: layer {} has no attention node", l);
+  }
+  if (kv_int8_) {
+    int64_t codes = 0, scales = 0;
+    for (int64_t l = 0; l < num_layers; ++l) {
+      codes += 2 * num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
+      scales += 2 * num_kv_blocks_ * block_size_ * layer_kv_heads[l];
+    }
+    kv_codes_.assign(static_cast<size_t>(codes), 0);
+    kv_scales_.assign(static_cast<size_t>(scales), 0.0f);
+    int64_t code_at = 0, scale_at = 0;
+    for (int64_t l = 0; l < num_layers; ++l) {
+      const int64_t rows = num_kv_blocks_ * block_size_ * layer_kv_heads[l];
+      const int64_t per_codes = rows * layer_head_dim[l], per_scales = rows;
+      cpu::PagedKv& kv = kv_layers_[l];
+      kv = cpu::PagedKv{nullptr, nullptr, num_kv_blocks_, block_size_, layer_kv_heads[l], layer_head_dim[l]};
+      kv.k_codes = kv_codes_.data() + code_at;
+      kv.v_codes = kv_codes_.data() + code_at + per_codes;
+      kv.k_scales = kv_scales_.data() + scale_at;
+      kv.v_scales = kv_scales_.data() + scale_at + per_scales;
+      code_at += 2 * per_codes;
+      scale_at += 2 * per_scales;
+    }
+  } else {
+    int64_t kv_floats = 0;
+    for (int64_t l = 0; l < num_layers; ++l) kv_floats += 2 * num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
+    kv_storage_.assign(static_cast<size_t>(kv_floats), 0.0f);
+    int64_t at = 0;
+    for (int64_t l = 0; l < num_layers; ++l) {
+      const int64_t per = num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
+      kv_layers_[l] = cpu::PagedKv{kv_storage_.data() + at, kv_storage_.data() + at + per, num_kv_blocks_,
+                                   block_size_, layer_kv_heads[l], layer_head_dim[l]};
+      at += 2 * per;
+    }
   }
   slot_mapping_.assign(static_cast<size_t>(max_tokens_), 0);
   argmax_logits_.assign(static_cast<size_t>(max_logit_rows_ * vocab_size_), 0.0f);

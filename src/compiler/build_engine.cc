@@ -147,6 +147,9 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     return make_error("unknown --backend '{}': expected cpu or cuda", options.backend);
   }
   if (options.max_batch <= 0) return make_error("--max-batch must be positive, got {}", options.max_batch);
+  if (options.kv_cache != "auto" && options.kv_cache != "int8") {
+    return make_error("unknown --kv-cache '{}': expected auto or int8", options.kv_cache);
+  }
   KILN_ASSIGN(ImportedModel imported, import_model(options.model_path));
   KILN_ASSIGN(HfChatTemplate chat_template, find_chat_template(options));
   const ModelConfig& config = imported.config;
@@ -288,6 +291,9 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
       {"tactics", tactics},
       {"tokenizer", nullptr},
   };
+  // The KV cache element type the run side allocates (backend/cpu/README.md); auto writes nothing, so
+  // such engines read as before (cpu f32, cuda the activation dtype).
+  if (options.kv_cache == "int8") spec.metadata["build"]["kv_cache"] = {{"dtype", "int8"}, {"scales", "per_token_head"}};
   for (const auto& [name, info] : built.graph.weights) {
     for (const StoredTensor& part : stored_tensors(name, info)) {
       const TensorView* t = built.weights.find(part.name);

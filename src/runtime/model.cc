@@ -59,6 +59,15 @@ Result<std::unique_ptr<Model>> Model::load(const std::string& engine_path, const
   if (backend_name == "cpu") {
     backend = create_cpu_backend(model->engine_, options.backend_options);
   } else if (backend_name == "cuda") {
+    // The CUDA kernels read an fp16/bf16 KV cache only (for now): refuse --kv-cache int8 engines here,
+    // before any device work, rather than misread their cache.
+    const auto build = meta.find("build");
+    if (build != meta.end() && build->is_object() && build->contains("kv_cache") && !build->at("kv_cache").is_null()) {
+      const nlohmann::json& kv = build->at("kv_cache");
+      const std::string dtype = kv.is_object() && kv.contains("dtype") && kv["dtype"].is_string() ? kv["dtype"].get<std::string>() : kv.dump();
+      return make_error("{}: engine has a {} KV cache, which the cuda backend does not support yet: rebuild without --kv-cache",
+                        engine_path, dtype);
+    }
     // An engine is tuned for one GPU architecture: refuse others, naming both.
     auto arch = cuda_device_arch();
     if (!arch.ok()) return arch.error().with_context(engine_path + ": engine built for cuda");
