@@ -12,12 +12,13 @@ std::string_view dtype_name(DType t) {
     case DType::I64: return "I64";
     case DType::U8: return "U8";
     case DType::I8: return "I8";
+    case DType::F8_E4M3: return "F8_E4M3";
   }
   return "?";
 }
 
 std::optional<DType> dtype_from_name(std::string_view name) {
-  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::F64, DType::I32, DType::I64, DType::U8, DType::I8}) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::F64, DType::I32, DType::I64, DType::U8, DType::I8, DType::F8_E4M3}) {
     if (dtype_name(t) == name) return t;
   }
   return std::nullopt;

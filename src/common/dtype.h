@@ -9,7 +9,9 @@
 
 namespace kiln {
 
-enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, F64 = 3, I32 = 4, I64 = 5, U8 = 6, I8 = 7 };
+// F8_E4M3: float8 e4m3fn (OCP FP8; no infinities, NaN = S.1111.111) as pre-quantized FP8 checkpoints store it.
+// Read by format/hf_quant.cc, which dequantizes it; no kernel takes it.
+enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, F64 = 3, I32 = 4, I64 = 5, U8 = 6, I8 = 7, F8_E4M3 = 8 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
@@ -21,6 +23,7 @@ constexpr size_t dtype_size(DType t) {
     case DType::I64: return 8;
     case DType::U8: return 1;
     case DType::I8: return 1;
+    case DType::F8_E4M3: return 1;
   }
   return 0;
 }
