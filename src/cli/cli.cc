@@ -300,10 +300,14 @@ int cli_main(int argc, char** argv) {
   build_cmd->add_option("--kv-cache", build.options.kv_cache,
                         "KV cache precision: auto (cpu f32, cuda the activation dtype) or int8 (per token and head scales)")
       ->check(CLI::IsMember({"auto", "int8"}));
-  build_cmd->add_option("--group-size", build.options.group_size, "int4: weights per scale along K (multiple of 32; default 128)")
+  build_cmd->add_option("--group-size", build.options.group_size, "weights per scale along K (multiple of 32; default: int4 128, int8 one scale per output channel)")
       ->check(CLI::PositiveNumber);
   build_cmd->add_option("--calib", build.options.calib_path,
                         "calibration prompts: a text file (paragraphs) or JSONL ({\"text\": ...} or {\"prompt\": ...}); default: built-in");
+  build_cmd->add_option("--calib-method", build.options.calib_method,
+                        "w8a8: static activation scales by minmax, percentile (99.99%) or entropy (KL, as TensorRT); "
+                        "default: dynamic per-token scales")
+      ->check(CLI::IsMember({"minmax", "percentile", "entropy"}));
   build_cmd->add_option("--calib-samples", build.options.calib_samples, "calibration prompts to use (default 32)")
       ->check(CLI::PositiveNumber);
   build_cmd->add_option("--max-quant-error", build.options.max_quant_error,

@@ -53,8 +53,9 @@ double quant_bits_per_weight(const QuantInfo& q, int64_t K) {
 
 std::string quant_describe(const QuantInfo& q, int64_t K) {
   const std::string group = q.group_size >= K ? "per-channel" : fmt::format("g{}", q.group_size);
-  return fmt::format("int{} {} {}{}", q.bits, group, q.scale_dtype == DType::F16 ? "f16" : "f32",
-                     q.has_min ? " +min" : "");
+  const std::string act = q.act_bits == 0 ? "" : q.act_scale > 0 ? " a8 static" : " a8 per-token";
+  return fmt::format("int{} {} {}{}{}", q.bits, group, q.scale_dtype == DType::F16 ? "f16" : "f32",
+                     q.has_min ? " +min" : "", act);
 }
 
 Status validate_quant(const QuantInfo& q, int64_t N, int64_t K, const std::string& what) {
@@ -69,6 +70,15 @@ Status validate_quant(const QuantInfo& q, int64_t N, int64_t K, const std::strin
   }
   if (q.bits == 4 && !q.has_min) return make_error("{}: int4 weights need mins", what);
   if (N <= 0 || K <= 0) return make_error("{}: quantized matrix of shape [{}, {}]", what, N, K);
+  if (q.act_bits != 0) {
+    if (q.act_bits != 8) return make_error("{}: activations quantized to {} bits (kiln runs 8)", what, q.act_bits);
+    if (q.bits != 8 || q.has_min || q.group_size < K) {
+      return make_error("{}: int8 activations need int8 weights with one scale per row and no min", what);
+    }
+    if (!(q.act_scale >= 0.0f) || !std::isfinite(q.act_scale)) {
+      return make_error("{}: activation scale {} is not a finite non-negative number", what, q.act_scale);
+    }
+  }
   return Status::Ok();
 }
 
@@ -94,6 +104,20 @@ void dequantize_row(const QuantMatrixView& w, int64_t n, float* out) {
     const int64_t g = k / w.info.group_size;
     out[k] = quant_scale(w, n, g) * static_cast<float>(quant_code(w, n, k)) + quant_min(w, n, g);
   }
+}
+
+float quantize_activation_row(const float* x, int64_t K, float act_scale, int8_t* q) {
+  float scale = act_scale;
+  if (scale <= 0.0f) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+    scale = amax / 127.0f;
+  }
+  const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(x[k] * inv), -127.0f, 127.0f));
+  }
+  return scale;
 }
 
 QuantizedMatrix make_quantized_matrix(int64_t N, int64_t K, const QuantInfo& info) {

@@ -49,6 +49,12 @@ struct QuantInfo {
   int64_t group_size = 0;          // elements of K per scale
   DType scale_dtype = DType::F16;  // F16 or F32, scales and mins alike
   bool has_min = false;
+  // Activation quantization of the matmul reading this weight (W8A8): 0 = none (weight-only: the
+  // activations stay float); 8 = each activation row is rounded to int8 before an integer dot product
+  // with the int8 codes (bits 8, one group per row, no min), scale act_scale when > 0 (static, from
+  // calibration) or max|row| / 127 per row (dynamic, per token) when 0.
+  int act_bits = 0;
+  float act_scale = 0.0f;
 
   bool operator==(const QuantInfo&) const = default;
 };
@@ -61,7 +67,7 @@ inline int64_t quant_groups(const QuantInfo& q, int64_t K) { return (K + q.group
 inline DType quant_code_dtype(const QuantInfo& q) { return q.bits == 4 ? DType::U8 : DType::I8; }
 // Bits per weight, scales and mins included (K a multiple of the group size).
 double quant_bits_per_weight(const QuantInfo& q, int64_t K);
-// e.g. "int4 g128 f16 +min", "int8 per-channel f32"
+// e.g. "int4 g128 f16 +min", "int8 per-channel f32", "int8 per-channel f32 a8 per-token"
 std::string quant_describe(const QuantInfo& q, int64_t K);
 
 // The engine / weight-store names of a quantized weight's parts.
@@ -87,6 +93,11 @@ float quant_scale(const QuantMatrixView& w, int64_t n, int64_t g);
 float quant_min(const QuantMatrixView& w, int64_t n, int64_t g);  // 0 without mins
 // Row n dequantized into out[K] (the scalar reference every kernel is tested against).
 void dequantize_row(const QuantMatrixView& w, int64_t n, float* out);
+
+// The activation rounding of W8A8 (QuantInfo::act_bits = 8), the definition every kernel follows:
+// scale = act_scale if > 0 else max|x| / 127 (0 for an all-zero row); q[k] = clamp(round_half_even(
+// x[k] * (1 / scale)), -127, 127) (0 when scale is 0). Writes q[0, K) and returns the scale.
+float quantize_activation_row(const float* x, int64_t K, float act_scale, int8_t* q);
 
 // An owned quantized matrix, as the build side produces it.
 struct QuantizedMatrix {

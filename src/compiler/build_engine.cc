@@ -10,6 +10,7 @@
 #include "engine/engine_file.h"
 #include "common/mapped_file.h"
 #include "format/hf_config.h"
+#include "format/hf_quant.h"
 #include "format/hf_tokenizer_config.h"
 #include "format/llama2c.h"
 #include "format/safetensors.h"
@@ -31,7 +32,37 @@ struct ImportedModel {
   std::shared_ptr<void> keep_alive;  // shards / mapping backing the views
   DType source_dtype = DType::F32;
   std::string default_tokenizer;     // tokenizer file found beside the model, if any
+  // A pre-quantized HF checkpoint (format/hf_quant.h): awq / gptq Linear weights in kiln's layout
+  // (absent from `tensors`), fp8 ones already dequantized into `tensors`; null metadata otherwise.
+  std::map<std::string, QuantizedMatrix> quantized;
+  nlohmann::json checkpoint_quant = nullptr;
+  std::vector<std::string> checkpoint_quant_notes;
 };
+
+// Reads config.json's quantization_config and unpacks what it describes into `model`.
+Status import_prequantized(const std::string& path, ImportedModel& model) {
+  KILN_ASSIGN(const std::optional<HfQuantConfig> quant, read_hf_quant_config(path));
+  if (!quant) {
+    for (const auto& [name, t] : model.tensors) {
+      if (name.ends_with(".qweight")) {
+        return make_error("{}: tensor '{}' is packed but config.json has no quantization_config", path, name);
+      }
+    }
+    return Status::Ok();
+  }
+  auto unpacked = unpack_hf_quantized(*quant, model.tensors);
+  if (!unpacked.ok()) return unpacked.error().with_context(path);
+  for (const std::string& name : unpacked->consumed) model.tensors.erase(name);
+  for (auto& [name, t] : unpacked->dequantized) model.tensors[name] = std::move(t);
+  model.checkpoint_quant = {{"quant_method", quant->quant_method},
+                            {"description", quant->description},
+                            {"quantized_matrices", unpacked->quantized.size()},
+                            {"dequantized_matrices", unpacked->dequantized.size()},
+                            {"requantized_matrices", unpacked->requantized}};
+  model.checkpoint_quant_notes = std::move(unpacked->notes);
+  model.quantized = std::move(unpacked->quantized);
+  return Status::Ok();
+}
 
 Result<ImportedModel> import_model(const std::string& path) {
   ImportedModel model;
@@ -42,6 +73,7 @@ Result<ImportedModel> import_model(const std::string& path) {
     KILN_ASSIGN(WeightSet weights, open_safetensors_dir(path));
     model.tensors = weights.tensors;
     model.keep_alive = std::make_shared<WeightSet>(std::move(weights));
+    KILN_TRY(import_prequantized(path, model));
     const auto embed = model.tensors.find("model.embed_tokens.weight");
     if (embed != model.tensors.end()) model.source_dtype = embed->second.dtype;
     for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
@@ -151,6 +183,11 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     return make_error("unknown --kv-cache '{}': expected auto or int8", options.kv_cache);
   }
   KILN_ASSIGN(ImportedModel imported, import_model(options.model_path));
+  // Weights a checkpoint stores quantized stay as they are; fp8 ones were dequantized and may be.
+  if (!imported.quantized.empty() && options.quant != "none") {
+    return make_error("--quant {}: {} is already quantized ({}); build it without --quant",
+                      options.quant, options.model_path, imported.checkpoint_quant["description"].get<std::string>());
+  }
   KILN_ASSIGN(HfChatTemplate chat_template, find_chat_template(options));
   const ModelConfig& config = imported.config;
   ShapeProfile profile;
@@ -177,9 +214,14 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
   }
   if (options.backend == "cpu") device_arch = "x86_64";
 
-  KILN_ASSIGN(BuiltModel built, build_llama_graph(config, imported.tensors));
+  const nlohmann::json checkpoint_quant = imported.checkpoint_quant;
+  KILN_ASSIGN(BuiltModel built, build_llama_graph(config, imported.tensors, std::move(imported.quantized)));
   KILN_TRY(convert_precision(built.graph, built.weights, dtype));
   BuildReport report;
+  if (!checkpoint_quant.is_null()) {
+    report.quant = "checkpoint " + checkpoint_quant["description"].get<std::string>();
+    report.quant_notes = imported.checkpoint_quant_notes;
+  }
   if (options.fuse) {
     KILN_ASSIGN(report.fused_qkv, fuse_qkv(built.graph, built.weights));
     KILN_ASSIGN(report.fused_gate_up, fuse_gate_up(built.graph, built.weights));
@@ -208,13 +250,14 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     q.group_size = options.group_size;
     q.calib_path = options.calib_path;
     q.calib_samples = options.calib_samples;
+    q.calib_method = options.calib_method;
     q.calib_seq_len = std::min(options.calib_seq_len, max_seq_len);
     q.keep = options.keep_fp16;
     q.max_error = options.max_quant_error;
     q.tokenizer = tokenizer ? &*tokenizer : nullptr;
     KILN_ASSIGN(QuantizeModelReport quant, quantize_model(built.graph, built.weights, q));
-    report.quant = quant.summary;
-    report.quant_notes = quant.notes;
+    report.quant = report.quant.empty() ? quant.summary : report.quant + "; " + quant.summary;
+    report.quant_notes.insert(report.quant_notes.end(), quant.notes.begin(), quant.notes.end());
     quant_metadata = quant.metadata;
   }
 
@@ -286,6 +329,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
         {"fused_rope_into_attention", report.fused_rope},
         {"fused_swiglu_into_linear", report.fused_swiglu_linear},
         {"quant", quant_metadata},
+        {"checkpoint_quant", checkpoint_quant},
         {"kiln_version", KILN_VERSION}}},
       {"graph", built.graph.to_json()},
       {"tactics", tactics},

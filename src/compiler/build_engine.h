@@ -27,10 +27,12 @@ struct BuildOptions {
   // Weight quantization (common/quant.h): none | int8 (per output channel, symmetric) | int4 (group-wise,
   // asymmetric, AWQ scales searched on calibration prompts) | int4-rtn (round to nearest, no search).
   std::string quant = "none";
-  int64_t group_size = 128;              // int4: elements of K per scale (32, 64, 128, ...); wider than K -> K
+  int64_t group_size = 0;                // elements of K per scale (32, 64, 128, ...; wider than K -> K); 0: int4 128,
+                                         // int8 one per output channel
   std::string calib_path;                // calibration prompts: text (one per paragraph) or JSONL; "" = built-in
   int64_t calib_samples = 32;            // prompts used for calibration
   int64_t calib_seq_len = 256;           // tokens per calibration prompt (longer ones are cut)
+  std::string calib_method;              // w8a8 static activation scales: minmax | percentile | entropy ("" = dynamic)
   std::vector<std::string> keep_fp16;    // weights whose names contain one of these stay unquantized
   std::string kv_cache = "auto";         // KV cache element type: auto (cpu f32, cuda the activation dtype) | int8
   double max_quant_error = -1;           // keep a matrix unquantized above this relative output error on the

@@ -35,6 +35,7 @@ struct InputStats {
   int64_t width = 0;
   int64_t rows_seen = 0;
   std::vector<double> abs_sum;  // [width] Σ |x|
+  std::vector<float> abs_max;   // [width] max |x|
   std::vector<float> samples;   // [sample_rows, width], a uniform reservoir sample of the rows
   int64_t sample_rows = 0;
   std::mt19937_64 rng;
@@ -57,12 +58,16 @@ class CalibrationObserver final : public ActivationObserver {
     if (s.width == 0) {
       s.width = width;
       s.abs_sum.assign(width, 0.0);
+      s.abs_max.assign(width, 0.0f);
       s.samples.assign(kMaxSampleRows * width, 0.0f);
       s.rng.seed(node);
     }
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = x + r * width;
-      for (int64_t k = 0; k < width; ++k) s.abs_sum[k] += std::fabs(row[k]);
+      for (int64_t k = 0; k < width; ++k) {
+        s.abs_sum[k] += std::fabs(row[k]);
+        s.abs_max[k] = std::max(s.abs_max[k], std::fabs(row[k]));
+      }
       // Reservoir sampling (Algorithm R): every row seen so far is kept with equal probability.
       int64_t slot = s.rows_seen < kMaxSampleRows ? s.rows_seen : -1;
       if (slot < 0) {
@@ -297,6 +302,55 @@ std::string short_name(const std::string& weight) {
   return s;
 }
 
+// The clipping threshold of |x| for a static int8 activation scale (scale = threshold / 127).
+//   minmax:     the largest |x| seen (every calibration row, not only the samples);
+//   percentile: the 99.99th percentile of |x| over the sample rows;
+//   entropy:    TensorRT's entropy calibration: a 2048-bin histogram of |x|; for each candidate
+//               threshold bin i >= 128, P = the histogram up to i with the tail folded into bin i-1,
+//               Q = P merged into 128 levels and spread back over the non-empty bins; the threshold
+//               minimizing KL(P || Q).
+double clip_threshold(const std::string& method, const std::vector<float>& abs_values, double abs_max) {
+  if (abs_values.empty() || abs_max <= 0) return abs_max;
+  if (method == "minmax") return abs_max;
+  std::vector<float> v = abs_values;
+  if (method == "percentile") {
+    const size_t at = std::min(v.size() - 1, static_cast<size_t>(0.9999 * static_cast<double>(v.size())));
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(at), v.end());
+    return std::max<double>(v[at], 1e-8);
+  }
+  constexpr int kBins = 2048, kLevels = 128;
+  const double top = *std::max_element(v.begin(), v.end());
+  if (top <= 0) return abs_max;
+  std::vector<double> hist(kBins, 0.0);
+  for (float x : v) hist[std::min(kBins - 1, static_cast<int>(x / top * kBins))] += 1.0;
+  double best_kl = 1e300;
+  int best_i = kBins;
+  for (int i = kLevels; i <= kBins; ++i) {
+    std::vector<double> p(hist.begin(), hist.begin() + i);
+    for (int j = i; j < kBins; ++j) p[i - 1] += hist[j];  // outliers clip into the last bin
+    std::vector<double> q(i, 0.0);
+    const double per = static_cast<double>(i) / kLevels;
+    for (int l = 0; l < kLevels; ++l) {
+      const int b0 = static_cast<int>(l * per), b1 = std::max(b0 + 1, static_cast<int>((l + 1) * per));
+      double mass = 0;
+      int nonzero = 0;
+      for (int b = b0; b < b1 && b < i; ++b) mass += hist[b], nonzero += hist[b] > 0 ? 1 : 0;
+      for (int b = b0; b < b1 && b < i; ++b) q[b] = hist[b] > 0 ? mass / nonzero : 0.0;
+    }
+    double sp = 0, sq = 0;
+    for (int b = 0; b < i; ++b) sp += p[b], sq += q[b];
+    if (sp <= 0 || sq <= 0) continue;
+    double kl = 0;
+    for (int b = 0; b < i; ++b) {
+      if (p[b] <= 0) continue;
+      const double pb = p[b] / sp, qb = q[b] / sq;
+      kl += pb * std::log(pb / std::max(qb, 1e-12));
+    }
+    if (kl < best_kl) best_kl = kl, best_i = i;
+  }
+  return std::min(abs_max, (best_i + 0.5) * top / kBins);
+}
+
 }  // namespace
 
 Result<std::vector<std::string>> read_calibration_prompts(const std::string& path) {
@@ -346,26 +400,30 @@ Result<std::vector<std::string>> read_calibration_prompts(const std::string& pat
 
 Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, const QuantizeModelOptions& options) {
   const bool awq = options.mode == "int4";
+  const bool smooth = options.mode == "w8a8";  // SmoothQuant
   const bool int4 = options.mode == "int4" || options.mode == "int4-rtn";
-  if (!int4 && options.mode != "int8") {
-    return make_error("unknown --quant '{}': expected none, int8, int4 or int4-rtn", options.mode);
+  if (!int4 && options.mode != "int8" && !smooth) {
+    return make_error("unknown --quant '{}': expected none, int8, int4, int4-rtn or w8a8", options.mode);
   }
-  if (int4 && (options.group_size <= 0 || options.group_size % kQuantBlock != 0)) {
-    return make_error("--group-size {}: int4 groups are a positive multiple of {}", options.group_size, kQuantBlock);
+  // int4: groups of 128 unless given; int8: one scale per output channel unless a group size is given.
+  const int64_t group_size = options.group_size > 0 ? options.group_size : (int4 ? 128 : 0);
+  if (options.group_size < 0 || (group_size > 0 && group_size % kQuantBlock != 0)) {
+    return make_error("--group-size {}: groups are a positive multiple of {}", options.group_size, kQuantBlock);
   }
+  if (smooth && group_size > 0) return make_error("--group-size: w8a8 has one weight scale per output channel");
   const double max_error = options.max_error >= 0 ? options.max_error : (int4 ? 0.25 : 0.05);
   QuantizeModelReport report;
   const QuantizableWeights targets = quantizable_weights(graph);
 
   // Calibration: needed for AWQ's search and for the error each matrix makes (mixed precision).
-  const bool need_calibration = awq || max_error > 0;
+  const bool need_calibration = awq || smooth || options.mode == "int8" || max_error > 0;
   std::map<std::string, InputStats> stats;
   int64_t calib_prompts = 0, calib_tokens = 0;
   if (need_calibration) {
     if (!options.tokenizer) {
-      if (awq) {
-        return make_error("--quant int4 calibrates on text prompts and the model has no tokenizer: give --tokenizer, "
-                          "or use --quant int4-rtn");
+      if (awq || smooth) {
+        return make_error("--quant {} calibrates on text prompts and the model has no tokenizer: give --tokenizer{}",
+                          options.mode, awq ? ", or use --quant int4-rtn" : "");
       }
       report.notes.push_back("no tokenizer: no calibration, so no matrix is kept for its error");
     } else {
@@ -401,8 +459,10 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
     const WeightInfo& info = graph.weights.at(name);
     const int64_t K = info.shape[1];
     const bool head = name == targets.lm_head;
-    plan.info = (int4 && !head) ? QuantInfo{4, std::min(options.group_size, K), DType::F16, true}
+    plan.info = (int4 && !head) ? QuantInfo{4, std::min(group_size, K), DType::F16, true}
                                 : QuantInfo{8, K, DType::F32, false};
+    if (options.mode == "int8" && group_size > 0 && group_size < K) plan.info = QuantInfo{8, group_size, DType::F16, false};
+    if (smooth && !head) plan.info.act_bits = 8;  // the LM head stays weight-only
     for (const std::string& pattern : options.keep) {
       if (name.find(pattern) != std::string::npos) plan.keep = true, plan.why = "--keep-fp16 " + pattern;
     }
@@ -413,6 +473,7 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
   // AWQ: per matrix, the ratio a in s = mean|x|^a with the least output error, folded into the producer.
   const auto t0 = std::chrono::steady_clock::now();
   std::map<std::string, std::vector<float>> y_refs;  // X W^T on the samples, per matrix
+  std::map<std::string, std::vector<float>> smoothing;  // the scales folded in, per matrix (1 where none)
   auto reference_output = [&](const Plan& plan, const std::vector<float>& w, int64_t N, int64_t K) -> const std::vector<float>& {
     std::vector<float>& y = y_refs[plan.name];
     const InputStats& st = stats.at(plan.name);
@@ -422,7 +483,10 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
   };
   int searched = 0;
   for (Plan& plan : plans) {
-    if (!awq || plan.keep || plan.info.bits != 4 || !stats.count(plan.name)) continue;
+    // int8 searches AWQ's activation-aware scales too (the layout stays per channel, symmetric).
+    const bool searched_here = (awq && plan.info.bits == 4) || (smooth && plan.info.act_bits == 8) ||
+                               (options.mode == "int8" && plan.name != targets.lm_head);
+    if (!searched_here || plan.keep || !stats.count(plan.name)) continue;
     const Node* consumer = nullptr;
     for (const Node& n : graph.nodes) {
       if ((n.op == OpKind::Linear || n.op == OpKind::SwiGluLinear) && n.weights[0] == plan.name) consumer = &n;
@@ -434,32 +498,50 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
     }
     const InputStats& st = stats.at(plan.name);
     const int64_t N = graph.weights.at(plan.name).shape[0], K = st.width;
+    // The activation statistic the scales grow with: AWQ mean |x|, SmoothQuant max |x|.
     std::vector<double> mean(K);
-    for (int64_t k = 0; k < K; ++k) mean[k] = st.abs_sum[k] / static_cast<double>(std::max<int64_t>(st.rows_seen, 1));
+    for (int64_t k = 0; k < K; ++k) {
+      mean[k] = smooth ? st.abs_max[k] : st.abs_sum[k] / static_cast<double>(std::max<int64_t>(st.rows_seen, 1));
+    }
     if (fold.tie_heads > 1) {  // one scale per (KV head, dim): average over the query heads sharing it
       const int64_t hd = fold.head_dim, g = fold.tie_heads, heads = K / hd;
       for (int64_t j = 0; j < heads / g; ++j) {
         for (int64_t d = 0; d < hd; ++d) {
           double sum = 0;
-          for (int64_t h = j * g; h < (j + 1) * g; ++h) sum += mean[h * hd + d];
-          for (int64_t h = j * g; h < (j + 1) * g; ++h) mean[h * hd + d] = sum / static_cast<double>(g);
+          double tied = 0;
+          for (int64_t h = j * g; h < (j + 1) * g; ++h) sum += mean[h * hd + d], tied = std::max(tied, mean[h * hd + d]);
+          if (!smooth) tied = sum / static_cast<double>(g);  // AWQ: mean of means; SmoothQuant: max of maxima
+          for (int64_t h = j * g; h < (j + 1) * g; ++h) mean[h * hd + d] = tied;
         }
       }
     }
     KILN_ASSIGN(std::vector<float>* w, fw.get(plan.name));
     const std::vector<float>& y_ref = reference_output(plan, *w, N, K);
+    std::vector<double> w_max(K, 0.0);  // SmoothQuant: max |W| of each input channel
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) w_max[k] = std::max(w_max[k], static_cast<double>(std::fabs((*w)[n * K + k])));
     double best = -1;
-    for (int step = 0; step < 20; ++step) {
-      const double a = step / 20.0;
-      std::vector<float> s(K);
-      double smax = 0, smin = 1e300;
-      for (int64_t k = 0; k < K; ++k) {
-        const double v = std::pow(std::max(mean[k], 1e-4), a);
-        smax = std::max(smax, v), smin = std::min(smin, v);
-        s[k] = static_cast<float>(v);
+    const int steps = smooth ? 10 : 20;
+    for (int step = 0; step < steps; ++step) {
+      // AWQ: a = 0, 0.05, ... 0.95 (a = 0 is round to nearest); SmoothQuant: no smoothing, then
+      // alpha = 0.1 ... 0.9 for s = max|x|^alpha / max|w|^(1 - alpha) (Xiao et al. 2023).
+      const double a = smooth ? step / 10.0 : step / 20.0;
+      std::vector<float> s(K, 1.0f);
+      if (smooth && step > 0) {
+        for (int64_t k = 0; k < K; ++k) {
+          if (mean[k] <= 0 || w_max[k] <= 0) continue;
+          s[k] = static_cast<float>(std::clamp(std::pow(mean[k], a) / std::pow(w_max[k], 1.0 - a), 1e-5, 1e5));
+        }
+      } else if (!smooth) {
+        double smax = 0, smin = 1e300;
+        for (int64_t k = 0; k < K; ++k) {
+          const double v = std::pow(std::max(mean[k], 1e-4), a);
+          smax = std::max(smax, v), smin = std::min(smin, v);
+          s[k] = static_cast<float>(v);
+        }
+        const double norm = std::sqrt(smax * smin);  // AWQ's normalization: scales centred on 1
+        for (float& v : s) v = static_cast<float>(v / norm);
       }
-      const double norm = std::sqrt(smax * smin);  // AWQ's normalization: scales centred on 1
-      for (float& v : s) v = static_cast<float>(v / norm);
       const Candidate c = quantize_scaled(*w, N, K, s, plan.info, &st, y_ref, pool);
       if (best < 0 || c.rel_error < best) best = c.rel_error, plan.s = s, plan.ratio = a;
     }
@@ -497,14 +579,35 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
       for (int64_t m = 0; m < mst.sample_rows; ++m)
         for (int64_t k = 0; k < K; ++k) mst.samples[m * K + k] /= plan.s[k];
     }
+    smoothing[plan.name] = plan.ratio > 0 ? plan.s : std::vector<float>(K, 1.0f);
     plan.s.assign(K, 1.0f);  // from here on the weights and samples carry the scaling
     ++searched;
     progress_line(options.progress,
-                  fmt::format("AWQ: {} matrices searched, {:.1f} s", searched,
+                  fmt::format("{}: {} matrices searched, {:.1f} s", smooth ? "SmoothQuant" : "AWQ", searched,
                               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()),
                   false);
   }
-  if (searched > 0) progress_line(options.progress, fmt::format("AWQ: {} matrices searched", searched), true);
+  if (searched > 0) {
+    progress_line(options.progress, fmt::format("{}: {} matrices searched", smooth ? "SmoothQuant" : "AWQ", searched), true);
+  }
+
+  // Static activation scales (w8a8 with --calib-method): from the smoothed activations.
+  if (smooth && !options.calib_method.empty()) {
+    if (options.calib_method != "minmax" && options.calib_method != "percentile" && options.calib_method != "entropy") {
+      return make_error("unknown --calib-method '{}': expected minmax, percentile or entropy", options.calib_method);
+    }
+    for (Plan& plan : plans) {
+      if (plan.info.act_bits != 8 || plan.keep || !stats.count(plan.name)) continue;
+      const InputStats& st = stats.at(plan.name);
+      double abs_max = 0;  // over every calibration row: the statistic was taken before smoothing
+      for (int64_t k = 0; k < st.width; ++k) abs_max = std::max(abs_max, static_cast<double>(st.abs_max[k]) / smoothing[plan.name][k]);
+      std::vector<float> values(st.samples.begin(), st.samples.begin() + st.sample_rows * st.width);
+      for (float& x : values) x = std::fabs(x);
+      plan.info.act_scale = static_cast<float>(clip_threshold(options.calib_method, values, abs_max) / 127.0);
+    }
+  } else if (!options.calib_method.empty() && !smooth) {
+    return make_error("--calib-method sets static activation scales, which only --quant w8a8 has");
+  }
 
   // Quantize (every fold is done: rows scaled by later matrices' 1/s are final), measure, decide.
   int64_t quantized = 0, kept = 0, q_params = 0, q_bytes = 0;
@@ -529,7 +632,11 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
     y_refs.erase(plan.name);
     entry["layout"] = quant_describe(plan.info, K);
     if (st) entry["rel_error"] = c.rel_error;
-    if (awq && plan.info.bits == 4) entry["awq_ratio"] = plan.ratio, ratio_counts[plan.ratio]++;
+    if ((awq && plan.info.bits == 4) || (options.mode == "int8" && plan.name != targets.lm_head)) {
+      entry["awq_ratio"] = plan.ratio, ratio_counts[plan.ratio]++;
+    }
+    if (smooth && plan.info.act_bits == 8) entry["smooth_alpha"] = plan.ratio, ratio_counts[plan.ratio]++;
+    if (plan.info.act_scale > 0) entry["act_scale"] = plan.info.act_scale;
     if (st && max_error > 0 && c.rel_error > max_error) {
       report.notes.push_back(fmt::format("{}: kept in {}: its {} output error on the calibration prompts is {:.3f} > {:.3f}",
                                          short_name(plan.name), dtype_name(info.dtype), quant_describe(plan.info, K),
@@ -549,9 +656,11 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
   remove_unused(graph, weights);
   KILN_TRY(graph.validate());
 
-  std::string method = options.mode == "int8" ? "int8 per-channel"
-                       : awq                   ? fmt::format("int4 g{} AWQ", options.group_size)
-                                               : fmt::format("int4 g{} round-to-nearest", options.group_size);
+  std::string method = smooth ? "w8a8 SmoothQuant (per-token int8 activations)"
+                       : options.mode == "int8" ? "int8 per-channel"
+                       : awq                   ? fmt::format("int4 g{} AWQ", group_size)
+                                               : fmt::format("int4 g{} round-to-nearest", group_size);
+  if (options.mode == "int8" && group_size > 0) method = fmt::format("int8 g{}", group_size);
   report.summary = fmt::format("{}: {} of {} matrices quantized, {:.3f} bits per weight{}{}", method, quantized,
                                plans.size(), q_params ? 8.0 * static_cast<double>(q_bytes) / static_cast<double>(q_params) : 0.0,
                                kept ? fmt::format(", {} kept", kept) : "",
@@ -559,13 +668,16 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
   if (!ratio_counts.empty()) {
     std::string ratios;
     for (const auto& [a, count] : ratio_counts) ratios += fmt::format("{}{:.2f} x{}", ratios.empty() ? "" : ", ", a, count);
-    report.notes.push_back("AWQ ratios chosen: " + ratios);
+    report.notes.push_back((smooth ? "SmoothQuant alphas chosen (0: no smoothing): " : "AWQ ratios chosen: ") + ratios);
   }
   report.metadata = {{"mode", options.mode},
-                     {"group_size", int4 ? options.group_size : 0},
+                     {"group_size", group_size},
                      {"calibration", {{"prompts", calib_prompts}, {"tokens", calib_tokens},
                                       {"source", options.calib_path.empty() ? "built-in" : options.calib_path}}},
                      {"max_error", max_error},
+                     {"activations", smooth ? (options.calib_method.empty() ? "int8 dynamic per token"
+                                                                            : "int8 static per tensor, " + options.calib_method)
+                                            : "float"},
                      {"matrices", per_matrix}};
   return report;
 }

@@ -11,6 +11,10 @@
 //             query heads of a KV head): the float model computes the same function, the quantized
 //             one errs less where activations are large. The LM head is int8 per channel.
 //   int4-rtn  the same layout without the search (s = 1), for comparison.
+//   w8a8      int8 per-channel weights and int8 activations (per token, or static per matrix input with
+//             a calibration method): SmoothQuant (Xiao et al. 2023) first moves activation outliers into
+//             the weights, s = max|x|^alpha / max|w|^(1-alpha) with alpha searched per matrix (or none),
+//             folded like AWQ's scales. The LM head stays int8 weight-only.
 // A matrix whose relative output error on the calibration activations exceeds max_error stays in
 // the engine's dtype; --keep-fp16 patterns force that. Every decision is reported.
 #pragma once
@@ -30,10 +34,12 @@ namespace kiln {
 
 struct QuantizeModelOptions {
   std::string mode;                    // int8 | int4 | int4-rtn
-  int64_t group_size = 128;
+  int64_t group_size = 0;               // 0: int4 128, int8 one scale per output channel
   std::string calib_path;              // "" = the built-in prompts
   int64_t calib_samples = 32;
   int64_t calib_seq_len = 256;
+  std::string calib_method;            // w8a8: "" = dynamic per-token activation scales; minmax | percentile |
+                                       // entropy = one static scale per matrix input from calibration
   std::vector<std::string> keep;       // name substrings kept unquantized
   double max_error = -1;               // < 0: the mode's default; 0: never keep a matrix for its error
   const Tokenizer* tokenizer = nullptr;  // calibration prompts are tokenized with it (needed for int4)

@@ -212,6 +212,10 @@ nlohmann::json Graph::to_json() const {
                                      {"group_size", info.quant->group_size},
                                      {"scale_dtype", dtype_name(info.quant->scale_dtype)},
                                      {"has_min", info.quant->has_min}};
+      if (info.quant->act_bits != 0) {
+        j["weights"][name]["quant"]["act_bits"] = info.quant->act_bits;
+        j["weights"][name]["quant"]["act_scale"] = info.quant->act_scale;
+      }
     }
   }
   j["logits_value"] = logits_value;
@@ -247,7 +251,7 @@ Result<Graph> Graph::from_json(const nlohmann::json& j) {
         const auto scale_dtype = dtype_from_name(q.at("scale_dtype").get<std::string>());
         if (!scale_dtype) return make_error("graph: weight '{}' has an unknown scale dtype", name);
         info.quant = QuantInfo{q.at("bits").get<int>(), q.at("group_size").get<int64_t>(), *scale_dtype,
-                               q.at("has_min").get<bool>()};
+                               q.at("has_min").get<bool>(), q.value("act_bits", 0), q.value("act_scale", 0.0f)};
       }
       g.weights[name] = std::move(info);
     }

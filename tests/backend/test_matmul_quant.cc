@@ -110,6 +110,41 @@ TEST_P(MatmulQuantTest, ThreadCountDoesNotChangeResult) {
   EXPECT_EQ(y1, y4);
 }
 
+// W8A8: the activation codes are quantize_activation_row's exactly (both paths round the same way),
+// so the reference is the exact integer dot product times the two scales.
+TEST_P(MatmulQuantTest, W8A8MatchesIntegerReference) {
+  std::mt19937 rng(17);
+  ThreadPool pool(3);
+  for (const auto& [M, K, N] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {1, 32, 3}, {1, 172, 13}, {3, 100, 9}, {4, 256, 17}, {5, 576, 31}, {9, 4128, 7}, {64, 96, 40}}) {
+    for (float act_scale : {0.0f, 0.01f}) {
+      SCOPED_TRACE(::testing::Message() << "M=" << M << " K=" << K << " N=" << N << " act_scale=" << act_scale);
+      const std::vector<float> w = make_weights(rng, N, K);
+      QuantizedMatrix q = quantize_rtn(w.data(), N, K, QuantInfo{8, K, DType::F32, false});
+      q.info.act_bits = 8;
+      q.info.act_scale = act_scale;
+      std::vector<float> x = testing::random_floats(rng, M * K);
+      if (M > 1) std::fill(x.begin() + K, x.begin() + 2 * K, 0.0f);  // an all-zero row
+      x[0] = 9.0f;                                                  // an outlier (clamps under the static scale)
+      const std::vector<float> bias = testing::random_floats(rng, N);
+      std::vector<float> y(M * N, -1.0f);
+      matmul_quant(x.data(), M, K, q.view(), bias.data(), y.data(), N, pool);
+      std::vector<int8_t> xq(K);
+      for (int64_t m = 0; m < M; ++m) {
+        const double xs = quantize_activation_row(x.data() + m * K, K, act_scale, xq.data());
+        for (int64_t n = 0; n < N; ++n) {
+          int64_t dot = 0;
+          for (int64_t k = 0; k < K; ++k) dot += static_cast<int64_t>(xq[k]) * quant_code(q.view(), n, k);
+          const double exact = static_cast<double>(dot) * xs * quant_scale(q.view(), n, 0) + bias[n];
+          const double tol = 8 * kUnit * (std::fabs(static_cast<double>(dot) * xs * quant_scale(q.view(), n, 0)) +
+                                          std::fabs(bias[n])) + 1e-30;
+          ASSERT_NEAR(y[m * N + n], exact, tol) << "m=" << m << " n=" << n;
+        }
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Paths, MatmulQuantTest, ::testing::ValuesIn(testing::available_paths()),
                          testing::path_name);
 

@@ -142,11 +142,11 @@ TEST(QuantizeModel, StoriesEnginesAgreeWithFp32) {
   // Bars well below what these engines reach (recorded in docs/QUANTIZATION.md), above what a
   // broken kernel or layout would give (top-1 of random logits is ~0.2%).
   const std::map<std::string, std::pair<double, double>> bars = {
-      {"int8", {0.95, 0.01}}, {"int4-rtn", {0.70, 0.25}}, {"int4", {0.70, 0.25}}};
+      {"int8", {0.95, 0.01}}, {"int4-rtn", {0.70, 0.25}}, {"int4", {0.70, 0.25}}, {"w8a8", {0.85, 0.05}}};
   std::map<std::string, Agreement> got;
   for (const auto& [mode, bar] : bars) {
     SCOPED_TRACE(mode);
-    auto report = build(dir, kStories, mode + ".kiln", mode, 0.0, 32);
+    auto report = build(dir, kStories, mode + ".kiln", mode, 0.0, mode == "w8a8" ? 0 : 32);
     ASSERT_TRUE(report.ok()) << report.error().message;
     auto model = load(dir.file(mode + ".kiln"));
     ASSERT_TRUE(model);
@@ -205,6 +205,44 @@ TEST(QuantizeModel, AwqFoldingKeepsTheFloatFunction) {
     const Agreement a = compare(all_logits(*ref, ids), all_logits(*test, ids), ref->backend().vocab_size());
     EXPECT_LT(a.max_rel, 2e-5);
     EXPECT_EQ(a.top1, 1.0);
+  }
+}
+
+// w8a8 with a calibration method records one static activation scale per matrix input, and each
+// method chooses a different clipping: minmax >= percentile, entropy clips hardest or equal.
+TEST(QuantizeModel, W8A8StaticScalesByCalibrationMethod) {
+  TempDir dir;
+  std::map<std::string, std::map<std::string, double>> scales;  // method -> weight -> act_scale
+  for (const std::string method : {"minmax", "percentile", "entropy"}) {
+    BuildOptions o;
+    o.model_path = shared_path(kStories.path);
+    o.tokenizer_path = shared_path(kStories.tokenizer);
+    o.output_path = dir.file(method + ".kiln");
+    o.dtype = "fp32";
+    o.max_seq_len = 128;
+    o.quant = "w8a8";
+    o.calib_method = method;
+    o.calib_samples = 8;
+    o.calib_seq_len = 64;
+    auto report = build_engine(o);
+    ASSERT_TRUE(report.ok()) << report.error().message;
+    auto engine = load_engine(o.output_path, LoadOptions{});
+    ASSERT_TRUE(engine.ok());
+    auto graph = Graph::from_json(engine->metadata["graph"]);
+    ASSERT_TRUE(graph.ok());
+    for (const auto& [name, info] : graph->weights) {
+      if (info.quant && info.quant->act_bits == 8) scales[method][name] = info.quant->act_scale;
+    }
+    ASSERT_FALSE(scales[method].empty());
+    auto model = load(o.output_path);
+    ASSERT_TRUE(model);
+    const std::vector<float> logits = all_logits(*model, test_ids(model->backend().vocab_size(), 16));
+    for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  }
+  for (const auto& [name, minmax] : scales["minmax"]) {
+    EXPECT_GT(minmax, 0.0) << name;
+    EXPECT_GE(minmax * 1.0001, scales["percentile"][name]) << name;
+    EXPECT_GE(minmax * 1.0001, scales["entropy"][name]) << name;
   }
 }
 

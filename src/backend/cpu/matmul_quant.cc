@@ -22,6 +22,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/simd.h"
+#include <cmath>
 
 namespace kiln::cpu {
 namespace {
@@ -233,6 +234,139 @@ void rows_panel_quant(const QuantArgs& a, const float* x_unpadded, int64_t n0, i
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// W8A8: activation rows rounded to int8 (quantize_activation_row's semantics), integer dot products
+// with the int8 codes, one float scale product per output.
+
+struct W8A8Args {
+  const int8_t* xq;       // [M, Kp], zero padded
+  const float* xscale;    // [M]
+  int64_t M, Kp;
+  QuantMatrixView w;
+  int64_t row_bytes;
+  const float* bias;
+  float* y;
+  int64_t ldy;
+};
+
+// Rounds 8 floats to int32 codes as quantize_activation_row does (x * inv, half to even, clamp).
+KILN_AVX2 inline __m256i round_codes8(const float* x, __m256 inv) {
+  __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v = _mm256_max_ps(_mm256_min_ps(v, _mm256_set1_ps(127.0f)), _mm256_set1_ps(-127.0f));
+  return _mm256_cvtps_epi32(v);
+}
+
+KILN_AVX2 void quantize_rows_avx2(const float* x, int64_t M, int64_t K, int64_t Kp, float act_scale, int8_t* q,
+                                  float* scales) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    int8_t* out = q + m * Kp;
+    float scale = act_scale;
+    if (scale <= 0.0f) {
+      __m256 amax = _mm256_setzero_ps();
+      const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8) amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(row + k), abs_mask));
+      float a = simd::hmax(amax);
+      for (; k < K; ++k) a = std::max(a, std::fabs(row[k]));
+      scale = a / 127.0f;
+    }
+    scales[m] = scale;
+    const float inv_s = scale > 0.0f ? 1.0f / scale : 0.0f;
+    const __m256 inv = _mm256_set1_ps(inv_s);
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m256i a = round_codes8(row + k, inv), b = round_codes8(row + k + 8, inv);
+      const __m256i c = round_codes8(row + k + 16, inv), d = round_codes8(row + k + 24, inv);
+      // packs work within 128-bit lanes: the permute restores element order.
+      const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k),
+                          _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+    for (; k < K; ++k) out[k] = static_cast<int8_t>(std::clamp(std::nearbyint(row[k] * inv_s), -127.0f, 127.0f));
+    std::fill(out + K, out + Kp, int8_t{0});
+  }
+}
+
+// 32 int8 products summed into 8 int32 lanes. maddubs multiplies unsigned by signed bytes: |x| and
+// sign(x) * w give the same products (llama.cpp's trick); pairs fit int16 (2 * 127 * 127 < 2^15).
+KILN_AVX2 inline __m256i dot32_i8(__m256i x, __m256i w, __m256i acc) {
+  const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(products, _mm256_set1_epi16(1)));
+}
+
+KILN_AVX2 inline int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+template <int MR>
+KILN_AVX2 void w8a8_tile(const W8A8Args& a, int64_t n, int64_t m) {
+  const uint8_t* w = a.w.codes + n * a.row_bytes;
+  __m256i acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < a.Kp; k += 32) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+    for (int i = 0; i < MR; ++i) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m + i) * a.Kp + k));
+      acc[i] = dot32_i8(xv, wv, acc[i]);
+    }
+  }
+  const float wscale = load_meta(a.w.scales, a.w.info.scale_dtype, n);
+  for (int i = 0; i < MR; ++i) {
+    float v = static_cast<float>(hsum_i32(acc[i])) * (a.xscale[m + i] * wscale);
+    if (a.bias) v += a.bias[n];
+    a.y[(m + i) * a.ldy + n] = v;
+  }
+}
+
+KILN_AVX2 void rows_w8a8_avx2(const W8A8Args& a, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t m = 0;
+    for (; m + 4 <= a.M; m += 4) w8a8_tile<4>(a, n, m);
+    for (; m < a.M; ++m) w8a8_tile<1>(a, n, m);
+  }
+}
+
+void rows_w8a8_scalar(const W8A8Args& a, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* w = reinterpret_cast<const int8_t*>(a.w.codes + n * a.row_bytes);
+    const float wscale = load_meta(a.w.scales, a.w.info.scale_dtype, n);
+    for (int64_t m = 0; m < a.M; ++m) {
+      const int8_t* x = a.xq + m * a.Kp;
+      int32_t sum = 0;
+      for (int64_t k = 0; k < a.Kp; ++k) sum += static_cast<int32_t>(x[k]) * w[k];
+      float v = static_cast<float>(sum) * (a.xscale[m] * wscale);
+      if (a.bias) v += a.bias[n];
+      a.y[m * a.ldy + n] = v;
+    }
+  }
+}
+
+void matmul_w8a8(const float* x, int64_t M, int64_t K, const QuantMatrixView& w, const float* bias, float* y,
+                 int64_t ldy, ThreadPool& pool) {
+  const int64_t Kp = quant_padded_k(K);
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<float> xscale;
+  if (static_cast<int64_t>(xq.size()) < M * Kp) xq.resize(M * Kp);
+  if (static_cast<int64_t>(xscale.size()) < M) xscale.resize(M);
+  const bool avx2 = using_avx2();
+  if (avx2) {
+    quantize_rows_avx2(x, M, K, Kp, w.info.act_scale, xq.data(), xscale.data());
+  } else {
+    for (int64_t m = 0; m < M; ++m) {
+      xscale[m] = quantize_activation_row(x + m * K, K, w.info.act_scale, xq.data() + m * Kp);
+      std::fill(xq.data() + m * Kp + K, xq.data() + (m + 1) * Kp, int8_t{0});
+    }
+  }
+  const W8A8Args a{xq.data(), xscale.data(), M, Kp, w, quant_row_bytes(w.info, K), bias, y, ldy};
+  void (*fn)(const W8A8Args&, int64_t, int64_t) = avx2 ? &rows_w8a8_avx2 : &rows_w8a8_scalar;
+  const int64_t min_rows = std::max<int64_t>(4, 65536 / std::max<int64_t>(Kp * std::max<int64_t>(M, 1) / 4, 1));
+  pool.parallel_for(w.rows, min_rows, [&](int64_t n0, int64_t n1) { fn(a, n0, n1); });
+}
+
 }  // namespace
 
 void matmul_quant(const float* x, int64_t M, int64_t K, const QuantMatrixView& w, const float* bias, float* y,
@@ -240,6 +374,7 @@ void matmul_quant(const float* x, int64_t M, int64_t K, const QuantMatrixView& w
   const int64_t N = w.rows;
   assert(M >= 0 && K == w.cols && ldy >= N);
   if (M == 0 || N == 0) return;
+  if (w.info.act_bits == 8) return matmul_w8a8(x, M, K, w, bias, y, ldy, pool);
   const int64_t groups = quant_groups(w.info, K);
   const int64_t row_bytes = quant_row_bytes(w.info, K);
   if (M > kStreamMaxRows) {
