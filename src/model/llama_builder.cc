@@ -10,12 +10,14 @@ namespace {
 
 class Builder {
  public:
-  Builder(const ModelConfig& config, const std::map<std::string, TensorView>& tensors)
-      : config_(config), tensors_(tensors) {}
+  Builder(const ModelConfig& config, const std::map<std::string, TensorView>& tensors,
+          std::map<std::string, QuantizedMatrix> quantized)
+      : config_(config), tensors_(tensors), quantized_(std::move(quantized)) {}
 
   // Declares weight `name` of the expected shape, taking it from the source tensors.
-  Status use_weight(const std::string& name, const std::vector<int64_t>& shape) {
-    if (out_.weights.find(name)) return Status::Ok();  // tied weights are declared once
+  Status use_weight(const std::string& name, const std::vector<int64_t>& shape, bool linear = false) {
+    if (out_.graph.weights.count(name)) return Status::Ok();  // tied weights are declared once
+    if (auto q = quantized_.find(name); q != quantized_.end()) return use_quantized_weight(q->second, name, shape, linear);
     auto it = tensors_.find(name);
     if (it == tensors_.end()) return make_error("model is missing tensor '{}'", name);
     const TensorView& t = it->second;
@@ -31,6 +33,23 @@ class Builder {
     return Status::Ok();
   }
 
+  // A pre-quantized Linear weight: declared with its QuantInfo, its codes, scales and mins stored.
+  Status use_quantized_weight(QuantizedMatrix& q, const std::string& name, const std::vector<int64_t>& shape, bool linear) {
+    if (!linear) return make_error("tensor '{}': a quantized checkpoint tensor where kiln needs a float one", name);
+    if (std::vector<int64_t>{q.rows, q.cols} != shape) {
+      return make_error("tensor '{}': expected shape {}, the quantized checkpoint holds {}x{}", name, fmt::join(shape, "x"),
+                        q.rows, q.cols);
+    }
+    KILN_TRY(validate_quant(q.info, q.rows, q.cols, name));
+    WeightInfo info{quant_code_dtype(q.info), shape, q.info};
+    for (const StoredTensor& part : stored_tensors(name, info)) {
+      std::vector<uint8_t>& bytes = part.name == name ? q.codes : part.name == quant_scales_name(name) ? q.scales : q.mins;
+      out_.weights.put_owned(part.name, part.dtype, part.shape, std::move(bytes));
+    }
+    out_.graph.weights[name] = std::move(info);
+    return Status::Ok();
+  }
+
   int32_t add_node(OpKind op, std::string name, std::vector<ValueRef> inputs, int32_t output,
                    std::vector<std::string> weights = {}, std::map<std::string, double> attrs = {}) {
     out_.graph.nodes.push_back(
@@ -41,7 +60,7 @@ class Builder {
   Result<int32_t> linear(const std::string& name, ValueRef in, const std::string& weight_prefix, int64_t out_features,
                          bool bias, RowSpace rows = RowSpace::Tokens) {
     std::vector<std::string> weights{weight_prefix + ".weight"};
-    KILN_TRY(use_weight(weights[0], {out_features, in.width}));
+    KILN_TRY(use_weight(weights[0], {out_features, in.width}, /*linear=*/true));
     if (bias) {
       weights.push_back(weight_prefix + ".bias");
       KILN_TRY(use_weight(weights[1], {out_features}));
@@ -124,13 +143,15 @@ class Builder {
  private:
   const ModelConfig& config_;
   const std::map<std::string, TensorView>& tensors_;
+  std::map<std::string, QuantizedMatrix> quantized_;
   BuiltModel out_;
 };
 
 }  // namespace
 
-Result<BuiltModel> build_llama_graph(const ModelConfig& config, const std::map<std::string, TensorView>& tensors) {
-  return Builder(config, tensors).build();
+Result<BuiltModel> build_llama_graph(const ModelConfig& config, const std::map<std::string, TensorView>& tensors,
+                                     std::map<std::string, QuantizedMatrix> quantized) {
+  return Builder(config, tensors, std::move(quantized)).build();
 }
 
 }  // namespace kiln

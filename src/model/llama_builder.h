@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/quant.h"
 #include "common/tensor_view.h"
 #include "format/model_config.h"
 #include "graph/graph.h"
@@ -24,6 +25,9 @@ struct BuiltModel {
 
 // `tensors` uses HF names (model.layers.{i}.self_attn.q_proj.weight, ...). Every tensor the
 // config implies must be present with the right shape; errors name the tensor, expected vs found.
-Result<BuiltModel> build_llama_graph(const ModelConfig& config, const std::map<std::string, TensorView>& tensors);
+// `quantized` holds Linear weights of a pre-quantized checkpoint (format/hf_quant.h) by the same
+// names: the graph declares those quantized (common/quant.h) and they need no entry in `tensors`.
+Result<BuiltModel> build_llama_graph(const ModelConfig& config, const std::map<std::string, TensorView>& tensors,
+                                     std::map<std::string, QuantizedMatrix> quantized = {});
 
 }  // namespace kiln
