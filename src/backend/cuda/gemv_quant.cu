@@ -3,9 +3,10 @@
 // and `dequantize`, which expands a quantized matrix to the activation dtype for cuBLASLt (prefill).
 //
 // Bytes to move: the codes (K / 2 or K per row), the scales and mins (2 or 4 bytes per group each),
-// x and y. A Llama-2-7B int4 g128 layer streams 3.6 bytes per 8 weights... the point is the same as
-// gemv.cu: a bandwidth kernel, judged by the fraction of a device-to-device copy it reaches (measured
-// in bench/cuda_gemv_quant_bench.cu; numbers in backend/cuda/README.md).
+// x and y: int4 g128 with f16 scales and mins is 4.25 bits per weight, int8 per channel with f32
+// scales 8 bits plus 4 bytes per row, against the fp16 GEMV's 16. As gemv.cu, a bandwidth kernel,
+// judged by the fraction of a device-to-device copy it reaches (bench/cuda_gemv_quant_bench.cu;
+// measured numbers in backend/cuda/README.md).
 //
 // Why tensor cores at M = 1. Each 16 bytes of int4 codes are 32 weights: 32 FMAs per row of x plus the
 // unpacking, 4x the arithmetic per byte of the fp16 GEMV, which is already issue-bound at M = 8 there.

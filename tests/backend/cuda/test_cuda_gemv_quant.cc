@@ -239,7 +239,8 @@ TEST(CudaGemvQuant, DequantizeMatchesDequantizeRow) {
         int64_t bad = 0;
         for (int64_t i = 0; i < N * K; ++i) {
           const double got = from_act(host[i], act), want = round_act(wd[i], act);
-          if (!(std::fabs(got - want) <= act_ulp(act) * std::fabs(want) + 1e-30)) ++bad;
+          // One unit of the act dtype at want's magnitude (fp16 subnormals: their fixed spacing 2^-24).
+          if (!(std::fabs(got - want) <= act_ulp(act) * std::fabs(want) + 0x1p-24)) ++bad;
         }
         EXPECT_EQ(bad, 0);
         for (int64_t i = N * K; i < N * K + 8; ++i) EXPECT_EQ(host[i], 0xFFFF) << "written past [N, K]";
