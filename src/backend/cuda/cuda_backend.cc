@@ -300,6 +300,10 @@ Status CudaBackend::init(const LoadedEngine& engine, const BackendOptions& optio
                           n.weights[w], info.shape[0], info.shape[1], N, K);
       }
       const QuantInfo& q = *info.quant;
+      if (q.act_bits != 0) {
+        return make_error("cuda backend: weight '{}' is W8A8 (int8 activations): the cuda backend runs weight-only "
+                          "int8 / int4 (build with --quant int8 or int4)", n.weights[w]);
+      }
       b.quant = cuda::QuantWeightView{q.bits, q.group_size, q.scale_dtype, N, K,
                                       static_cast<const uint8_t*>(weight_ptr(n.weights[w])),
                                       weight_ptr(quant_scales_name(n.weights[w])),
