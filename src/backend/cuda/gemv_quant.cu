@@ -21,7 +21,8 @@
 // block; int8: 16 elements; units 4c..4c+3 of a chunk c go to t = 0..3), dequantizes it in whatever
 // order the bit tricks give, and loads the x elements of that same order for B. Per unit: int4 gives
 // 16 element pairs = 8 mma, int8 8 pairs = 4 mma. A unit lies in one group (groups are multiples of 32
-// for int4 and 16 for int8), so each lane needs one scale and min per row per unit.
+// for int4 and 16 for int8, or the whole row), so each lane needs one scale and min per row per unit.
+// tests/backend/cuda/gemv_quant_model.py replays this indexing in numpy against float64.
 //
 // Dequantization, in registers:
 //   int4: for each 32-bit word w of the unit (bytes 4j..4j+3: elements 4j..4j+3 in the low nibbles,
