@@ -308,6 +308,9 @@ int cli_main(int argc, char** argv) {
                         "w8a8: static activation scales by minmax, percentile (99.99%) or entropy (KL, as TensorRT); "
                         "default: dynamic per-token scales")
       ->check(CLI::IsMember({"minmax", "percentile", "entropy"}));
+  build_cmd->add_option("--calib-cache", build.options.calib_cache,
+                        "calibration results file: reused (skipping calibration) when it exists and was made for this "
+                        "model and these settings, written after calibration otherwise");
   build_cmd->add_option("--calib-samples", build.options.calib_samples, "calibration prompts to use (default 32)")
       ->check(CLI::PositiveNumber);
   build_cmd->add_option("--max-quant-error", build.options.max_quant_error,

@@ -251,6 +251,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     q.calib_path = options.calib_path;
     q.calib_samples = options.calib_samples;
     q.calib_method = options.calib_method;
+    q.calib_cache = options.calib_cache;
     q.calib_seq_len = std::min(options.calib_seq_len, max_seq_len);
     q.keep = options.keep_fp16;
     q.max_error = options.max_quant_error;

@@ -32,6 +32,7 @@ struct BuildOptions {
   std::string calib_path;                // calibration prompts: text (one per paragraph) or JSONL; "" = built-in
   int64_t calib_samples = 32;            // prompts used for calibration
   int64_t calib_seq_len = 256;           // tokens per calibration prompt (longer ones are cut)
+  std::string calib_cache;               // calibration results: reused when the file exists and matches, else written
   std::string calib_method;              // w8a8 static activation scales: minmax | percentile | entropy ("" = dynamic)
   std::vector<std::string> keep_fp16;    // weights whose names contain one of these stay unquantized
   std::string kv_cache = "auto";         // KV cache element type: auto (cpu f32, cuda the activation dtype) | int8

@@ -12,13 +12,16 @@
 #include <sstream>
 #include <thread>
 #include <cstring>
+#include <filesystem>
 
 #include <fmt/format.h>
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/thread_pool.h"
+#include "compiler/calibration_cache.h"
 #include "compiler/calibration_prompts.h"
+#include <xxhash.h>
 #include "engine/engine_file.h"
 #include "passes/fuse_linears.h"
 #include "passes/passes.h"
@@ -266,13 +269,60 @@ struct Candidate {
 };
 
 // Quantizes W·diag(s) and measures the output error it makes on the sample rows.
+// Round to nearest with each group's range clipped for the least activation-weighted error
+// Σ_k E[x_k^2] (w_k - ŵ_k)^2 (the diagonal of the output error, as llama.cpp's importance matrix):
+// the range [lo, hi] shrinks toward zero by c in 1, 0.975, ... 0.7 and the best c is kept per group.
+// Outliers then cost less precision to everything else in their group.
+QuantizedMatrix quantize_clipped(const float* w, int64_t N, int64_t K, const QuantInfo& info,
+                                 const std::vector<double>& importance) {
+  QuantizedMatrix m = make_quantized_matrix(N, K, info);
+  const int64_t groups = quant_groups(info, K);
+  const QuantMatrixView view = m.view();
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = w + n * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t k0 = g * info.group_size, k1 = std::min(K, k0 + info.group_size);
+      float lo = row[k0], hi = row[k0];
+      for (int64_t k = k0; k < k1; ++k) lo = std::min(lo, row[k]), hi = std::max(hi, row[k]);
+      double best = -1;
+      float best_c = 1.0f;
+      for (int step = 0; step <= 12; ++step) {
+        const float c = 1.0f - 0.025f * static_cast<float>(step);
+        quantize_group(m, n, g, row, lo * c, hi * c);
+        const float scale = quant_scale(view, n, g), min = quant_min(view, n, g);
+        double err = 0;
+        for (int64_t k = k0; k < k1; ++k) {
+          const double d = row[k] - (scale * static_cast<float>(quant_code(view, n, k)) + min);
+          err += importance[k] * d * d;
+        }
+        if (best < 0 || err < best) best = err, best_c = c;
+      }
+      quantize_group(m, n, g, row, lo * best_c, hi * best_c);
+    }
+  }
+  return m;
+}
+
 Candidate quantize_scaled(const std::vector<float>& w, int64_t N, int64_t K, const std::vector<float>& s,
                           const QuantInfo& info, const InputStats* stats, const std::vector<float>& y_ref,
-                          cpu::ThreadPool& pool) {
+                          cpu::ThreadPool& pool, bool clip = false,
+                          const std::vector<double>* importance_in = nullptr) {
   std::vector<float> scaled(w.size());
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) scaled[n * K + k] = w[n * K + k] * s[k];
-  Candidate c{quantize_rtn(scaled.data(), N, K, info), 0.0};
+  std::vector<double> importance;
+  if (clip && importance_in) importance = *importance_in;
+  if (clip && !importance_in && stats && stats->sample_rows > 0) {
+    importance.assign(K, 0.0);
+    for (int64_t m = 0; m < stats->sample_rows; ++m)
+      for (int64_t k = 0; k < K; ++k) {
+        const double x = stats->samples[m * K + k] / s[k];
+        importance[k] += x * x;
+      }
+  }
+  Candidate c{importance.empty() ? quantize_rtn(scaled.data(), N, K, info)
+                                 : quantize_clipped(scaled.data(), N, K, info, importance),
+              0.0};
   if (!stats || stats->sample_rows == 0) return c;
   // X (Q(W s) / s)^T = (X / s) Q(W s)^T: run the quantized kernel on the scaled samples.
   const int64_t M = stats->sample_rows;
@@ -351,6 +401,22 @@ double clip_threshold(const std::string& method, const std::vector<float>& abs_v
   return std::min(abs_max, (best_i + 0.5) * top / kBins);
 }
 
+// XXH3-64 of every weight (name, dtype, bytes) the calibration runs on: a cache from other weights,
+// another --dtype or another fusion is refused.
+std::string weights_hash(const WeightStore& weights) {
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  for (const auto& [name, t] : weights.tensors) {
+    XXH3_64bits_update(state, name.data(), name.size());
+    const uint8_t dtype = static_cast<uint8_t>(t.dtype);
+    XXH3_64bits_update(state, &dtype, 1);
+    XXH3_64bits_update(state, t.data, t.nbytes);
+  }
+  const uint64_t h = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return fmt::format("{:016x}", h);
+}
+
 }  // namespace
 
 Result<std::vector<std::string>> read_calibration_prompts(const std::string& path) {
@@ -415,11 +481,40 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
   QuantizeModelReport report;
   const QuantizableWeights targets = quantizable_weights(graph);
 
+  // A calibration cache made for exactly this build replaces calibration and the searches.
+  CalibrationCache cache;
+  bool from_cache = false;
+  if (!options.calib_cache.empty()) {
+    cache.key = CalibrationKey{KILN_VERSION, weights_hash(weights), options.mode, group_size,
+                               options.calib_method.empty() ? "-" : options.calib_method,
+                               options.calib_path.empty() ? "built-in" : options.calib_path, options.calib_samples,
+                               options.calib_seq_len};
+    std::error_code ec;
+    if (std::filesystem::exists(options.calib_cache, ec)) {
+      KILN_ASSIGN(CalibrationCache read, read_calibration_cache(options.calib_cache, cache.key));
+      for (const auto& [name, m] : read.matrices) {
+        if (!graph.weights.count(name)) {
+          return make_error("--calib-cache {}: matrix '{}' is not in this model", options.calib_cache, name);
+        }
+        const int64_t K = graph.weights.at(name).shape[1];
+        if ((!m.s.empty() && static_cast<int64_t>(m.s.size()) != K) ||
+            (!m.importance.empty() && static_cast<int64_t>(m.importance.size()) != K)) {
+          return make_error("--calib-cache {}: matrix '{}' has {} inputs, the cache lists {} scales", options.calib_cache,
+                            name, K, std::max(m.s.size(), m.importance.size()));
+        }
+      }
+      cache.matrices = std::move(read.matrices);
+      from_cache = true;
+      report.notes.push_back(fmt::format("calibration cache {} reused: no calibration, no search", options.calib_cache));
+    }
+  }
+
   // Calibration: needed for AWQ's search and for the error each matrix makes (mixed precision).
-  const bool need_calibration = awq || smooth || options.mode == "int8" || max_error > 0;
+  // int8 calibrates (for its activation-aware scales and the error check) unless --max-quant-error 0.
+  const bool need_calibration = awq || smooth || max_error > 0;
   std::map<std::string, InputStats> stats;
   int64_t calib_prompts = 0, calib_tokens = 0;
-  if (need_calibration) {
+  if (need_calibration && !from_cache) {
     if (!options.tokenizer) {
       if (awq || smooth) {
         return make_error("--quant {} calibrates on text prompts and the model has no tokenizer: give --tokenizer{}",
@@ -486,7 +581,8 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
     // int8 searches AWQ's activation-aware scales too (the layout stays per channel, symmetric).
     const bool searched_here = (awq && plan.info.bits == 4) || (smooth && plan.info.act_bits == 8) ||
                                (options.mode == "int8" && plan.name != targets.lm_head);
-    if (!searched_here || plan.keep || !stats.count(plan.name)) continue;
+    if (!searched_here || plan.keep) continue;
+    if (from_cache ? !cache.matrices.count(plan.name) : !stats.count(plan.name)) continue;
     const Node* consumer = nullptr;
     for (const Node& n : graph.nodes) {
       if ((n.op == OpKind::Linear || n.op == OpKind::SwiGluLinear) && n.weights[0] == plan.name) consumer = &n;
@@ -496,8 +592,14 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
       report.notes.push_back(fmt::format("{}: no AWQ scaling ({}): round to nearest", short_name(plan.name), fold.why));
       continue;
     }
+    const int64_t N = graph.weights.at(plan.name).shape[0], K = graph.weights.at(plan.name).shape[1];
+    KILN_ASSIGN(std::vector<float>* w, fw.get(plan.name));
+    if (from_cache) {
+      const CachedMatrix& m = cache.matrices.at(plan.name);
+      plan.ratio = m.s.empty() ? 0.0 : m.ratio;
+      plan.s = m.s.empty() ? std::vector<float>(K, 1.0f) : m.s;
+    } else {
     const InputStats& st = stats.at(plan.name);
-    const int64_t N = graph.weights.at(plan.name).shape[0], K = st.width;
     // The activation statistic the scales grow with: AWQ mean |x|, SmoothQuant max |x|.
     std::vector<double> mean(K);
     for (int64_t k = 0; k < K; ++k) {
@@ -515,7 +617,6 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
         }
       }
     }
-    KILN_ASSIGN(std::vector<float>* w, fw.get(plan.name));
     const std::vector<float>& y_ref = reference_output(plan, *w, N, K);
     std::vector<double> w_max(K, 0.0);  // SmoothQuant: max |W| of each input channel
     for (int64_t n = 0; n < N; ++n)
@@ -546,6 +647,7 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
       if (best < 0 || c.rel_error < best) best = c.rel_error, plan.s = s, plan.ratio = a;
     }
     y_refs.erase(plan.name);
+    }  // the search
     // Fold 1/s into the producer: the float model's function is unchanged.
     if (plan.ratio > 0) {
       KILN_ASSIGN(std::vector<float>* target, fw.get(fold.weight));
@@ -575,9 +677,11 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
         for (int64_t k = 0; k < K; ++k) (*w)[n * K + k] *= plan.s[k];
       fw.mark_changed(plan.name);
       // The samples now reach this matrix divided by s.
-      InputStats& mst = stats.at(plan.name);
-      for (int64_t m = 0; m < mst.sample_rows; ++m)
-        for (int64_t k = 0; k < K; ++k) mst.samples[m * K + k] /= plan.s[k];
+      if (stats.count(plan.name)) {
+        InputStats& mst = stats.at(plan.name);
+        for (int64_t m = 0; m < mst.sample_rows; ++m)
+          for (int64_t k = 0; k < K; ++k) mst.samples[m * K + k] /= plan.s[k];
+      }
     }
     smoothing[plan.name] = plan.ratio > 0 ? plan.s : std::vector<float>(K, 1.0f);
     plan.s.assign(K, 1.0f);  // from here on the weights and samples carry the scaling
@@ -597,7 +701,12 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
       return make_error("unknown --calib-method '{}': expected minmax, percentile or entropy", options.calib_method);
     }
     for (Plan& plan : plans) {
-      if (plan.info.act_bits != 8 || plan.keep || !stats.count(plan.name)) continue;
+      if (plan.info.act_bits != 8 || plan.keep) continue;
+      if (from_cache) {
+        if (cache.matrices.count(plan.name)) plan.info.act_scale = cache.matrices.at(plan.name).act_scale;
+        continue;
+      }
+      if (!stats.count(plan.name)) continue;
       const InputStats& st = stats.at(plan.name);
       double abs_max = 0;  // over every calibration row: the statistic was taken before smoothing
       for (int64_t k = 0; k < st.width; ++k) abs_max = std::max(abs_max, static_cast<double>(st.abs_max[k]) / smoothing[plan.name][k]);
@@ -628,16 +737,34 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
     const InputStats* st = stats.count(plan.name) ? &stats.at(plan.name) : nullptr;
     const std::vector<float> no_ref;
     const std::vector<float>& y_ref = st ? reference_output(plan, *w, N, K) : no_ref;
-    const Candidate c = quantize_scaled(*w, N, K, plan.s, plan.info, st, y_ref, pool);
+    // int4 AWQ: the group ranges are also clipped (AWQ's second search), on the final, scaled weights.
+    const bool clip = awq && plan.info.bits == 4;
+    const CachedMatrix* cached = from_cache && cache.matrices.count(plan.name) ? &cache.matrices.at(plan.name) : nullptr;
+    Candidate c = quantize_scaled(*w, N, K, plan.s, plan.info, st, y_ref, pool, clip,
+                                  cached && !cached->importance.empty() ? &cached->importance : nullptr);
+    if (cached && cached->error >= 0) c.rel_error = cached->error;
+    const bool measured = st != nullptr || (cached && cached->error >= 0);
+    if (!options.calib_cache.empty() && !from_cache) {
+      CachedMatrix& m = cache.matrices[plan.name];
+      m.ratio = plan.ratio;
+      m.error = st ? c.rel_error : -1.0;
+      m.act_scale = plan.info.act_scale;
+      m.s = smoothing.count(plan.name) && plan.ratio > 0 ? smoothing.at(plan.name) : std::vector<float>{};
+      if (clip && st) {
+        m.importance.assign(K, 0.0);
+        for (int64_t r = 0; r < st->sample_rows; ++r)
+          for (int64_t k = 0; k < K; ++k) m.importance[k] += static_cast<double>(st->samples[r * K + k]) * st->samples[r * K + k];
+      }
+    }
     y_refs.erase(plan.name);
     entry["layout"] = quant_describe(plan.info, K);
-    if (st) entry["rel_error"] = c.rel_error;
+    if (measured) entry["rel_error"] = c.rel_error;
     if ((awq && plan.info.bits == 4) || (options.mode == "int8" && plan.name != targets.lm_head)) {
       entry["awq_ratio"] = plan.ratio, ratio_counts[plan.ratio]++;
     }
     if (smooth && plan.info.act_bits == 8) entry["smooth_alpha"] = plan.ratio, ratio_counts[plan.ratio]++;
     if (plan.info.act_scale > 0) entry["act_scale"] = plan.info.act_scale;
-    if (st && max_error > 0 && c.rel_error > max_error) {
+    if (measured && max_error > 0 && c.rel_error > max_error) {
       report.notes.push_back(fmt::format("{}: kept in {}: its {} output error on the calibration prompts is {:.3f} > {:.3f}",
                                          short_name(plan.name), dtype_name(info.dtype), quant_describe(plan.info, K),
                                          c.rel_error, max_error));
@@ -651,6 +778,11 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
     ++quantized;
     q_params += N * K;
     q_bytes += static_cast<int64_t>(c.q.codes.size() + c.q.scales.size() + c.q.mins.size());
+  }
+  if (!options.calib_cache.empty() && !from_cache) {
+    KILN_TRY(write_calibration_cache(options.calib_cache, cache));
+    report.notes.push_back(fmt::format("calibration cache {} written ({} matrices)", options.calib_cache,
+                                       cache.matrices.size()));
   }
   KILN_TRY(fw.write_back(graph));
   remove_unused(graph, weights);

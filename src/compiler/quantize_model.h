@@ -40,6 +40,7 @@ struct QuantizeModelOptions {
   int64_t calib_seq_len = 256;
   std::string calib_method;            // w8a8: "" = dynamic per-token activation scales; minmax | percentile |
                                        // entropy = one static scale per matrix input from calibration
+  std::string calib_cache;             // "" = none; else read when it exists (and matches), written otherwise
   std::vector<std::string> keep;       // name substrings kept unquantized
   double max_error = -1;               // < 0: the mode's default; 0: never keep a matrix for its error
   const Tokenizer* tokenizer = nullptr;  // calibration prompts are tokenized with it (needed for int4)

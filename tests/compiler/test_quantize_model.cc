@@ -8,12 +8,16 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <cstring>
 #include <map>
+#include <random>
+#include <sstream>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "compiler/build_engine.h"
+#include "compiler/calibration_cache.h"
 #include "compiler/quantize_model.h"
 #include "runtime/model.h"
 #include "test_util.h"
@@ -244,6 +248,103 @@ TEST(QuantizeModel, W8A8StaticScalesByCalibrationMethod) {
     EXPECT_GE(minmax * 1.0001, scales["percentile"][name]) << name;
     EXPECT_GE(minmax * 1.0001, scales["entropy"][name]) << name;
   }
+}
+
+// Every tensor of two engines, byte for byte.
+void expect_same_tensors(const std::string& a, const std::string& b) {
+  auto ea = load_engine(a, LoadOptions{});
+  auto eb = load_engine(b, LoadOptions{});
+  ASSERT_TRUE(ea.ok() && eb.ok());
+  ASSERT_EQ(ea->tensors.size(), eb->tensors.size());
+  for (const auto& [name, t] : ea->tensors) {
+    const TensorView* u = eb->find(name);
+    ASSERT_NE(u, nullptr) << name;
+    ASSERT_EQ(t.nbytes, u->nbytes) << name;
+    EXPECT_EQ(std::memcmp(t.data, u->data, t.nbytes), 0) << name;
+  }
+}
+
+// --calib-cache: the first build writes it, the second reuses it (no calibration) and writes the same
+// tensors; a cache for other settings is refused naming the field; a damaged one is one error, never a crash.
+TEST(QuantizeModel, CalibrationCacheReuseMismatchAndCorruption) {
+  TempDir dir;
+  for (const std::string mode : {"int4", "w8a8-entropy", "int8"}) {
+    SCOPED_TRACE(mode);
+    BuildOptions o;
+    o.model_path = shared_path(kStories.path);
+    o.tokenizer_path = shared_path(kStories.tokenizer);
+    o.dtype = "fp32";
+    o.max_seq_len = 128;
+    o.quant = mode == "w8a8-entropy" ? "w8a8" : mode;
+    o.calib_method = mode == "w8a8-entropy" ? "entropy" : "";
+    o.group_size = mode == "int4" ? 32 : 0;
+    o.calib_samples = 8;
+    o.calib_seq_len = 64;
+    o.calib_cache = dir.file(mode + ".calib");
+    o.output_path = dir.file(mode + "-a.kiln");
+    auto first = build_engine(o);
+    ASSERT_TRUE(first.ok()) << first.error().message;
+    ASSERT_TRUE(std::filesystem::exists(o.calib_cache));
+    o.output_path = dir.file(mode + "-b.kiln");
+    auto second = build_engine(o);
+    ASSERT_TRUE(second.ok()) << second.error().message;
+    bool reused = false;
+    for (const std::string& note : second->quant_notes) reused |= note.find("reused") != std::string::npos;
+    EXPECT_TRUE(reused);
+    EXPECT_NE(first->quant.find("calibration prompts"), std::string::npos) << "the first build calibrated";
+    EXPECT_EQ(second->quant.find("calibration prompts"), std::string::npos) << "the second did not: " << second->quant;
+    expect_same_tensors(dir.file(mode + "-a.kiln"), dir.file(mode + "-b.kiln"));
+  }
+  // Another group size, another model: refused, naming the field.
+  BuildOptions o;
+  o.model_path = shared_path(kStories.path);
+  o.tokenizer_path = shared_path(kStories.tokenizer);
+  o.dtype = "fp32";
+  o.max_seq_len = 128;
+  o.quant = "int4";
+  o.group_size = 64;
+  o.calib_samples = 8;
+  o.calib_seq_len = 64;
+  o.calib_cache = dir.file("int4.calib");
+  o.output_path = dir.file("c.kiln");
+  auto other_group = build_engine(o);
+  ASSERT_FALSE(other_group.ok());
+  EXPECT_NE(other_group.error().message.find("group_size 32, this build has group_size 64"), std::string::npos)
+      << other_group.error().message;
+  o.group_size = 32;
+  o.dtype = "bf16";
+  auto other_weights = build_engine(o);
+  ASSERT_FALSE(other_weights.ok());
+  EXPECT_NE(other_weights.error().message.find("model_hash"), std::string::npos) << other_weights.error().message;
+
+  // Damaged files: truncated anywhere, bytes changed anywhere: an error or a valid parse, never a crash.
+  std::stringstream buffer;
+  buffer << std::ifstream(dir.file("int4.calib")).rdbuf();
+  const std::string text = buffer.str();
+  ASSERT_GT(text.size(), 100u);
+  std::mt19937 rng(1);
+  int errors = 0;
+  for (int i = 0; i < 400; ++i) {
+    std::string damaged = text;
+    if (i % 2 == 0) {
+      damaged.resize(rng() % text.size());
+    } else {
+      for (int j = 0; j < 3; ++j) damaged[rng() % damaged.size()] = static_cast<char>(rng() % 256);
+    }
+    auto parsed = parse_calibration_cache(damaged, "x.calib");
+    if (!parsed.ok()) {
+      ++errors;
+      EXPECT_EQ(parsed.error().message.find('\n'), std::string::npos);
+      EXPECT_EQ(parsed.error().message.rfind("--calib-cache x.calib", 0), 0u) << parsed.error().message;
+    }
+  }
+  EXPECT_GT(errors, 200);
+  std::ofstream(dir.file("junk.calib")) << "not a cache\n";
+  o.dtype = "fp32";
+  o.calib_cache = dir.file("junk.calib");
+  auto junk = build_engine(o);
+  ASSERT_FALSE(junk.ok());
+  EXPECT_NE(junk.error().message.find("not a kiln calibration cache"), std::string::npos);
 }
 
 TEST(QuantizeModel, RecordsLayoutsInTheEngine) {
