@@ -120,6 +120,11 @@ float quantize_activation_row(const float* x, int64_t K, float act_scale, int8_t
   return scale;
 }
 
+void value_range(const float* row, int64_t k0, int64_t k1, float& lo, float& hi) {
+  lo = row[k0], hi = row[k0];
+  for (int64_t k = k0; k < k1; ++k) lo = std::min(lo, row[k]), hi = std::max(hi, row[k]);
+}
+
 QuantizedMatrix make_quantized_matrix(int64_t N, int64_t K, const QuantInfo& info) {
   QuantizedMatrix m;
   m.info = info;
@@ -166,8 +171,8 @@ QuantizedMatrix quantize_rtn(const float* w, int64_t N, int64_t K, const QuantIn
     const float* row = w + n * K;
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t k0 = g * info.group_size, k1 = std::min(K, k0 + info.group_size);
-      float lo = row[k0], hi = row[k0];
-      for (int64_t k = k0; k < k1; ++k) lo = std::min(lo, row[k]), hi = std::max(hi, row[k]);
+      float lo, hi;
+      value_range(row, k0, k1, lo, hi);
       quantize_group(m, n, g, row, lo, hi);
     }
   }

@@ -119,6 +119,9 @@ struct QuantizedMatrix {
 // A constant group gets scale 0 and its value as min (asymmetric), or scale = |value| / 127.
 QuantizedMatrix quantize_rtn(const float* w, int64_t N, int64_t K, const QuantInfo& info);
 
+// The smallest and largest of row[k0, k1).
+void value_range(const float* row, int64_t k0, int64_t k1, float& lo, float& hi);
+
 // An empty (all-zero) quantized matrix of the right sizes.
 QuantizedMatrix make_quantized_matrix(int64_t N, int64_t K, const QuantInfo& info);
 // Sets (n, g)'s scale and min for the range [lo, hi] (lo <= 0 <= hi not required; symmetric formats

@@ -282,8 +282,8 @@ QuantizedMatrix quantize_clipped(const float* w, int64_t N, int64_t K, const Qua
     const float* row = w + n * K;
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t k0 = g * info.group_size, k1 = std::min(K, k0 + info.group_size);
-      float lo = row[k0], hi = row[k0];
-      for (int64_t k = k0; k < k1; ++k) lo = std::min(lo, row[k]), hi = std::max(hi, row[k]);
+      float lo, hi;
+      value_range(row, k0, k1, lo, hi);
       double best = -1;
       float best_c = 1.0f;
       for (int step = 0; step <= 12; ++step) {
