@@ -109,7 +109,9 @@ Result<CalibrationCache> parse_calibration_cache(const std::string& text, const 
       if (tok == "error") m.error = d;
       if (tok == "act_scale") m.act_scale = static_cast<float>(d);
     }
-    if (m.act_scale < 0 || m.ratio < 0 || m.ratio > 1) return bad("ratio outside [0, 1] or a negative activation scale");
+    if (!(m.act_scale >= 0) || !std::isfinite(m.act_scale) || m.ratio < 0 || m.ratio > 1) {
+      return bad("ratio outside [0, 1], or an activation scale that is negative or beyond float range");
+    }
     for (const char* vec : {"s", "importance"}) {
       std::string count_text;
       int64_t count = 0;
@@ -122,8 +124,9 @@ Result<CalibrationCache> parse_calibration_cache(const std::string& text, const 
         double d;
         if (!(ls >> value) || !parse_double(value, d)) return bad(fmt::format("{}: value {} of {} missing or not finite", vec, i, count));
         if (std::string(vec) == "s") {
-          if (!(d > 0)) return bad("s: scales must be positive");
-          m.s.push_back(static_cast<float>(d));
+          const float f = static_cast<float>(d);
+          if (!(f > 0) || !std::isfinite(f)) return bad("s: scales must be positive floats");
+          m.s.push_back(f);
         } else {
           if (d < 0) return bad("importance: values must not be negative");
           m.importance.push_back(d);
