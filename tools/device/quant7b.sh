@@ -27,7 +27,7 @@ for what in "$@"; do
       for q in none int8 int4-rtn; do
         /usr/bin/time -f "build $q: %e s, peak RSS %M KiB" .dev/gpu/kiln build /tmp/l7b -o /tmp/l7b-$q.kiln --backend cuda \
           --profile batch=1:8:64,seq=1:512:4096 --quant $q --max-quant-error 0 --no-tune 2>&1 | tail -2 | cut -c1-400
-        for b in 1 64; do
+        for b in ${BATCHES:-1 64}; do
           timeout 240 .dev/gpu/kiln bench /tmp/l7b-$q.kiln --batch $b --prompt-len 512 --gen-len 64 --iterations 2 --warmup 1 \
             --json --no-verify > "$out/bench_${q}_b$b.json" 2> "$out/bench_${q}_b$b.err"
           echo "$q batch $b: exit $?"; python3 -c '
