@@ -21,12 +21,16 @@
 namespace kiln::testing {
 
 // Builds stories260K (with its tokenizer) into `dir`; returns the engine path.
-inline std::string build_stories260k(const TempDir& dir, int64_t max_seq_len = 256) {
+// `quant` and `kv_cache` as `kiln build --quant / --kv-cache` take them.
+inline std::string build_stories260k(const TempDir& dir, int64_t max_seq_len = 256, const std::string& quant = "none",
+                                     const std::string& kv_cache = "auto") {
   BuildOptions options;
   options.model_path = shared_path("models/stories260K/stories260K.bin");
   options.tokenizer_path = shared_path("models/stories260K/tok512.bin");
   options.output_path = dir.file("stories260K.kiln");
   options.max_seq_len = max_seq_len;
+  options.quant = quant;
+  options.kv_cache = kv_cache;
   const auto report = build_engine(options);
   EXPECT_TRUE(report.ok()) << (report.ok() ? "" : report.error().message);
   return options.output_path;

@@ -30,7 +30,10 @@ class ServerEndToEnd : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir;
     // 2048 positions: long enough that an ignore_eos request runs for a while (the disconnect tests).
-    engine_ = new std::string(testing::build_stories260k(*dir_, 2048));
+    // KILN_TEST_SERVE_QUANT / KILN_TEST_SERVE_KV_CACHE serve a quantized engine instead (ctest runs the
+    // core tests again that way: tests/server/CMakeLists.txt).
+    engine_ = new std::string(testing::build_stories260k(*dir_, 2048, testing::env_or("KILN_TEST_SERVE_QUANT", "none"),
+                                                         testing::env_or("KILN_TEST_SERVE_KV_CACHE", "auto")));
     RuntimeOptions runtime = testing::single_thread_runtime();
     runtime.backend_options.max_sequences = 1;
     auto model = Model::load(*engine_, runtime);
