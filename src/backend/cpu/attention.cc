@@ -169,8 +169,30 @@ struct ScalarOps {
   static void axpy_i8(float alpha, const int8_t* c, float* y, int64_t n) { axpy_i8_scalar(alpha, c, y, n); }
 };
 
-// Items [begin, end) of the flattened (token, head) grid.
+// How attention reads one cache row (slot, kv head): its score against q and its weighted sum into out.
+// F32: the row itself. Int8: scale[row] * codes[row, :], so score = (scale · k_scale) · Σ q·code and
+// out += (w · v_scale) · code.
 template <class Ops>
+struct F32Rows {
+  static float score(const PagedKv& kv, float scale, const float* q, int64_t row) {
+    return scale * Ops::dot(q, kv.k_cache + row * kv.head_dim, kv.head_dim);
+  }
+  static void accumulate(const PagedKv& kv, float w, int64_t row, float* out) {
+    Ops::axpy(w, kv.v_cache + row * kv.head_dim, out, kv.head_dim);
+  }
+};
+template <class Ops>
+struct Int8Rows {
+  static float score(const PagedKv& kv, float scale, const float* q, int64_t row) {
+    return (scale * kv.k_scales[row]) * Ops::dot_i8(q, kv.k_codes + row * kv.head_dim, kv.head_dim);
+  }
+  static void accumulate(const PagedKv& kv, float w, int64_t row, float* out) {
+    Ops::axpy_i8(w * kv.v_scales[row], kv.v_codes + row * kv.head_dim, out, kv.head_dim);
+  }
+};
+
+// Items [begin, end) of the flattened (token, head) grid: scores, softmax, weighted sum of values.
+template <class Ops, template <class> class Rows>
 void attend_items(const AttentionArgs& a, int64_t begin, int64_t end) {
   const PagedKv& kv = *a.kv;
   const int64_t hd = kv.head_dim;
@@ -189,49 +211,14 @@ void attend_items(const AttentionArgs& a, int64_t begin, int64_t end) {
 
     float max = -std::numeric_limits<float>::infinity();
     for_each_position(table, kv.block_size, last, [&](int64_t p, int64_t slot) {
-      s[p] = a.scale * Ops::dot(q, kv.k_cache + (slot * kv.num_kv_heads + kv_head) * hd, hd);
+      s[p] = Rows<Ops>::score(kv, a.scale, q, slot * kv.num_kv_heads + kv_head);
       max = std::max(max, s[p]);
     });
     const float inv_sum = 1.0f / Ops::exp_shift_sum(s, last + 1, max);
 
     std::memset(out, 0, hd * sizeof(float));
     for_each_position(table, kv.block_size, last, [&](int64_t p, int64_t slot) {
-      Ops::axpy(s[p] * inv_sum, kv.v_cache + (slot * kv.num_kv_heads + kv_head) * hd, out, hd);
-    });
-  }
-}
-
-// attend_items over an int8 cache: the same three passes, row (slot, kv head) read as
-// scale[row] * codes[row, :]. score = (scale · k_scale) · Σ q·code;  out += (w · v_scale) · code.
-template <class Ops>
-void attend_items_int8(const AttentionArgs& a, int64_t begin, int64_t end) {
-  const PagedKv& kv = *a.kv;
-  const int64_t hd = kv.head_dim;
-  const int64_t group = a.num_heads / kv.num_kv_heads;
-  thread_local std::vector<float> scores;  // [pos + 1], grows only
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t m = item / a.num_heads;
-    const int64_t h = item % a.num_heads;
-    const int64_t kv_head = h / group;
-    const int64_t last = a.positions[m];
-    const int32_t* table = a.block_tables + a.token_seq[m] * a.max_blocks_per_seq;
-    const float* q = a.q + m * a.q_stride + h * hd;
-    float* out = a.out + (m * a.num_heads + h) * hd;
-    if (static_cast<int64_t>(scores.size()) < last + 1) scores.resize(last + 1);
-    float* s = scores.data();
-
-    float max = -std::numeric_limits<float>::infinity();
-    for_each_position(table, kv.block_size, last, [&](int64_t p, int64_t slot) {
-      const int64_t row = slot * kv.num_kv_heads + kv_head;
-      s[p] = (a.scale * kv.k_scales[row]) * Ops::dot_i8(q, kv.k_codes + row * hd, hd);
-      max = std::max(max, s[p]);
-    });
-    const float inv_sum = 1.0f / Ops::exp_shift_sum(s, last + 1, max);
-
-    std::memset(out, 0, hd * sizeof(float));
-    for_each_position(table, kv.block_size, last, [&](int64_t p, int64_t slot) {
-      const int64_t row = slot * kv.num_kv_heads + kv_head;
-      Ops::axpy_i8(s[p] * inv_sum * kv.v_scales[row], kv.v_codes + row * hd, out, hd);
+      Rows<Ops>::accumulate(kv, s[p] * inv_sum, slot * kv.num_kv_heads + kv_head, out);
     });
   }
 }
@@ -297,14 +284,14 @@ void paged_attention(const float* q, int64_t M, int64_t q_stride, const int32_t*
   const int64_t min_chunk = std::max<int64_t>(1, 16384 / macs_per_item);
   if (kv.is_int8()) {
     if (using_avx2()) {
-      pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items_int8<AvxOps>(args, b, e); });
+      pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<AvxOps, Int8Rows>(args, b, e); });
     } else {
-      pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items_int8<ScalarOps>(args, b, e); });
+      pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<ScalarOps, Int8Rows>(args, b, e); });
     }
   } else if (using_avx2()) {
-    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<AvxOps>(args, b, e); });
+    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<AvxOps, F32Rows>(args, b, e); });
   } else {
-    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<ScalarOps>(args, b, e); });
+    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<ScalarOps, F32Rows>(args, b, e); });
   }
 }
 
