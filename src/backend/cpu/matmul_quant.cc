@@ -227,6 +227,30 @@ void rows_scalar_quant(const QuantArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+// Row n dequantized to f32 with AVX2, a block at a time: out = q * scale + min (groups of whole blocks;
+// the last, partial block goes through a 32-float buffer so nothing is written past K).
+template <int Bits>
+KILN_AVX2 void dequantize_row_avx2(const QuantArgs& a, int64_t n, float* out) {
+  const QuantMatrixView& w = a.w;
+  const uint8_t* codes = w.codes + n * a.row_bytes;
+  const int64_t blocks = quant_padded_k(a.K) / kQuantBlock, group_blocks = w.info.group_size / kQuantBlock;
+  int64_t b = 0;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const __m256 scale = _mm256_set1_ps(load_meta_f16c(w.scales, w.info.scale_dtype, n * a.groups + g));
+    const __m256 min = _mm256_set1_ps(w.mins ? load_meta_f16c(w.mins, w.info.scale_dtype, n * a.groups + g) : 0.0f);
+    const int64_t b1 = g + 1 == a.groups ? blocks : b + group_blocks;
+    for (; b < b1; ++b) {
+      __m256 q[4];
+      widen_block<Bits>(codes + b * block_bytes(Bits), q);
+      const bool whole = (b + 1) * kQuantBlock <= a.K;
+      alignas(32) float tail[kQuantBlock];
+      float* dst = whole ? out + b * kQuantBlock : tail;
+      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(dst + 8 * v, _mm256_fmadd_ps(q[v], scale, min));
+      if (!whole) std::copy(tail, tail + (a.K - b * kQuantBlock), out + b * kQuantBlock);
+    }
+  }
+}
+
 // Prefill: dequantize a panel of rows to f32 (row stride K), then the f32 tiles of matmul.cc.
 void rows_panel_quant(const QuantArgs& a, const float* x_unpadded, int64_t n0, int64_t n1) {
   const int64_t K = a.K;
@@ -235,7 +259,18 @@ void rows_panel_quant(const QuantArgs& a, const float* x_unpadded, int64_t n0, i
   if (static_cast<int64_t>(panel.size()) < panel_rows * K) panel.resize(panel_rows * K);
   for (int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
     const int64_t p1 = std::min(n1, p0 + panel_rows);
-    for (int64_t n = p0; n < p1; ++n) dequantize_row_f32(a.w, a.row_bytes, a.groups, n, panel.data() + (n - p0) * K);
+    // AVX2 where groups are whole blocks (all but int8 groups of 16), else the scalar loop.
+    const bool blockwise = using_avx2() && (a.groups == 1 || a.w.info.group_size % kQuantBlock == 0);
+    for (int64_t n = p0; n < p1; ++n) {
+      float* row = panel.data() + (n - p0) * K;
+      if (!blockwise) {
+        dequantize_row_f32(a.w, a.row_bytes, a.groups, n, row);
+      } else if (a.w.info.bits == 8) {
+        dequantize_row_avx2<8>(a, n, row);
+      } else {
+        dequantize_row_avx2<4>(a, n, row);
+      }
+    }
     matmul_f32_panel(x_unpadded, a.M, K, panel.data(), p1 - p0, a.bias ? a.bias + p0 : nullptr, a.y + p0, a.ldy);
   }
 }
