@@ -25,40 +25,7 @@ constexpr const char* kSupported =
 // holds column 8 * word + kAwqOrder[i].
 constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 
-// Typed access to one JSON object's fields; errors name the source and the field.
-class Fields {
- public:
-  Fields(const Json& object, std::string where) : object_(object), where_(std::move(where)) {}
-  const std::string& where() const { return where_; }
-  bool has(const char* key) const { return object_.contains(key) && !object_[key].is_null(); }
-  const Json& at(const char* key) const { return object_[key]; }
-  Error bad(const char* key, const std::string& expected) const {
-    return make_error("{}: '{}': expected {}, found {}", where_, key, expected,
-                      object_.contains(key) ? json_describe(object_[key]) : std::string("nothing"));
-  }
-  Result<std::optional<int64_t>> optional_int(const char* key) const {
-    if (!has(key)) return std::optional<int64_t>();
-    const Json& v = object_[key];
-    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX)) {
-      return bad(key, "an integer");
-    }
-    return std::optional<int64_t>(v.get<int64_t>());
-  }
-  Result<bool> bool_or(const char* key, bool fallback) const {
-    if (!has(key)) return fallback;
-    if (!object_[key].is_boolean()) return bad(key, "true or false");
-    return object_[key].get<bool>();
-  }
-  Result<std::optional<std::string>> optional_string(const char* key) const {
-    if (!has(key)) return std::optional<std::string>();
-    if (!object_[key].is_string()) return bad(key, "a string");
-    return std::optional<std::string>(object_[key].get<std::string>());
-  }
-
- private:
-  const Json& object_;
-  std::string where_;
-};
+using Fields = JsonFields;
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -75,7 +42,7 @@ Status parse_int4_fields(const Fields& q, const char* bits_key, const char* grou
   }
   KILN_ASSIGN(const std::optional<int64_t> group, q.optional_int(group_key));
   if (!group) return make_error("{}: missing required field '{}'", q.where(), group_key);
-  if (*group != -1 && *group <= 0) return q.bad(group_key, "-1 or a positive integer");
+  if (*group != -1 && *group <= 0) return q.type_error(group_key, "-1 or a positive integer");
   out->bits = 4;
   out->group_size = *group;
   return Status::Ok();
@@ -134,7 +101,7 @@ Result<std::vector<int64_t>> parse_block(const Fields& q, const char* key) {
   if (!v.is_array() || v.size() != 2 || !v[0].is_number_unsigned() || !v[1].is_number_unsigned() ||
       v[0].get<uint64_t>() == 0 || v[1].get<uint64_t>() == 0 || v[0].get<uint64_t>() > (1u << 30) ||
       v[1].get<uint64_t>() > (1u << 30)) {
-    return q.bad(key, "[rows, columns], two positive integers");
+    return q.type_error(key, "[rows, columns], two positive integers");
   }
   return std::vector<int64_t>{v[0].get<int64_t>(), v[1].get<int64_t>()};
 }
@@ -180,7 +147,7 @@ Status parse_compressed_tensors(const Fields& q, HfQuantConfig* out) {
     return make_error("{}: 'sparsity_config' is not supported (kiln reads dense weights)", q.where());
   }
   if (!q.has("config_groups") || !q.at("config_groups").is_object() || q.at("config_groups").size() != 1) {
-    return q.bad("config_groups", "an object with exactly one quantization group");
+    return q.type_error("config_groups", "an object with exactly one quantization group");
   }
   const auto group_it = q.at("config_groups").begin();
   const Fields group(group_it.value(), fmt::format("{}: config_groups.{}", q.where(), group_it.key()));
