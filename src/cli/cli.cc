@@ -296,7 +296,7 @@ int cli_main(int argc, char** argv) {
   build_cmd->add_option("--quant", build.options.quant,
                         "weight quantization: none, int8 (per channel), int4 (group-wise, AWQ-calibrated), int4-rtn, or w8a8 "
                         "(SmoothQuant int8 weights and per-token int8 activations)")
-      ->check(CLI::IsMember({"none", "int8", "int4", "int4-rtn", "w8a8"}));
+      ->check(CLI::IsMember({"none", "int8", "int4", "int4-rtn", "w8a8", "fp8"}));
   build_cmd->add_option("--kv-cache", build.options.kv_cache,
                         "KV cache precision: auto (cpu f32, cuda the activation dtype) or int8 (per token and head scales)")
       ->check(CLI::IsMember({"auto", "int8"}));

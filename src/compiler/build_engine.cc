@@ -244,6 +244,14 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
 
   // Quantization (after fusion: a fused qkv / gate_up shares one input and so one set of AWQ scales).
   nlohmann::json quant_metadata = nullptr;
+  if (options.quant == "fp8") {
+    if (options.backend != "cuda") {
+      return make_error("--quant fp8 runs on CUDA GPUs with FP8 tensor cores (Hopper and later); the cpu backend has "
+                        "no fp8 kernels: use --quant int8 or w8a8");
+    }
+    return make_error("--quant fp8 is not implemented yet (FP8 checkpoints are read and dequantized; see "
+                      "docs/QUANTIZATION.md): use --quant int8 or int4");
+  }
   if (options.quant != "none") {
     QuantizeModelOptions q;
     q.mode = options.quant;

@@ -359,6 +359,9 @@ TEST(QuantizeModel, BadOptionsGiveOneClearError) {
   EXPECT_NE(bad_group.error().message.find("--group-size 48"), std::string::npos);
   auto bad_mode = build(dir, kStories, "c.kiln", "int3");
   ASSERT_FALSE(bad_mode.ok());
+  auto fp8_on_cpu = build(dir, kStories, "d.kiln", "fp8");
+  ASSERT_FALSE(fp8_on_cpu.ok());
+  EXPECT_NE(fp8_on_cpu.error().message.find("cpu backend has no fp8 kernels"), std::string::npos);
 
   EXPECT_FALSE(read_calibration_prompts(dir.file("missing.txt")).ok());
   std::ofstream(dir.file("empty.txt")) << "  \n\n";
