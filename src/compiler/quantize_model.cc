@@ -352,6 +352,68 @@ std::string short_name(const std::string& weight) {
   return s;
 }
 
+// AWQ / SmoothQuant for one matrix W[N, K]: the input-channel scales s (AWQ: mean|x|^a, a = 0, 0.05, ...
+// 0.95, normalized around 1; SmoothQuant: max|x|^alpha / max|w|^(1 - alpha), alpha = 0.1 ... 0.9, or none)
+// whose quantization of W·s errs least on the sampled rows (X / s). Ratio 0 (s = 1) is always a candidate.
+// Under GQA (fold.tie_heads > 1) the query heads of one KV head share their scales (the fold into the
+// v rows can only scale them together).
+struct ScaleChoice {
+  double ratio = 0;
+  std::vector<float> s;
+};
+ScaleChoice search_channel_scales(const std::vector<float>& w, int64_t N, int64_t K, const QuantInfo& info,
+                                  const InputStats& st, const Fold& fold, bool smooth, cpu::ThreadPool& pool) {
+  ScaleChoice choice{0.0, std::vector<float>(K, 1.0f)};
+  // The activation statistic the scales grow with: AWQ mean |x|, SmoothQuant max |x|.
+  std::vector<double> mean(K);
+  for (int64_t k = 0; k < K; ++k) {
+    mean[k] = smooth ? st.abs_max[k] : st.abs_sum[k] / static_cast<double>(std::max<int64_t>(st.rows_seen, 1));
+  }
+  if (fold.tie_heads > 1) {  // one scale per (KV head, dim): average over the query heads sharing it
+    const int64_t hd = fold.head_dim, g = fold.tie_heads, heads = K / hd;
+    for (int64_t j = 0; j < heads / g; ++j) {
+      for (int64_t d = 0; d < hd; ++d) {
+        double sum = 0;
+        double tied = 0;
+        for (int64_t h = j * g; h < (j + 1) * g; ++h) sum += mean[h * hd + d], tied = std::max(tied, mean[h * hd + d]);
+        if (!smooth) tied = sum / static_cast<double>(g);  // AWQ: mean of means; SmoothQuant: max of maxima
+        for (int64_t h = j * g; h < (j + 1) * g; ++h) mean[h * hd + d] = tied;
+      }
+    }
+  }
+  std::vector<float> y_ref(st.sample_rows * N);
+  cpu::matmul(st.samples.data(), st.sample_rows, K, w.data(), DType::F32, N, nullptr, y_ref.data(), N, pool);
+  std::vector<double> w_max(K, 0.0);  // SmoothQuant: max |W| of each input channel
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) w_max[k] = std::max(w_max[k], static_cast<double>(std::fabs(w[n * K + k])));
+  double best = -1;
+  const int steps = smooth ? 10 : 20;
+  for (int step = 0; step < steps; ++step) {
+    // AWQ: a = 0, 0.05, ... 0.95 (a = 0 is round to nearest); SmoothQuant: no smoothing, then
+    // alpha = 0.1 ... 0.9 for s = max|x|^alpha / max|w|^(1 - alpha) (Xiao et al. 2023).
+    const double a = smooth ? step / 10.0 : step / 20.0;
+    std::vector<float> s(K, 1.0f);
+    if (smooth && step > 0) {
+      for (int64_t k = 0; k < K; ++k) {
+        if (mean[k] <= 0 || w_max[k] <= 0) continue;
+        s[k] = static_cast<float>(std::clamp(std::pow(mean[k], a) / std::pow(w_max[k], 1.0 - a), 1e-5, 1e5));
+      }
+    } else if (!smooth) {
+      double smax = 0, smin = 1e300;
+      for (int64_t k = 0; k < K; ++k) {
+        const double v = std::pow(std::max(mean[k], 1e-4), a);
+        smax = std::max(smax, v), smin = std::min(smin, v);
+        s[k] = static_cast<float>(v);
+      }
+      const double norm = std::sqrt(smax * smin);  // AWQ's normalization: scales centred on 1
+      for (float& v : s) v = static_cast<float>(v / norm);
+    }
+    const Candidate c = quantize_scaled(w, N, K, s, info, &st, y_ref, pool);
+    if (best < 0 || c.rel_error < best) best = c.rel_error, choice.s = s, choice.ratio = a;
+  }
+  return choice;
+}
+
 // The clipping threshold of |x| for a static int8 activation scale (scale = threshold / 127).
 //   minmax:     the largest |x| seen (every calibration row, not only the samples);
 //   percentile: the 99.99th percentile of |x| over the sample rows;
@@ -599,55 +661,10 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
       plan.ratio = m.s.empty() ? 0.0 : m.ratio;
       plan.s = m.s.empty() ? std::vector<float>(K, 1.0f) : m.s;
     } else {
-    const InputStats& st = stats.at(plan.name);
-    // The activation statistic the scales grow with: AWQ mean |x|, SmoothQuant max |x|.
-    std::vector<double> mean(K);
-    for (int64_t k = 0; k < K; ++k) {
-      mean[k] = smooth ? st.abs_max[k] : st.abs_sum[k] / static_cast<double>(std::max<int64_t>(st.rows_seen, 1));
+      const ScaleChoice choice = search_channel_scales(*w, N, K, plan.info, stats.at(plan.name), fold, smooth, pool);
+      plan.ratio = choice.ratio;
+      plan.s = choice.s;
     }
-    if (fold.tie_heads > 1) {  // one scale per (KV head, dim): average over the query heads sharing it
-      const int64_t hd = fold.head_dim, g = fold.tie_heads, heads = K / hd;
-      for (int64_t j = 0; j < heads / g; ++j) {
-        for (int64_t d = 0; d < hd; ++d) {
-          double sum = 0;
-          double tied = 0;
-          for (int64_t h = j * g; h < (j + 1) * g; ++h) sum += mean[h * hd + d], tied = std::max(tied, mean[h * hd + d]);
-          if (!smooth) tied = sum / static_cast<double>(g);  // AWQ: mean of means; SmoothQuant: max of maxima
-          for (int64_t h = j * g; h < (j + 1) * g; ++h) mean[h * hd + d] = tied;
-        }
-      }
-    }
-    const std::vector<float>& y_ref = reference_output(plan, *w, N, K);
-    std::vector<double> w_max(K, 0.0);  // SmoothQuant: max |W| of each input channel
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t k = 0; k < K; ++k) w_max[k] = std::max(w_max[k], static_cast<double>(std::fabs((*w)[n * K + k])));
-    double best = -1;
-    const int steps = smooth ? 10 : 20;
-    for (int step = 0; step < steps; ++step) {
-      // AWQ: a = 0, 0.05, ... 0.95 (a = 0 is round to nearest); SmoothQuant: no smoothing, then
-      // alpha = 0.1 ... 0.9 for s = max|x|^alpha / max|w|^(1 - alpha) (Xiao et al. 2023).
-      const double a = smooth ? step / 10.0 : step / 20.0;
-      std::vector<float> s(K, 1.0f);
-      if (smooth && step > 0) {
-        for (int64_t k = 0; k < K; ++k) {
-          if (mean[k] <= 0 || w_max[k] <= 0) continue;
-          s[k] = static_cast<float>(std::clamp(std::pow(mean[k], a) / std::pow(w_max[k], 1.0 - a), 1e-5, 1e5));
-        }
-      } else if (!smooth) {
-        double smax = 0, smin = 1e300;
-        for (int64_t k = 0; k < K; ++k) {
-          const double v = std::pow(std::max(mean[k], 1e-4), a);
-          smax = std::max(smax, v), smin = std::min(smin, v);
-          s[k] = static_cast<float>(v);
-        }
-        const double norm = std::sqrt(smax * smin);  // AWQ's normalization: scales centred on 1
-        for (float& v : s) v = static_cast<float>(v / norm);
-      }
-      const Candidate c = quantize_scaled(*w, N, K, s, plan.info, &st, y_ref, pool);
-      if (best < 0 || c.rel_error < best) best = c.rel_error, plan.s = s, plan.ratio = a;
-    }
-    y_refs.erase(plan.name);
-    }  // the search
     // Fold 1/s into the producer: the float model's function is unchanged.
     if (plan.ratio > 0) {
       KILN_ASSIGN(std::vector<float>* target, fw.get(fold.weight));
