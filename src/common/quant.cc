@@ -151,16 +151,17 @@ void quantize_group(QuantizedMatrix& m, int64_t n, int64_t g, const float* row, 
     return;
   }
   const int levels = (1 << q.bits) - 1;
-  const int offset = q.bits == 8 ? -128 : 0;  // int8 codes are signed: q = u - 128
   const float min = store_scalar(m.mins, q.scale_dtype, index, lo);
   const float scale = store_scalar(m.scales, q.scale_dtype, index, std::max(hi - min, 0.0f) / static_cast<float>(levels));
+  // int8 codes are signed, q = u - 128, so the stored min is min + 128 * scale (w = scale * q + that);
+  // codes are rounded against the value actually stored, as for int4.
+  const bool signed_codes = q.bits == 8;
+  const float base = signed_codes ? store_scalar(m.mins, q.scale_dtype, index, min + 128.0f * scale) : min;
+  const float first = signed_codes ? -128.0f : 0.0f;
   const float inv = scale > 0 ? 1.0f / scale : 0.0f;
   for (int64_t k = k0; k < k1; ++k) {
-    const float u = std::clamp(std::nearbyint((row[k] - min) * inv), 0.0f, static_cast<float>(levels));
-    set_code(m, n, k, static_cast<int>(u) + offset);
-  }
-  if (offset != 0) {  // w = scale * (q + 128) + min = scale * q + (min + 128 * scale)
-    store_scalar(m.mins, q.scale_dtype, index, min + 128.0f * scale);
+    set_code(m, n, k, static_cast<int>(std::clamp(std::nearbyint((row[k] - base) * inv), first,
+                                                  first + static_cast<float>(levels))));
   }
 }
 

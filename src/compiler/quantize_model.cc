@@ -268,7 +268,6 @@ struct Candidate {
   double rel_error = 0;  // ||X (Wq/s)^T - X W^T|| / ||X W^T|| on the samples
 };
 
-// Quantizes W·diag(s) and measures the output error it makes on the sample rows.
 // Round to nearest with each group's range clipped for the least activation-weighted error
 // Σ_k E[x_k^2] (w_k - ŵ_k)^2 (the diagonal of the output error, as llama.cpp's importance matrix):
 // the range [lo, hi] shrinks toward zero by c in 1, 0.975, ... 0.7 and the best c is kept per group.
@@ -303,6 +302,7 @@ QuantizedMatrix quantize_clipped(const float* w, int64_t N, int64_t K, const Qua
   return m;
 }
 
+// Quantizes W·diag(s) and measures the output error it makes on the sample rows.
 Candidate quantize_scaled(const std::vector<float>& w, int64_t N, int64_t K, const std::vector<float>& s,
                           const QuantInfo& info, const InputStats* stats, const std::vector<float>& y_ref,
                           cpu::ThreadPool& pool, bool clip = false,
