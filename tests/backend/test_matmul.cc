@@ -1,12 +1,15 @@
 // matmul against a plain double-precision reference, for all weight dtypes, both code paths,
 // decode (M <= 8, streaming) and prefill (M > 8, panel) shapes, odd sizes, bias and ldy > N.
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/matmul_internal.h"
 #include "kernel_test_util.h"
 
 namespace kiln::cpu {
@@ -55,6 +58,11 @@ TEST_P(MatmulTest, MatchesDoubleReferenceForAllDtypesAndShapes) {
       {1, 1, 1},    {1, 7, 5},    {1, 8, 4},     {1, 768, 37},  {2, 13, 9},   {3, 64, 17},
       {4, 9, 3},    {5, 100, 50}, {8, 33, 12},   {9, 40, 13},   {16, 257, 31}, {64, 96, 70},
       {33, 17, 200}, {7, 1000, 1}, {1, 3000, 100},
+      // AVX-512 line tails (16 / 32 elements), odd row counts for the 2-row stream tiles, and the
+      // packed prefill: panels of 64 rows with a ragged last panel, 6-row x blocks with every
+      // remainder, K blocks of 1024 with a ragged last block.
+      {1, 15, 3},   {2, 31, 5},   {6, 33, 7},   {8, 47, 9},    {1, 65, 130},  {12, 16, 64},
+      {13, 17, 65}, {17, 48, 129}, {11, 1025, 70}, {10, 2100, 20}, {9, 5, 1},
   };
   std::mt19937 rng(1234);
   for (int threads : {1, 3}) {
@@ -74,11 +82,18 @@ TEST_P(MatmulTest, MatchesDoubleReferenceForAllDtypesAndShapes) {
           std::vector<float> y(s.M * ldy, sentinel);
           matmul(x.data(), s.M, s.K, w.bytes.data(), dtype, s.N, with_bias ? bias.data() : nullptr,
                  y.data(), ldy, pool);
+          // BF16 prefill on AVX512_BF16 (VDPBF16PS) rounds the activations to BF16 first (documented
+          // in matmul_avx512.cc); its reference uses those rounded activations, with the same bound.
+          const bool bf16_activations = GetParam() == Path::Avx512 && dtype == DType::BF16 &&
+                                        s.M > kStreamMaxRows && cpu_features().avx512_bf16;
+          std::vector<float> xr = x;
+          if (bf16_activations)
+            for (float& v : xr) v = bf16_to_f32(f32_to_bf16(v));
           for (int64_t m = 0; m < s.M; ++m) {
             for (int64_t n = 0; n < s.N; ++n) {
               double exact = with_bias ? bias[n] : 0.0, magnitude = with_bias ? std::fabs(bias[n]) : 0.0;
               for (int64_t k = 0; k < s.K; ++k) {
-                const double p = static_cast<double>(x[m * s.K + k]) * w.values[n * s.K + k];
+                const double p = static_cast<double>(xr[m * s.K + k]) * w.values[n * s.K + k];
                 exact += p;
                 magnitude += std::fabs(p);
               }
@@ -125,8 +140,31 @@ INSTANTIATE_TEST_SUITE_P(Paths, MatmulTest, ::testing::ValuesIn(testing::availab
 TEST(CpuFeatures, ForceScalarTogglesThePath) {
   set_force_scalar(true);
   EXPECT_FALSE(using_avx2());
+  EXPECT_EQ(active_isa(), Isa::kScalar);
   set_force_scalar(false);
   EXPECT_EQ(using_avx2(), cpu_has_avx2_fma());
+}
+
+TEST(CpuFeatures, IsaLimitCapsTheLevelAndNeverRaisesIt) {
+  for (Isa limit : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    set_isa_limit(limit);
+    EXPECT_EQ(active_isa(), std::min(limit, best_isa()));
+    EXPECT_EQ(using_avx512(), active_isa() == Isa::kAvx512);
+  }
+  reset_isa_limit();
+  const CpuFeatures& f = cpu_features();
+  EXPECT_EQ(best_isa(), f.avx512 ? Isa::kAvx512 : f.avx2 ? Isa::kAvx2 : Isa::kScalar);
+  EXPECT_TRUE(!f.avx512_bf16 || f.avx512);
+}
+
+TEST(CpuFeatures, ParsesLevelNames) {
+  EXPECT_EQ(parse_isa("scalar"), Isa::kScalar);
+  EXPECT_EQ(parse_isa("avx2"), Isa::kAvx2);
+  EXPECT_EQ(parse_isa("avx512"), Isa::kAvx512);
+  EXPECT_FALSE(parse_isa("AVX512").has_value());
+  EXPECT_FALSE(parse_isa("").has_value());
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) EXPECT_EQ(parse_isa(isa_name(isa)), isa);
+  EXPECT_NE(isa_description().find(isa_name(active_isa())), std::string::npos);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <cassert>
 #include <vector>
 
+#include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/simd.h"
@@ -22,11 +23,13 @@
 namespace kiln::cpu {
 namespace {
 
-constexpr int64_t kStreamMaxRows = 8;
 constexpr int64_t kPanelBytes = 192 * 1024;  // f32 weight panel per thread; well inside L2
+// Decode: software prefetch distance along the weights (matmul_avx512.cc says why linear, 2 KB).
+constexpr int64_t kPrefetchBytes = 2048;
 
 struct MatmulArgs {
   const float* x;  // [M, K]
+  DType w_dtype;
   int64_t M;
   int64_t K;
   const void* w;  // [N, K] of the weight dtype
@@ -67,15 +70,15 @@ KILN_AVX2 void tile_avx2(const float* x, int64_t ldx, const typename Weight<D>::
   __m256 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  const char* pf = reinterpret_cast<const char*>(w) + kPrefetchBytes;
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     if constexpr (kPrefetch) {
-      // Once per 64-byte line: ask for the same line of the next tile's rows, which sit NR·K
-      // elements further on. Short rows (K = 768 is 1.5 KB in F16) give the hardware prefetcher
-      // too little run-up per stream; this keeps the next tile's lines in flight.
+      // Once per 64-byte line of each row: prefetch the line kPrefetchBytes further along the matrix
+      // (a linear walk past the end of this tile into the next), NR lines per step.
       if ((k * static_cast<int64_t>(sizeof(*w))) % 64 == 0) {
-        for (int j = 0; j < NR; ++j)
-          _mm_prefetch(reinterpret_cast<const char*>(w + (NR + j) * K + k), _MM_HINT_T0);
+        for (int j = 0; j < NR; ++j) _mm_prefetch(pf + 64 * j, _MM_HINT_T0);
+        pf += 64 * NR;
       }
     }
     __m256 wv[NR];
@@ -118,25 +121,30 @@ KILN_AVX2 void tile_avx2_any(int mr, int nr, const float* x, int64_t ldx,
   }
 }
 
-// Decode: weight rows [n0, n1) are read from memory once, 4 at a time; 2x4 tiles (8 accumulators,
-// 4 weight vectors and 1 x vector live: 13 of 16 ymm registers) over all M rows.
+// Decode: weight rows [n0, n1) are read from memory once, 2 at a time (matmul_avx512.cc: fewer
+// concurrent streams with a linear prefetch read faster than 4 rows in lockstep); 4x2 tiles (8
+// accumulators, 2 weight vectors and 1 x vector live) over all M rows.
 template <DType D>
 KILN_AVX2 void rows_stream_avx2(const MatmulArgs& a, int64_t n0, int64_t n1) {
   const auto* w = static_cast<const typename Weight<D>::T*>(a.w);
   const int64_t K = a.K;
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) {
+  for (; n + 2 <= n1; n += 2) {
     const float* bias = a.bias ? a.bias + n : nullptr;
     int64_t m = 0;
-    for (; m + 2 <= a.M; m += 2)
-      tile_avx2<D, 2, 4, true>(a.x + m * K, K, w + n * K, K, bias, a.y + m * a.ldy + n, a.ldy);
-    if (m < a.M) tile_avx2<D, 1, 4, true>(a.x + m * K, K, w + n * K, K, bias, a.y + m * a.ldy + n, a.ldy);
+    for (; m + 4 <= a.M; m += 4)
+      tile_avx2<D, 4, 2, true>(a.x + m * K, K, w + n * K, K, bias, a.y + m * a.ldy + n, a.ldy);
+    switch (a.M - m) {
+      case 1: tile_avx2<D, 1, 2, true>(a.x + m * K, K, w + n * K, K, bias, a.y + m * a.ldy + n, a.ldy); break;
+      case 2: tile_avx2<D, 2, 2, true>(a.x + m * K, K, w + n * K, K, bias, a.y + m * a.ldy + n, a.ldy); break;
+      case 3: tile_avx2<D, 3, 2, true>(a.x + m * K, K, w + n * K, K, bias, a.y + m * a.ldy + n, a.ldy); break;
+      default: break;
+    }
   }
   if (n < n1) {
-    const int nr = static_cast<int>(n1 - n);
-    for (int64_t m = 0; m < a.M; m += 2) {
-      const int mr = static_cast<int>(std::min<int64_t>(2, a.M - m));
-      tile_avx2_any<D>(mr, nr, a.x + m * K, K, w + n * K, K, a.bias ? a.bias + n : nullptr,
+    for (int64_t m = 0; m < a.M; m += 4) {
+      const int mr = static_cast<int>(std::min<int64_t>(4, a.M - m));
+      tile_avx2_any<D>(mr, 1, a.x + m * K, K, w + n * K, K, a.bias ? a.bias + n : nullptr,
                        a.y + m * a.ldy + n, a.ldy);
     }
   }
@@ -212,9 +220,14 @@ void rows_scalar(const MatmulArgs& a, int64_t n0, int64_t n1) {
 
 using RowsFn = void (*)(const MatmulArgs&, int64_t n0, int64_t n1);
 
+void rows_avx512(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  matmul_rows_avx512(a.x, a.M, a.K, a.w, a.w_dtype, a.bias, a.y, a.ldy, n0, n1);
+}
+
 template <DType D>
-RowsFn select_rows_fn(bool avx2, bool panel) {
-  if (!avx2) return &rows_scalar<D>;
+RowsFn select_rows_fn(Isa isa, bool panel) {
+  if (isa == Isa::kScalar) return &rows_scalar<D>;
+  if (isa == Isa::kAvx512) return &rows_avx512;
   return panel ? &rows_panel_avx2<D> : &rows_stream_avx2<D>;
 }
 
@@ -233,8 +246,9 @@ KILN_AVX2 void panel_sweep_avx2(const float* x, int64_t M, int64_t K, const floa
 
 void matmul_f32_panel(const float* x, int64_t M, int64_t K, const float* panel, int64_t rows, const float* bias,
                       float* y, int64_t ldy) {
+  if (using_avx512()) return matmul_f32_panel_avx512(x, M, K, panel, rows, bias, y, ldy);
   if (using_avx2()) return panel_sweep_avx2(x, M, K, panel, rows, bias, y, ldy);
-  const MatmulArgs args{x, M, K, panel, bias, y, ldy};
+  const MatmulArgs args{x, DType::F32, M, K, panel, bias, y, ldy};
   // rows_scalar indexes weight rows from n0: shift the output and bias instead.
   rows_scalar<DType::F32>(args, 0, rows);
 }
@@ -244,20 +258,22 @@ void matmul(const float* x, int64_t M, int64_t K, const void* w, DType w_dtype, 
   assert(M >= 0 && K >= 0 && N >= 0 && ldy >= N);
   assert(w_dtype == DType::F32 || w_dtype == DType::F16 || w_dtype == DType::BF16);
   if (M == 0 || N == 0) return;
-  const bool avx2 = using_avx2();
+  const Isa isa = active_isa();
   const bool panel = M > kStreamMaxRows;
   RowsFn fn = nullptr;
   switch (w_dtype) {
-    case DType::F16: fn = select_rows_fn<DType::F16>(avx2, panel); break;
-    case DType::BF16: fn = select_rows_fn<DType::BF16>(avx2, panel); break;
-    default: fn = select_rows_fn<DType::F32>(avx2, panel); break;
+    case DType::F16: fn = select_rows_fn<DType::F16>(isa, panel); break;
+    case DType::BF16: fn = select_rows_fn<DType::BF16>(isa, panel); break;
+    default: fn = select_rows_fn<DType::F32>(isa, panel); break;
   }
-  const MatmulArgs args{x, M, K, w, bias, y, ldy};
-  // Chunks are multiples of 12 rows (whole 4-row stream tiles and 3-row panel tiles) and carry at
-  // least ~16K multiply-adds, so tiny matmuls are not split at a loss.
+  const MatmulArgs args{x, w_dtype, M, K, w, bias, y, ldy};
+  // Chunks carry at least ~16K multiply-adds, so tiny matmuls are not split at a loss, and are whole
+  // tiles: multiples of 12 rows (AVX2: 2-row stream tiles, 3-row panel tiles) or, for the AVX-512
+  // prefill, of its 64-row packed panels.
   const int64_t macs_per_row = std::max<int64_t>(1, M * K);
   const int64_t min_rows = std::max<int64_t>(12, (16384 + macs_per_row - 1) / macs_per_row);
-  const int64_t min_chunk = (min_rows + 11) / 12 * 12;
+  const int64_t quantum = (panel && isa == Isa::kAvx512) ? 64 : 12;
+  const int64_t min_chunk = (min_rows + quantum - 1) / quantum * quantum;
   pool.parallel_for(N, min_chunk, [&](int64_t n0, int64_t n1) { fn(args, n0, n1); });
 }
 

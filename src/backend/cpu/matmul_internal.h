@@ -1,14 +1,29 @@
-// Internal to backend/cpu: the f32 register tiles of matmul.cc, shared with matmul_quant.cc.
+// Internal to backend/cpu: the f32 register tiles of matmul.cc and matmul_avx512.cc, shared with
+// matmul_quant.cc.
 #pragma once
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace kiln::cpu {
+
+// matmul with M <= kStreamMaxRows streams the weights once (decode); larger M runs prefill tiles.
+constexpr int64_t kStreamMaxRows = 8;
 
 // y[m, n] = x[m, :] · panel[n, :] (+ bias[n]) for m < M, n < rows: x [M, K] (stride K), panel
 // [rows, K] f32 (stride K), bias [rows] or null, y [M, ldy] with the rows' outputs at columns 0..rows.
-// AVX2 4x3 tiles when available, else the scalar loop. Single-threaded (callers split the rows).
+// AVX-512 packed panels, AVX2 4x3 tiles or the scalar loop, by active_isa(). Single-threaded (callers split the rows).
 void matmul_f32_panel(const float* x, int64_t M, int64_t K, const float* panel, int64_t rows, const float* bias,
                       float* y, int64_t ldy);
+
+
+// AVX-512 (matmul_avx512.cc; call only when using_avx512()): rows [n0, n1) of matmul's product,
+// y[m, n] for n0 <= n < n1 (y, bias indexed by absolute n).
+void matmul_rows_avx512(const float* x, int64_t M, int64_t K, const void* w, DType w_dtype, const float* bias,
+                        float* y, int64_t ldy, int64_t n0, int64_t n1);
+// matmul_f32_panel's AVX-512 path.
+void matmul_f32_panel_avx512(const float* x, int64_t M, int64_t K, const float* panel, int64_t rows, const float* bias,
+                             float* y, int64_t ldy);
 
 }  // namespace kiln::cpu

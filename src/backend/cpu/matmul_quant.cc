@@ -27,7 +27,6 @@
 namespace kiln::cpu {
 namespace {
 
-constexpr int64_t kStreamMaxRows = 8;
 constexpr int64_t kPanelBytes = 192 * 1024;
 
 // Per-call activation side, shared read-only by the workers: x padded to Kp with zeros (only when K is

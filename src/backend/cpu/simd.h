@@ -11,6 +11,10 @@
 #include <cstdint>
 
 #define KILN_AVX2 __attribute__((target("avx2,fma,f16c")))
+// AVX-512 F/BW/VL/DQ on top of AVX2 (isa.h's avx512 level); only called when using_avx512().
+#define KILN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+// The avx512 level plus VDPBF16PS; only called when cpu_features().avx512_bf16.
+#define KILN_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
 
 namespace kiln::cpu::simd {
 
