@@ -47,6 +47,7 @@ nlohmann::json report_json(const std::string& engine, const BenchReport& r) {
       {"gen_len", o.gen_len},
       {"iterations", o.iterations},
       {"warmup", o.warmup},
+      {"cpu_isa", r.cpu_isa},
       {"prompt_tokens", r.prompt_tokens},
       {"generated_tokens", r.generated_tokens},
       {"decode_steps", r.decode_steps},
@@ -101,7 +102,9 @@ void print_table(const std::string& engine, const BenchReport& r, int threads) {
   const BenchOptions& o = r.options;
   const std::string where = r.backend == "cpu" ? fmt::format("cpu, {} threads", threads > 0 ? std::to_string(threads) : "all")
                                                 : r.backend;
-  fmt::print("kiln bench {} ({})\nbatch {}, prompt {}, generate {}; {} iterations after {} warmup\n\n", engine, where,
+  fmt::print("kiln bench {} ({})\n", engine, where);
+  if (!r.cpu_isa.empty()) fmt::print("cpu kernels: {}\n", r.cpu_isa);
+  fmt::print("batch {}, prompt {}, generate {}; {} iterations after {} warmup\n\n",
              o.batch, o.prompt_len, o.gen_len, o.iterations, o.warmup);
   auto row = [](const std::string& metric, const std::string& value) { fmt::print("{:<34} {}\n", metric, value); };
   row("time to first token (median)", fmt::format("{:.3f} ms", r.ttft_ms));

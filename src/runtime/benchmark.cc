@@ -9,6 +9,8 @@
 #include <map>
 #include <random>
 
+#include "backend/cpu/isa.h"
+
 namespace kiln {
 
 namespace {
@@ -272,6 +274,7 @@ Result<BenchReport> run_benchmark(Model& model, const BenchOptions& o) {
   BenchReport r;
   r.options = o;
   r.backend = backend.name();
+  if (r.backend == "cpu") r.cpu_isa = cpu::isa_description();
   r.prompt_tokens = static_cast<int64_t>(o.batch) * o.prompt_len * o.iterations;
   r.generated_tokens = static_cast<int64_t>(o.batch) * o.gen_len * o.iterations;
   r.decode_steps = static_cast<int64_t>(step_ms.size());

@@ -38,6 +38,7 @@ struct StepProfile {
 struct BenchReport {
   BenchOptions options;
   std::string backend;
+  std::string cpu_isa;           // cpu: the kernels' instruction-set level and the features detected (isa.h)
   int64_t prompt_tokens = 0;     // B * P * iterations (measured)
   int64_t generated_tokens = 0;  // B * G * iterations (measured)
   int64_t decode_steps = 0;      // (G - 1) * iterations (measured)

@@ -115,6 +115,19 @@ TEST_F(Bench, BadArgumentsGiveOneErrorLine) {
                      "missing.kiln");
 }
 
+// KILN_CPU_ISA caps the kernels' instruction set (backend/cpu/isa.h); the report names the level that
+// ran; a value that is not a level is refused before anything runs.
+TEST_F(Bench, CpuIsaEnvironmentCapsTheLevelAndRefusesUnknownValues) {
+  ASSERT_EQ(setenv("KILN_CPU_ISA", "scalar", 1), 0);
+  const Outcome capped = bench("--batch 1 --prompt-len 4 --gen-len 3 --iterations 1 --warmup 0 --json");
+  ASSERT_EQ(setenv("KILN_CPU_ISA", "avx3", 1), 0);
+  const Outcome bad = bench("--batch 1 --prompt-len 4 --gen-len 3");
+  unsetenv("KILN_CPU_ISA");
+  ASSERT_EQ(capped.exit_code, 0) << capped.err;
+  EXPECT_EQ(nlohmann::json::parse(capped.out)["cpu_isa"].get<std::string>().rfind("scalar", 0), 0u) << capped.out;
+  expect_clean_error(bad, "KILN_CPU_ISA=avx3");
+}
+
 // The full sequence length fits exactly: P + G - 1 positions.
 TEST_F(Bench, WorkloadFillingTheContextRuns) {
   const Outcome o = bench("--batch 2 --prompt-len 60 --gen-len 5 --iterations 1 --warmup 0 --json");
