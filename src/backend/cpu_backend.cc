@@ -3,9 +3,10 @@
 // At load it (1) binds every graph weight to its tensor in the mapped engine (no copy), (2) builds
 // RoPE cos/sin tables for the profile's max sequence length, (3) plans the activation arena from
 // value lifetimes so values that are never live together share a buffer, and (4) allocates the
-// paged KV cache (f32, or int8 codes + per-(token, head) scales when the engine's build metadata says
-// "kv_cache": {"dtype": "int8"}). forward() then allocates nothing.
+// paged KV cache in the element type the engine's build metadata names (backend/kv_cache_dtype.h: f32
+// when absent, f16, or int8 codes + per-(token, head) scales). forward() then allocates nothing.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -13,10 +14,14 @@
 #include <optional>
 #include <thread>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "backend/arena_plan.h"
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/thread_pool.h"
+#include "backend/kv_cache_dtype.h"
 #include "engine/engine_file.h"
 #include "graph/graph.h"
 
@@ -60,6 +65,32 @@ void swiglu_slices(const float* gate, int64_t gate_stride, const float* up, int6
   }
 }
 
+// Zero-filled memory that the OS commits page by page as it is first written (an anonymous private
+// mapping): a KV cache sized for the model's whole context costs resident memory only for the
+// positions actually stored, so a long default max_seq_len is cheap for short conversations.
+class LazyZeroMemory {
+ public:
+  LazyZeroMemory() = default;
+  LazyZeroMemory(const LazyZeroMemory&) = delete;
+  LazyZeroMemory& operator=(const LazyZeroMemory&) = delete;
+  ~LazyZeroMemory() {
+    if (data_) munmap(data_, bytes_);
+  }
+  Status allocate(size_t bytes) {
+    if (bytes == 0) return Status::Ok();
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return make_error("cpu backend: cannot reserve {:.2f} GiB for the KV cache", bytes / 1073741824.0);
+    data_ = static_cast<uint8_t*>(p);
+    bytes_ = bytes;
+    return Status::Ok();
+  }
+  uint8_t* data() const { return data_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 class CpuBackend final : public Backend {
  public:
   static Result<std::unique_ptr<Backend>> create(const LoadedEngine& engine, const BackendOptions& options);
@@ -72,7 +103,7 @@ class CpuBackend final : public Backend {
   int64_t weight_bytes() const override { return weight_bytes_; }
   int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.size() * sizeof(float)); }
   int64_t kv_cache_bytes() const override {
-    return static_cast<int64_t>(kv_storage_.size() * sizeof(float) + kv_codes_.size() + kv_scales_.size() * sizeof(float));
+    return kv_bytes_;
   }
   Status forward(const Batch& batch, float* logits) override { return run(batch, logits, nullptr); }
   Status forward_argmax(const Batch& batch, int32_t* ids) override {
@@ -120,10 +151,9 @@ class CpuBackend final : public Backend {
   std::vector<int64_t> value_offset_;                   // [value] float offset into arena_
   std::vector<int64_t> node_scratch_offset_;            // [node] float offset of its scratch in arena_, -1: none
   std::vector<float> arena_;
-  std::vector<float> kv_storage_;                       // f32 cache: per layer K then V
-  std::vector<int8_t> kv_codes_;                        // int8 cache: per layer K codes then V codes
-  std::vector<float> kv_scales_;                        // int8 cache: per layer K scales then V scales
-  bool kv_int8_ = false;
+  LazyZeroMemory kv_memory_;                            // every layer's KV arrays
+  int64_t kv_bytes_ = 0;                                // what those arrays hold (the cache's budget)
+  KvCacheDtype kv_dtype_ = KvCacheDtype::Fp32;
   std::vector<cpu::PagedKv> kv_layers_;                 // [layer]
   std::vector<int32_t> slot_mapping_;                   // [max_tokens] scratch
   std::vector<float> argmax_logits_;                    // [max_logit_rows, vocab] scratch of forward_argmax/_sample
@@ -152,25 +182,19 @@ double CpuBackend::copy_bandwidth_bytes_per_second() {
 }
 
 
-// The KV cache element type the engine asks for: build.kv_cache.dtype, absent (older engines, or
-// --kv-cache auto) = f32. Returns true for int8.
-Result<bool> kv_cache_is_int8(const nlohmann::json& metadata) {
-  if (!metadata.contains("build") || !metadata["build"].is_object() || !metadata["build"].contains("kv_cache")) {
-    return false;
-  }
-  const nlohmann::json& kv = metadata["build"]["kv_cache"];
-  if (kv.is_null()) return false;
-  const std::string dtype = kv.is_object() && kv.contains("dtype") && kv["dtype"].is_string() ? kv["dtype"].get<std::string>() : "";
-  const std::string scales = kv.is_object() && kv.contains("scales") && kv["scales"].is_string() ? kv["scales"].get<std::string>() : "";
-  if (dtype == "int8" && scales == "per_token_head") return true;
-  return make_error("engine: kv_cache {} is not supported by the cpu backend (known: int8 with per_token_head scales)",
-                    kv.dump());
+// Half of the machine's physical memory: the most a KV cache sized from the profile alone may take.
+int64_t kv_memory_cap_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page / 2 : INT64_MAX;
 }
 
 Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& options) {
   if (!engine.metadata.contains("graph")) return make_error("engine has no graph");
   KILN_ASSIGN(graph_, Graph::from_json(engine.metadata["graph"]));
-  KILN_ASSIGN(kv_int8_, kv_cache_is_int8(engine.metadata));
+  {
+    KILN_ASSIGN(const std::optional<KvCacheDtype> kv_dtype, engine_kv_cache_dtype(engine.metadata));
+    kv_dtype_ = kv_dtype.value_or(KvCacheDtype::Fp32);  // absent: f32, as every kiln before fp16 KV
+  }
   try {
     max_seq_len_ = engine.metadata.at("profile").at("max_seq_len").get<int64_t>();
     const int64_t max_batch = engine.metadata.at("profile").at("max_batch").get<int64_t>();
@@ -267,8 +291,8 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
     }
     node_rope_[i] = &it->second;
   }
-  // (4) KV cache: one [num_blocks, block_size, kv_heads, head_dim] pair per layer; int8: codes of that
-  // shape plus [num_blocks, block_size, kv_heads] f32 scales (layout: backend/cpu/README.md).
+  // (4) KV cache: one [num_blocks, block_size, kv_heads, head_dim] pair per layer of f32 or f16; int8:
+  // codes of that shape plus [num_blocks, block_size, kv_heads] f32 scales (layout: backend/cpu/README.md).
   kv_layers_.assign(num_layers, cpu::PagedKv{});
   std::vector<int64_t> layer_width(num_layers, 0);
   std::vector<int64_t> layer_kv_heads(num_layers, 0), layer_head_dim(num_layers, 0);
@@ -281,37 +305,58 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
   for (int64_t l = 0; l < num_layers; ++l) {
     if (layer_kv_heads[l] * layer_head_dim[l] == 0) return make_error("cpu backend: layer {} has no attention node", l);
   }
-  if (kv_int8_) {
-    int64_t codes = 0, scales = 0;
-    for (int64_t l = 0; l < num_layers; ++l) {
-      codes += 2 * num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
-      scales += 2 * num_kv_blocks_ * block_size_ * layer_kv_heads[l];
+  // Without an explicit block count the profile sizes the cache (max batch sequences of max_seq_len),
+  // capped at half the machine's memory but never below one max_seq_len sequence.
+  int64_t bytes_per_block = 0;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    bytes_per_block += kv_cache_bytes_per_token(kv_dtype_, 1, layer_kv_heads[l], layer_head_dim[l]) * block_size_;
+  }
+  if (options.num_kv_blocks <= 0 && bytes_per_block > 0) {
+    const int64_t blocks_per_seq = (max_seq_len_ + block_size_ - 1) / block_size_;
+    const int64_t fit = std::max(blocks_per_seq, kv_memory_cap_bytes() / bytes_per_block);
+    num_kv_blocks_ = std::min(num_kv_blocks_, fit);
+  }
+  // Per layer: K and V arrays of [num_blocks, block_size, kv_heads, head_dim] elements (4, 2 or 1
+  // bytes), int8 followed by K and V scales [num_blocks, block_size, kv_heads] f32; each array
+  // 64-byte aligned in one mapping.
+  const int64_t element_bytes = kv_dtype_ == KvCacheDtype::Fp32 ? 4 : kv_dtype_ == KvCacheDtype::Fp16 ? 2 : 1;
+  std::vector<std::array<int64_t, 4>> offsets(num_layers, {-1, -1, -1, -1});  // K, V, K scales, V scales
+  int64_t mapped = 0;
+  const auto reserve = [&](int64_t bytes) {
+    const int64_t at = mapped;
+    mapped += (bytes + 63) / 64 * 64;
+    kv_bytes_ += bytes;
+    return at;
+  };
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const int64_t rows = num_kv_blocks_ * block_size_ * layer_kv_heads[l];
+    offsets[l][0] = reserve(rows * layer_head_dim[l] * element_bytes);
+    offsets[l][1] = reserve(rows * layer_head_dim[l] * element_bytes);
+    if (kv_dtype_ == KvCacheDtype::Int8) {
+      offsets[l][2] = reserve(rows * static_cast<int64_t>(sizeof(float)));
+      offsets[l][3] = reserve(rows * static_cast<int64_t>(sizeof(float)));
     }
-    kv_codes_.assign(static_cast<size_t>(codes), 0);
-    kv_scales_.assign(static_cast<size_t>(scales), 0.0f);
-    int64_t code_at = 0, scale_at = 0;
-    for (int64_t l = 0; l < num_layers; ++l) {
-      const int64_t rows = num_kv_blocks_ * block_size_ * layer_kv_heads[l];
-      const int64_t per_codes = rows * layer_head_dim[l], per_scales = rows;
-      cpu::PagedKv& kv = kv_layers_[l];
-      kv = cpu::PagedKv{nullptr, nullptr, num_kv_blocks_, block_size_, layer_kv_heads[l], layer_head_dim[l]};
-      kv.k_codes = kv_codes_.data() + code_at;
-      kv.v_codes = kv_codes_.data() + code_at + per_codes;
-      kv.k_scales = kv_scales_.data() + scale_at;
-      kv.v_scales = kv_scales_.data() + scale_at + per_scales;
-      code_at += 2 * per_codes;
-      scale_at += 2 * per_scales;
-    }
-  } else {
-    int64_t kv_floats = 0;
-    for (int64_t l = 0; l < num_layers; ++l) kv_floats += 2 * num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
-    kv_storage_.assign(static_cast<size_t>(kv_floats), 0.0f);
-    int64_t at = 0;
-    for (int64_t l = 0; l < num_layers; ++l) {
-      const int64_t per = num_kv_blocks_ * block_size_ * layer_kv_heads[l] * layer_head_dim[l];
-      kv_layers_[l] = cpu::PagedKv{kv_storage_.data() + at, kv_storage_.data() + at + per, num_kv_blocks_,
-                                   block_size_, layer_kv_heads[l], layer_head_dim[l]};
-      at += 2 * per;
+  }
+  KILN_TRY(kv_memory_.allocate(static_cast<size_t>(mapped)));
+  for (int64_t l = 0; l < num_layers; ++l) {
+    uint8_t* base = kv_memory_.data();
+    cpu::PagedKv& kv = kv_layers_[l];
+    kv = cpu::PagedKv{nullptr, nullptr, num_kv_blocks_, block_size_, layer_kv_heads[l], layer_head_dim[l]};
+    switch (kv_dtype_) {
+      case KvCacheDtype::Fp32:
+        kv.k_cache = reinterpret_cast<float*>(base + offsets[l][0]);
+        kv.v_cache = reinterpret_cast<float*>(base + offsets[l][1]);
+        break;
+      case KvCacheDtype::Fp16:
+        kv.k_f16 = reinterpret_cast<uint16_t*>(base + offsets[l][0]);
+        kv.v_f16 = reinterpret_cast<uint16_t*>(base + offsets[l][1]);
+        break;
+      case KvCacheDtype::Int8:
+        kv.k_codes = reinterpret_cast<int8_t*>(base + offsets[l][0]);
+        kv.v_codes = reinterpret_cast<int8_t*>(base + offsets[l][1]);
+        kv.k_scales = reinterpret_cast<float*>(base + offsets[l][2]);
+        kv.v_scales = reinterpret_cast<float*>(base + offsets[l][3]);
+        break;
     }
   }
   slot_mapping_.assign(static_cast<size_t>(max_tokens_), 0);

@@ -16,6 +16,7 @@
 #include "cli/eval_command.h"
 #include "cli/serve_command.h"
 #include "backend/kernel_plan.h"
+#include "backend/kv_cache_dtype.h"
 #include "compiler/build_engine.h"
 #include "engine/engine_file.h"
 #include "graph/graph.h"
@@ -65,11 +66,12 @@ struct BuildArgs {
 int run_build(const BuildArgs& args) {
   auto report = build_engine(args.options);
   if (!report.ok()) return fail(report.error());
+  for (const std::string& warning : report->warnings) fmt::print(stderr, "kiln: warning: {}\n", warning);
   for (const std::string& note : report->quant_notes) fmt::print(stderr, "kiln: quant: {}\n", note);
-  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm, {} rope into attention, {} swiglu into down; tokenizer: {}; tactics: {}{})\n",
+  fmt::print(stderr, "kiln: wrote {} ({} tensors, {:.1f} MiB of weights; fused {} qkv, {} gate_up, {} add+rms_norm, {} rope into attention, {} swiglu into down; tokenizer: {}; tactics: {}{}; kv cache: {})\n",
              args.options.output_path, report->num_tensors, report->weight_bytes / 1048576.0, report->fused_qkv,
              report->fused_gate_up, report->fused_add_rms_norm, report->fused_rope, report->fused_swiglu_linear, report->tokenizer.empty() ? "none" : report->tokenizer, report->tactics,
-             report->quant.empty() ? "" : "; quant: " + report->quant);
+             report->quant.empty() ? "" : "; quant: " + report->quant, report->kv_cache);
   return 0;
 }
 
@@ -162,6 +164,30 @@ int run_run(const RunArgs& args) {
 }
 
 // ---- inspect ----
+// "fp16: 23040 bytes per token, 90.0 MiB per 4096-token sequence": the KV cache a run allocates.
+std::string describe_kv_cache(const nlohmann::json& meta, const std::string& backend) {
+  const auto kv = engine_kv_cache_dtype(meta);
+  if (!kv.ok()) return "unreadable: " + kv.error().message;
+  std::string name;
+  KvCacheDtype dtype = kv->value_or(KvCacheDtype::Fp32);
+  try {
+    if (backend == "cuda" && !kv->has_value()) {
+      dtype = KvCacheDtype::Fp16;  // 2 bytes, as bf16
+      name = "activation dtype (" + meta.at("build").at("dtype").get<std::string>() + ")";
+    } else {
+      name = std::string(kv_cache_dtype_name(dtype)) + (kv->has_value() ? "" : " (no build.kv_cache: the default)");
+    }
+    const auto& m = meta.at("model");
+    const int64_t per_token = kv_cache_bytes_per_token(dtype, m.at("num_layers").get<int64_t>(),
+                                                       m.at("num_kv_heads").get<int64_t>(), m.at("head_dim").get<int64_t>());
+    const int64_t max_seq_len = meta.at("profile").at("max_seq_len").get<int64_t>();
+    return fmt::format("{}: {} bytes per token, {:.1f} MiB per {}-token sequence", name, per_token,
+                       static_cast<double>(per_token * max_seq_len) / 1048576.0, max_seq_len);
+  } catch (const nlohmann::json::exception&) {
+    return name;
+  }
+}
+
 int run_inspect(const std::string& path) {
   auto engine = load_engine(path, LoadOptions{});
   if (!engine.ok()) return fail(engine.error());
@@ -175,6 +201,7 @@ int run_inspect(const std::string& path) {
   for (const char* section : {"model", "profile", "build", "tokenizer"}) {
     if (meta.contains(section)) fmt::print("{:<14}{}\n", section, meta[section].dump());
   }
+  fmt::print("{:<14}{}\n", "kv cache", describe_kv_cache(meta, h.backend));
   auto graph = Graph::from_json(meta.value("graph", nlohmann::json::object()));
   if (!graph.ok()) return fail(graph.error().with_context(path));
   fmt::print("\ngraph: {} nodes, {} values\n", graph->nodes.size(), graph->values.size());
@@ -285,7 +312,9 @@ int cli_main(int argc, char** argv) {
   build_cmd->add_option("--tokenizer", build.options.tokenizer_path, "tokenizer.json, tokenizer.model or llama2.c tokenizer .bin");
   build_cmd->add_option("--chat-template", build.options.chat_template_path,
                         "Jinja chat template file (overrides the model's tokenizer_config.json / chat_template.jinja)");
-  build_cmd->add_option("--max-seq-len", build.options.max_seq_len, "longest sequence the engine serves")->check(CLI::PositiveNumber);
+  build_cmd->add_option("--max-seq-len", build.options.max_seq_len,
+                        "longest sequence the engine serves, which sizes the KV cache (default: the model's context; cuda: at most 4096)")
+      ->check(CLI::PositiveNumber);
   build_cmd->add_option("--max-batch", build.options.max_batch, "most sequences at once")->check(CLI::PositiveNumber);
   build_cmd->add_option("--backend", build.options.backend, "target backend: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}));
@@ -298,8 +327,9 @@ int cli_main(int argc, char** argv) {
                         "(SmoothQuant int8 weights and per-token int8 activations)")
       ->check(CLI::IsMember({"none", "int8", "int4", "int4-rtn", "w8a8", "fp8"}));
   build_cmd->add_option("--kv-cache", build.options.kv_cache,
-                        "KV cache precision: auto (cpu f32, cuda the activation dtype) or int8 (per token and head scales)")
-      ->check(CLI::IsMember({"auto", "int8"}));
+                        "KV cache precision: auto (cpu: fp16 for fp16/bf16 engines, fp32 for fp32 ones; cuda: the activation "
+                        "dtype), fp32, fp16 or int8 (cpu; per token and head scales)")
+      ->check(CLI::IsMember({"auto", "fp32", "f32", "fp16", "f16", "int8"}));
   build_cmd->add_option("--group-size", build.options.group_size, "weights per scale along K (multiple of 32; default: int4 128, int8 one scale per output channel)")
       ->check(CLI::PositiveNumber);
   build_cmd->add_option("--calib", build.options.calib_path,

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "backend/backend.h"
+#include "backend/kv_cache_dtype.h"
 #include "engine/engine_file.h"
 #include "common/mapped_file.h"
 #include "format/hf_config.h"
@@ -174,13 +175,42 @@ Result<ShapeProfile> parse_profile(const std::string& text) {
   return p;
 }
 
+namespace {
+
+// --kv-cache's spellings: fp32 / f32, fp16 / f16, int8.
+std::optional<KvCacheDtype> parse_kv_cache_option(const std::string& name) {
+  if (name == "fp32" || name == "f32") return KvCacheDtype::Fp32;
+  if (name == "fp16" || name == "f16") return KvCacheDtype::Fp16;
+  if (name == "int8") return KvCacheDtype::Int8;
+  return std::nullopt;
+}
+
+// The KV cache an engine records. cpu: auto is fp16 for fp16 / bf16 engines (half the bytes; K and V
+// are rounded to the precision the weights already had, or near it) and fp32 for fp32 engines, which
+// must match the float64 reference to ~1e-6. cuda: nullopt (the activation dtype, the only cache its
+// kernels read); int8 is recorded so that the run side refuses it with one line naming it, fp32 and
+// an fp16 cache on a bf16 engine are refused here.
+Result<std::optional<KvCacheDtype>> choose_kv_cache(const std::string& option, const std::string& backend, DType dtype) {
+  const std::optional<KvCacheDtype> asked = parse_kv_cache_option(option);
+  if (backend == "cuda") {
+    if (!asked || (*asked == KvCacheDtype::Fp16 && dtype == DType::F16)) return std::optional<KvCacheDtype>();
+    if (*asked == KvCacheDtype::Int8) return asked;
+    return make_error("--kv-cache {}: the cuda backend keeps the KV cache in the activation dtype ({}); use --kv-cache auto",
+                      option, dtype_name(dtype));
+  }
+  if (asked) return asked;
+  return std::optional<KvCacheDtype>(dtype == DType::F32 ? KvCacheDtype::Fp32 : KvCacheDtype::Fp16);
+}
+
+}  // namespace
+
 Result<BuildReport> build_engine(const BuildOptions& options) {
   if (options.backend != "cpu" && options.backend != "cuda") {
     return make_error("unknown --backend '{}': expected cpu or cuda", options.backend);
   }
   if (options.max_batch <= 0) return make_error("--max-batch must be positive, got {}", options.max_batch);
-  if (options.kv_cache != "auto" && options.kv_cache != "int8") {
-    return make_error("unknown --kv-cache '{}': expected auto or int8", options.kv_cache);
+  if (options.kv_cache != "auto" && !parse_kv_cache_option(options.kv_cache)) {
+    return make_error("unknown --kv-cache '{}': expected auto, fp32, fp16 or int8", options.kv_cache);
   }
   KILN_ASSIGN(ImportedModel imported, import_model(options.model_path));
   // Weights a checkpoint stores quantized stay as they are; fp8 ones were dequantized and may be.
@@ -193,13 +223,27 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
   ShapeProfile profile;
   profile.max_batch = options.max_batch;
   profile.opt_batch = std::min<int64_t>(profile.opt_batch, profile.max_batch);
+  // The longest sequence the engine serves, which sizes the KV cache. Default: the model's own context
+  // (max_position_embeddings; llama2.c seq_len). The CPU cache is committed page by page as positions
+  // are written, so a long default costs nothing until used; CUDA plans attention workspaces for it,
+  // so its default stays at most 4096.
+  const int64_t model_context = config.max_position_embeddings > 0 ? config.max_position_embeddings : 2048;
   profile.max_seq = options.max_seq_len > 0 ? options.max_seq_len
-                                            : std::min<int64_t>(config.max_position_embeddings > 0 ? config.max_position_embeddings : 2048, 4096);
+                    : options.backend == "cuda" ? std::min<int64_t>(model_context, 4096)
+                                                : model_context;
   profile.opt_seq = std::min(profile.opt_seq, profile.max_seq);
   if (!options.profile.empty()) {
     KILN_ASSIGN(profile, parse_profile(options.profile));
   }
   const int64_t max_seq_len = profile.max_seq;
+  BuildReport report;
+  if (max_seq_len > model_context && config.max_position_embeddings > 0) {
+    // Allowed, as transformers allows it for RoPE models: positions past the training context run,
+    // but the model never saw them.
+    report.warnings.push_back(fmt::format("max sequence length {} exceeds the model's context of {} positions "
+                                          "(max_position_embeddings): quality past {} is not what it was trained for",
+                                          max_seq_len, model_context, model_context));
+  }
   // CUDA engines run fp16/bf16 (tensor cores, half the bytes); a float32 checkpoint becomes fp16.
   DType source_dtype = imported.source_dtype;
   if (options.backend == "cuda" && source_dtype == DType::F32) source_dtype = DType::F16;
@@ -213,11 +257,12 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     device_arch = present.ok() ? *present : "sm_90";
   }
   if (options.backend == "cpu") device_arch = "x86_64";
+  KILN_ASSIGN(const std::optional<KvCacheDtype> kv_cache, choose_kv_cache(options.kv_cache, options.backend, dtype));
+  report.kv_cache = kv_cache ? std::string(kv_cache_dtype_name(*kv_cache)) : "activation dtype";
 
   const nlohmann::json checkpoint_quant = imported.checkpoint_quant;
   KILN_ASSIGN(BuiltModel built, build_llama_graph(config, imported.tensors, std::move(imported.quantized)));
   KILN_TRY(convert_precision(built.graph, built.weights, dtype));
-  BuildReport report;
   if (!checkpoint_quant.is_null()) {
     report.quant = "checkpoint " + checkpoint_quant["description"].get<std::string>();
     report.quant_notes = imported.checkpoint_quant_notes;
@@ -344,9 +389,9 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
       {"tactics", tactics},
       {"tokenizer", nullptr},
   };
-  // The KV cache element type the run side allocates (backend/cpu/README.md); auto writes nothing, so
-  // such engines read as before (cpu f32, cuda the activation dtype).
-  if (options.kv_cache == "int8") spec.metadata["build"]["kv_cache"] = {{"dtype", "int8"}, {"scales", "per_token_head"}};
+  // The KV cache element type the run side allocates (backend/kv_cache_dtype.h); fp32 and the cuda
+  // default write nothing, so such engines read as before.
+  if (kv_cache && *kv_cache != KvCacheDtype::Fp32) spec.metadata["build"]["kv_cache"] = kv_cache_metadata(*kv_cache);
   for (const auto& [name, info] : built.graph.weights) {
     for (const StoredTensor& part : stored_tensors(name, info)) {
       const TensorView* t = built.weights.find(part.name);

@@ -17,7 +17,7 @@ struct BuildOptions {
   std::string dtype = "auto";   // fp32 | fp16 | bf16 | auto (the checkpoint's own; llama2.c: fp32)
   std::string tokenizer_path;   // optional: overrides the one found beside the model
   std::string chat_template_path;  // optional: a Jinja chat template file; overrides the model's
-  int64_t max_seq_len = 0;      // 0: the model's max positions (capped at 4096)
+  int64_t max_seq_len = 0;      // 0: the model's context (max_position_embeddings; cuda: at most 4096)
   int64_t max_batch = 8;
   std::string backend = "cpu";   // cpu | cuda
   std::string device_arch;      // cuda: "sm_90" etc.; empty = the GPU present at build time, else sm_90
@@ -35,7 +35,8 @@ struct BuildOptions {
   std::string calib_cache;               // calibration results: reused when the file exists and matches, else written
   std::string calib_method;              // w8a8 static activation scales: minmax | percentile | entropy ("" = dynamic)
   std::vector<std::string> keep_fp16;    // weights whose names contain one of these stay unquantized
-  std::string kv_cache = "auto";         // KV cache element type: auto (cpu f32, cuda the activation dtype) | int8
+  std::string kv_cache = "auto";         // KV cache element type: auto (cpu: fp16 for fp16 / bf16 engines, fp32 for
+                                         // fp32 ones; cuda: the activation dtype) | fp32 (f32) | fp16 (f16) | int8
   double max_quant_error = -1;           // keep a matrix unquantized above this relative output error on the
                                          // calibration prompts (< 0: the mode's default; 0: never, no calibration
                                          // for int8 / int4-rtn)
@@ -54,6 +55,8 @@ struct BuildReport {
   std::string tactics;    // e.g. "40 timed on sm_90", or why none were
   std::string quant;      // e.g. "int4 g128 (AWQ, 32 calibration prompts): 35 of 36 matrices, 4.63 bits per weight"
   std::vector<std::string> quant_notes;  // per weight: kept unquantized and why, AWQ choices
+  std::string kv_cache;   // the KV cache the engine asks for: "fp32", "fp16", "int8" or "activation dtype" (cuda)
+  std::vector<std::string> warnings;  // allowed but worth a line (a max sequence length past the model's context)
 };
 
 // Shape profile of an engine (TensorRT's optimization profile): the run side plans memory for the

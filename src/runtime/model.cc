@@ -1,5 +1,7 @@
 #include "runtime/model.h"
 
+#include "backend/kv_cache_dtype.h"
+
 namespace kiln {
 
 Result<std::optional<Tokenizer>> tokenizer_from_engine(const LoadedEngine& engine) {
@@ -59,14 +61,18 @@ Result<std::unique_ptr<Model>> Model::load(const std::string& engine_path, const
   if (backend_name == "cpu") {
     backend = create_cpu_backend(model->engine_, options.backend_options);
   } else if (backend_name == "cuda") {
-    // The CUDA kernels read an fp16/bf16 KV cache only (for now): refuse --kv-cache int8 engines here,
-    // before any device work, rather than misread their cache.
+    // The CUDA kernels keep the KV cache in the activation dtype: refuse engines that ask for another
+    // (--kv-cache int8, or fp16 on a bf16 engine) here, before any device work, rather than misread
+    // their cache.
+    auto kv = engine_kv_cache_dtype(meta);
+    if (!kv.ok()) return kv.error().with_context(engine_path);
     const auto build = meta.find("build");
-    if (build != meta.end() && build->is_object() && build->contains("kv_cache") && !build->at("kv_cache").is_null()) {
-      const nlohmann::json& kv = build->at("kv_cache");
-      const std::string dtype = kv.is_object() && kv.contains("dtype") && kv["dtype"].is_string() ? kv["dtype"].get<std::string>() : kv.dump();
-      return make_error("{}: engine has a {} KV cache, which the cuda backend does not support yet: rebuild without --kv-cache",
-                        engine_path, dtype);
+    const bool fp16_engine = build != meta.end() && build->is_object() && build->contains("dtype") &&
+                             build->at("dtype") == "F16";
+    if (kv->has_value() && !(**kv == KvCacheDtype::Fp16 && fp16_engine)) {
+      return make_error("{}: engine has a {} KV cache, which the cuda backend does not support yet: rebuild with "
+                        "--kv-cache auto",
+                        engine_path, kv_cache_dtype_name(**kv));
     }
     // An engine is tuned for one GPU architecture: refuse others, naming both.
     auto arch = cuda_device_arch();

@@ -3,7 +3,10 @@
 // sequences, GQA ratios 1, 2 and 4, several head sizes and block sizes, both code paths.
 // The int8 cache is checked twice: the quantizer against its rounding bound, and attention against
 // the float64 reference over the DEQUANTIZED cache (read back from the codes and scales), so the
-// kernel's own error is held to the f32 bound; all-zero rows and outliers included.
+// kernel's own error is held to the f32 bound; all-zero rows and outliers included. The f16 cache
+// likewise: every stored half is f32_to_f16 of its input bit for bit (ties, overflow, subnormals), and
+// attention matches the float64 reference over the rounded values and equals, bit for bit, the f32
+// cache's attention over those same values.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -342,6 +345,183 @@ TEST(KvCacheWriteInt8, QuantizesEachTokenAndHeadAndSkipsPadding) {
   EXPECT_EQ(codes[1], 0);
   EXPECT_EQ(codes[2], 2);
   EXPECT_EQ(codes[3], -2);
+}
+
+// f16 cache: one layer's two arrays of half bits, PagedKv over them.
+struct F16Cache {
+  std::vector<uint16_t> k, v;  // [num_blocks, block_size, kv_heads, head_dim]
+  PagedKv kv{};
+
+  F16Cache(int64_t num_blocks, int64_t block_size, int64_t kv_heads, int64_t hd, uint16_t fill)
+      : k(num_blocks * block_size * kv_heads * hd, fill), v(k.size(), fill) {
+    kv = PagedKv{nullptr, nullptr, num_blocks, block_size, kv_heads, hd};
+    kv.k_f16 = k.data();
+    kv.v_f16 = v.data();
+  }
+  double k_at(int64_t slot, int64_t h, int64_t d) const { return f16_to_f32(k[(slot * kv.num_kv_heads + h) * kv.head_dim + d]); }
+  double v_at(int64_t slot, int64_t h, int64_t d) const { return f16_to_f32(v[(slot * kv.num_kv_heads + h) * kv.head_dim + d]); }
+};
+
+constexpr uint16_t kHalfNan = 0x7e00;
+
+bool half_is_nan(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0; }
+
+TEST_P(PagedAttentionTest, F16CacheMatchesFloat64OverRoundedCache) {
+  const std::vector<int64_t> seq_lens = {1, 17, 40, 5, 33};
+  // Odd head dims exercise the 16-wide loop, the 8-wide loop and the scalar tail in every mix.
+  const std::vector<Case> cases = {
+      {2, 1, 8, 4}, {2, 2, 7, 1}, {1, 4, 64, 16}, {2, 4, 13, 3}, {3, 2, 69, 8}, {1, 1, 24, 5}, {2, 3, 33, 16}, {1, 2, 1, 2},
+  };
+  std::mt19937 rng(91);
+  ThreadPool pool(3);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "kv_heads=" << c.num_kv_heads << " group=" << c.group
+                                      << " head_dim=" << c.head_dim << " block_size=" << c.block_size);
+    Problem pr = make_problem(c, seq_lens, rng);
+    const int64_t H = pr.num_heads, KVH = c.num_kv_heads, hd = c.head_dim, T = pr.T, stride = pr.qkv_stride;
+    float* q = pr.qkv.data();
+    float* k = q + H * hd;
+    float* v = k + KVH * hd;
+    // Real keys have a few large channels; small values land in f16's subnormal range.
+    std::uniform_int_distribution<int64_t> any_d(0, hd - 1);
+    const int64_t hot_channel = any_d(rng);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < KVH; ++h) k[t * stride + h * hd + hot_channel] *= 24.0f;
+      if (t % 7 == 3) v[t * stride + any_d(rng)] = (t % 2 ? 300.0f : -300.0f);
+      if (t % 5 == 1) k[t * stride + any_d(rng)] *= 1e-5f;
+    }
+
+    // Unwritten slots hold NaN halves, which would poison the output if read.
+    F16Cache cache(pr.num_blocks, c.block_size, KVH, hd, kHalfNan);
+    kv_cache_write(k, v, T, stride, pr.slots.data(), cache.kv);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < KVH * hd; ++i) {
+        const int64_t at = pr.slots[t] * KVH * hd + i;
+        ASSERT_EQ(cache.k[at], f32_to_f16(k[t * stride + i])) << "token " << t << " k element " << i;
+        ASSERT_EQ(cache.v[at], f32_to_f16(v[t * stride + i])) << "token " << t << " v element " << i;
+      }
+    }
+
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    std::vector<float> out(T * H * hd);
+    paged_attention(q, T, stride, pr.token_seq.data(), pr.positions.data(), pr.block_tables.data(),
+                    pr.max_blocks_per_seq, cache.kv, H, scale, out.data(), pool);
+
+    // The same attention over an f32 cache holding the rounded values: the f16 path widens the halves
+    // exactly and then runs the f32 path's vector operations in the same order, so the results are
+    // identical whenever head_dim is a multiple of 8 (every real model: 64, 80, 96, 128). With a scalar
+    // tail the compiler may fuse a * b + sum in one loop and not the other (-ffp-contract), so there
+    // the float64 bound below is the check.
+    std::vector<float> k32(cache.k.size()), v32(cache.v.size());
+    for (size_t i = 0; i < k32.size(); ++i) {
+      k32[i] = f16_to_f32(cache.k[i]);
+      v32[i] = f16_to_f32(cache.v[i]);
+    }
+    const PagedKv kv32{k32.data(), v32.data(), pr.num_blocks, c.block_size, KVH, hd};
+    std::vector<float> out32(T * H * hd);
+    paged_attention(q, T, stride, pr.token_seq.data(), pr.positions.data(), pr.block_tables.data(),
+                    pr.max_blocks_per_seq, kv32, H, scale, out32.data(), pool);
+    if (hd % 8 == 0) {
+      for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(out[i], out32[i]) << "output element " << i;
+    }
+
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t kvh = h / c.group;
+        const float* qh = q + t * stride + h * hd;
+        const int64_t n = pr.tokens[t].pos + 1;
+        std::vector<int64_t> slot(n);
+        for (int64_t p = 0; p < n; ++p) slot[p] = pr.slots[pr.row_of[pr.tokens[t].seq * pr.max_len + p]];
+        std::vector<double> w(n);
+        double max_score = -INFINITY, max_abs_qk = 0, max_abs_v = 0;
+        for (int64_t p = 0; p < n; ++p) {
+          double dot = 0, abs_dot = 0;
+          for (int64_t d = 0; d < hd; ++d) {
+            dot += static_cast<double>(qh[d]) * cache.k_at(slot[p], kvh, d);
+            abs_dot += std::fabs(static_cast<double>(qh[d]) * cache.k_at(slot[p], kvh, d));
+            max_abs_v = std::max(max_abs_v, std::fabs(cache.v_at(slot[p], kvh, d)));
+          }
+          w[p] = dot * scale;
+          max_score = std::max(max_score, w[p]);
+          max_abs_qk = std::max(max_abs_qk, abs_dot * scale);
+        }
+        double sum = 0;
+        for (double& x : w) sum += (x = std::exp(x - max_score));
+        // The f32 cache's error budget (MatchesDenseCausalAttention) over the rounded values, which are
+        // exact in f32; the values here reach max_abs_v, not 1.
+        const double delta = (hd + 2) * kUnit * max_abs_qk;
+        const double tol = (2 * delta + (2 * n + 16) * kUnit) * std::max(1.0, max_abs_v);
+        for (int64_t d = 0; d < hd; ++d) {
+          double exact = 0;
+          for (int64_t p = 0; p < n; ++p) exact += w[p] / sum * cache.v_at(slot[p], kvh, d);
+          ASSERT_NEAR(out[(t * H + h) * hd + d], exact, tol)
+              << "token " << t << " (seq " << pr.tokens[t].seq << ", pos " << pr.tokens[t].pos << ") head " << h << " d " << d;
+        }
+      }
+    }
+  }
+}
+
+// kv_cache_write into an f16 cache: round to nearest even on both paths, the same bits as
+// f32_to_f16 (ties, the largest half, overflow to inf, subnormals, signed zero, inf, NaN), rows of
+// 3 heads x 5 = 15 elements so the specials fall in the 8-wide loop and in the tail; padding skipped.
+TEST_P(PagedAttentionTest, F16WriteRoundsToNearestEvenAndSkipsPadding) {
+  const int64_t kv_heads = 3, hd = 5, block_size = 2, num_blocks = 3;
+  const int64_t row = kv_heads * hd, stride = row + 2;
+  const float tie_down = 1.0f + 0x1p-11f;        // halfway between 1 and 1 + 2^-10: to even, 1
+  const float tie_up = 1.0f + 3 * 0x1p-11f;      // halfway between 1 + 2^-10 and 1 + 2^-9: to even, 1 + 2^-9
+  const float specials[] = {tie_down, tie_up, 65504.0f, 65519.0f, 65520.0f, -70000.0f, 0x1p-24f, 0x1p-25f,
+                            3 * 0x1p-25f, -0.0f, INFINITY, -INFINITY, NAN, 1e-10f, 0.1f};
+  // Known halves for the cases above (NaN aside), independent of f32_to_f16.
+  const uint16_t expected[] = {0x3c00, 0x3c02, 0x7bff, 0x7bff, 0x7c00, 0xfc00, 0x0001, 0x0000,
+                               0x0002, 0x8000, 0x7c00, 0xfc00, kHalfNan, 0x0000, 0x2e66};
+  static_assert(sizeof(specials) / sizeof(float) == 15);
+  std::mt19937 rng(5);
+  std::vector<float> k = testing::random_floats(rng, 3 * stride, -3.0f, 3.0f);
+  std::vector<float> v = testing::random_floats(rng, 3 * stride, -3.0f, 3.0f);
+  for (int64_t i = 0; i < row; ++i) {
+    k[i] = specials[i];                 // token 0: specials in order
+    v[2 * stride + i] = specials[row - 1 - i];  // token 2: reversed, so both loops see each
+  }
+  F16Cache cache(num_blocks, block_size, kv_heads, hd, 0x1234);
+  const std::vector<int32_t> slots = {5, -1, 2};  // token 1 is padding
+  kv_cache_write(k.data(), v.data(), 3, stride, slots.data(), cache.kv);
+  for (int64_t slot = 0; slot < num_blocks * block_size; ++slot) {
+    const int64_t token = slot == 5 ? 0 : slot == 2 ? 2 : -1;
+    for (int64_t i = 0; i < row; ++i) {
+      const uint16_t got_k = cache.k[slot * row + i], got_v = cache.v[slot * row + i];
+      if (token < 0) {
+        EXPECT_EQ(got_k, 0x1234) << "slot " << slot;
+        EXPECT_EQ(got_v, 0x1234) << "slot " << slot;
+        continue;
+      }
+      const float xk = k[token * stride + i], xv = v[token * stride + i];
+      if (std::isnan(xk)) EXPECT_TRUE(half_is_nan(got_k)) << "slot " << slot << " k " << i;
+      else EXPECT_EQ(got_k, f32_to_f16(xk)) << "slot " << slot << " k " << i << " x " << xk;
+      if (std::isnan(xv)) EXPECT_TRUE(half_is_nan(got_v)) << "slot " << slot << " v " << i;
+      else EXPECT_EQ(got_v, f32_to_f16(xv)) << "slot " << slot << " v " << i << " x " << xv;
+    }
+  }
+  for (int64_t i = 0; i < row; ++i) {
+    if (std::isnan(specials[i])) continue;
+    EXPECT_EQ(cache.k[5 * row + i], expected[i]) << "special " << i << " " << specials[i];
+    EXPECT_EQ(cache.v[2 * row + row - 1 - i], expected[i]) << "special " << i << " " << specials[i];
+  }
+  // Round trip: every finite half written as f32 comes back unchanged.
+  std::vector<float> all(65536);
+  std::vector<int32_t> slot_of(1);
+  F16Cache one(1, 1, 1, 65536, 0);
+  int64_t finite = 0;
+  for (uint32_t h = 0; h < 65536; ++h) all[h] = f16_to_f32(static_cast<uint16_t>(h));
+  slot_of[0] = 0;
+  kv_cache_write(all.data(), all.data(), 1, 65536, slot_of.data(), one.kv);
+  for (uint32_t h = 0; h < 65536; ++h) {
+    if (half_is_nan(static_cast<uint16_t>(h))) continue;
+    ++finite;
+    ASSERT_EQ(one.k[h], h) << "half " << h;
+    ASSERT_EQ(one.v[h], h) << "half " << h;
+  }
+  EXPECT_EQ(finite, 65536 - 2 * 1023);
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, PagedAttentionTest, ::testing::ValuesIn(testing::available_paths()),

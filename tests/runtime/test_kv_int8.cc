@@ -207,7 +207,7 @@ TEST(KvInt8Build, UnknownKvCacheIsOneErrorLine) {
   options.kv_cache = "fp8";
   auto report = build_engine(options);
   ASSERT_FALSE(report.ok());
-  EXPECT_EQ(report.error().message, "unknown --kv-cache 'fp8': expected auto or int8");
+  EXPECT_EQ(report.error().message, "unknown --kv-cache 'fp8': expected auto, fp32, fp16 or int8");
 }
 
 TEST(KvInt8Build, CudaEngineWithInt8CacheIsRefusedAtLoad) {

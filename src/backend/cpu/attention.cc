@@ -4,11 +4,14 @@
 //   1. scores s_p = scale · q·k_p and their max       (AVX2 dot products of length head_dim)
 //   2. w_p = exp(s_p - max), sum                      (vector exp over the score row)
 //   3. out = Σ w_p v_p / sum                          (AVX2 axpy into the output row)
-// Work per item: 4·(pos+1)·head_dim FLOPs over 2·(pos+1)·head_dim·4 bytes of K and V (f32 cache) or
-// 2·(pos+1)·(head_dim + 4) bytes (int8 cache: codes + one f32 scale per row, 3.8x fewer at
-// head_dim 64). The int8 cache is never dequantized into memory: codes are widened to f32 in
-// registers (AVX2: 8 bytes -> vpmovsxbd -> vcvtdq2ps, then the same FMAs as the f32 path) and the row
-// scale is folded into the score (k) or the softmax weight (v), one multiply per row.
+// Work per item: 4·(pos+1)·head_dim FLOPs over 2·(pos+1)·head_dim·4 bytes of K and V (f32 cache),
+// 2·(pos+1)·head_dim·2 bytes (f16 cache) or 2·(pos+1)·(head_dim + 4) bytes (int8 cache: codes + one
+// f32 scale per row, 3.8x fewer at head_dim 64). Neither the f16 nor the int8 cache is widened into
+// memory: halves are converted in registers (AVX2: 8 halves -> vcvtph2ps, exact, then the same FMAs in
+// the same order as the f32 path, so an f16 cache gives the f32 path's result on the rounded values,
+// bit for bit when head_dim is a multiple of 8: the scalar tails may be contracted differently),
+// int8 codes likewise (8 bytes -> vpmovsxbd -> vcvtdq2ps) with the row scale folded into the score (k)
+// or the softmax weight (v), one multiply per row.
 // Scores live in a thread_local buffer that only grows, so steady state allocates nothing.
 #include <algorithm>
 #include <cassert>
@@ -144,6 +147,54 @@ KILN_AVX2 void axpy_i8_avx2(float alpha, const int8_t* codes, float* y, int64_t 
   for (; i < n; ++i) y[i] += alpha * static_cast<float>(codes[i]);
 }
 
+// Σ a[i] · half[i]: the q·k dot over an f16 key row; the f32 dot's loop structure, so the sum is the
+// one dot_avx2 forms over the widened row.
+KILN_AVX2 float dot_f16_avx2(const float* a, const uint16_t* h, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), simd::load8_f16(h + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), simd::load8_f16(h + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), simd::load8_f16(h + i), acc0);
+  float sum = simd::hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) sum += a[i] * _cvtsh_ss(h[i]);
+  return sum;
+}
+
+// y += alpha · half: the p·v accumulation over an f16 value row.
+KILN_AVX2 void axpy_f16_avx2(float alpha, const uint16_t* h, float* y, int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, simd::load8_f16(h + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * _cvtsh_ss(h[i]);
+}
+
+// out[i] = x[i] as a half, round to nearest even (vcvtps2ph; the tail through f32_to_f16, same bits).
+KILN_AVX2 void store_f16_avx2(const float* x, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) out[i] = f32_to_f16(x[i]);
+}
+
+float dot_f16_scalar(const float* a, const uint16_t* h, int64_t n) {
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * f16_to_f32(h[i]);
+  return sum;
+}
+
+void axpy_f16_scalar(float alpha, const uint16_t* h, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * f16_to_f32(h[i]);
+}
+
+void store_f16_scalar(const float* x, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = f32_to_f16(x[i]);
+}
+
 float dot_i8_scalar(const float* a, const int8_t* codes, int64_t n) {
   float sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += a[i] * static_cast<float>(codes[i]);
@@ -160,6 +211,8 @@ struct AvxOps {
   KILN_AVX2 static float exp_shift_sum(float* s, int64_t n, float max) { return exp_shift_sum_avx2(s, n, max); }
   KILN_AVX2 static float dot_i8(const float* a, const int8_t* c, int64_t n) { return dot_i8_avx2(a, c, n); }
   KILN_AVX2 static void axpy_i8(float alpha, const int8_t* c, float* y, int64_t n) { axpy_i8_avx2(alpha, c, y, n); }
+  KILN_AVX2 static float dot_f16(const float* a, const uint16_t* h, int64_t n) { return dot_f16_avx2(a, h, n); }
+  KILN_AVX2 static void axpy_f16(float alpha, const uint16_t* h, float* y, int64_t n) { axpy_f16_avx2(alpha, h, y, n); }
 };
 struct ScalarOps {
   static float dot(const float* a, const float* b, int64_t n) { return dot_scalar(a, b, n); }
@@ -167,11 +220,13 @@ struct ScalarOps {
   static float exp_shift_sum(float* s, int64_t n, float max) { return exp_shift_sum_scalar(s, n, max); }
   static float dot_i8(const float* a, const int8_t* c, int64_t n) { return dot_i8_scalar(a, c, n); }
   static void axpy_i8(float alpha, const int8_t* c, float* y, int64_t n) { axpy_i8_scalar(alpha, c, y, n); }
+  static float dot_f16(const float* a, const uint16_t* h, int64_t n) { return dot_f16_scalar(a, h, n); }
+  static void axpy_f16(float alpha, const uint16_t* h, float* y, int64_t n) { axpy_f16_scalar(alpha, h, y, n); }
 };
 
 // How attention reads one cache row (slot, kv head): its score against q and its weighted sum into out.
-// F32: the row itself. Int8: scale[row] * codes[row, :], so score = (scale · k_scale) · Σ q·code and
-// out += (w · v_scale) · code.
+// F32: the row itself. F16: the row's halves, widened in registers. Int8: scale[row] * codes[row, :],
+// so score = (scale · k_scale) · Σ q·code and out += (w · v_scale) · code.
 template <class Ops>
 struct F32Rows {
   static float score(const PagedKv& kv, float scale, const float* q, int64_t row) {
@@ -179,6 +234,15 @@ struct F32Rows {
   }
   static void accumulate(const PagedKv& kv, float w, int64_t row, float* out) {
     Ops::axpy(w, kv.v_cache + row * kv.head_dim, out, kv.head_dim);
+  }
+};
+template <class Ops>
+struct F16Rows {
+  static float score(const PagedKv& kv, float scale, const float* q, int64_t row) {
+    return scale * Ops::dot_f16(q, kv.k_f16 + row * kv.head_dim, kv.head_dim);
+  }
+  static void accumulate(const PagedKv& kv, float w, int64_t row, float* out) {
+    Ops::axpy_f16(w, kv.v_f16 + row * kv.head_dim, out, kv.head_dim);
   }
 };
 template <class Ops>
@@ -223,6 +287,16 @@ void attend_items(const AttentionArgs& a, int64_t begin, int64_t end) {
   }
 }
 
+// All items on the pool, on the active path.
+template <template <class> class Rows>
+void attend_all(const AttentionArgs& args, int64_t items, int64_t min_chunk, ThreadPool& pool) {
+  if (using_avx2()) {
+    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<AvxOps, Rows>(args, b, e); });
+  } else {
+    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<ScalarOps, Rows>(args, b, e); });
+  }
+}
+
 }  // namespace
 
 float quantize_kv_row(const float* x, int64_t n, int8_t* codes) {
@@ -246,10 +320,16 @@ void kv_cache_write(const float* k, const float* v, int64_t M, int64_t row_strid
                     const int32_t* slot_mapping, const PagedKv& kv) {
   const int64_t row = kv.num_kv_heads * kv.head_dim;
   assert(row_stride >= row);
+  void (*const store_f16)(const float*, uint16_t*, int64_t) = using_avx2() ? store_f16_avx2 : store_f16_scalar;
   for (int64_t m = 0; m < M; ++m) {
     const int64_t slot = slot_mapping[m];
     if (slot < 0) continue;  // padding token (vLLM's convention): nothing to store
     assert(slot < kv.num_blocks * kv.block_size);
+    if (kv.dtype() == KvDtype::F16) {  // a slot's heads are one contiguous row of halves
+      store_f16(k + m * row_stride, kv.k_f16 + slot * row, row);
+      store_f16(v + m * row_stride, kv.v_f16 + slot * row, row);
+      continue;
+    }
     if (kv.is_int8()) {
       for (int64_t h = 0; h < kv.num_kv_heads; ++h) {
         const int64_t r = slot * kv.num_kv_heads + h;  // cache row of (slot, head)
@@ -282,16 +362,10 @@ void paged_attention(const float* q, int64_t M, int64_t q_stride, const int32_t*
   const int64_t items = M * num_heads;
   const int64_t macs_per_item = std::max<int64_t>(1, 2 * total_positions * kv.head_dim / M);
   const int64_t min_chunk = std::max<int64_t>(1, 16384 / macs_per_item);
-  if (kv.is_int8()) {
-    if (using_avx2()) {
-      pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<AvxOps, Int8Rows>(args, b, e); });
-    } else {
-      pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<ScalarOps, Int8Rows>(args, b, e); });
-    }
-  } else if (using_avx2()) {
-    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<AvxOps, F32Rows>(args, b, e); });
-  } else {
-    pool.parallel_for(items, min_chunk, [&](int64_t b, int64_t e) { attend_items<ScalarOps, F32Rows>(args, b, e); });
+  switch (kv.dtype()) {
+    case KvDtype::F32: attend_all<F32Rows>(args, items, min_chunk, pool); break;
+    case KvDtype::F16: attend_all<F16Rows>(args, items, min_chunk, pool); break;
+    case KvDtype::Int8: attend_all<Int8Rows>(args, items, min_chunk, pool); break;
   }
 }
 

@@ -52,12 +52,19 @@ void swiglu(const float* gate_up, int64_t M, int64_t F, float* out);
 // out[m, :] = table[ids[m], :]   table: [V, D] of dtype;  out: [M, D] f32
 void embedding(const int32_t* ids, int64_t M, const void* table, DType dtype, int64_t D, float* out);
 
-// Paged KV cache, one layer, in one of two element types:
-//   f32:  k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim] f32 (codes/scales null).
+// Element type of a paged KV cache (backend/cpu/README.md has the layouts and bytes per row).
+enum class KvDtype : uint8_t { F32, F16, Int8 };
+
+// Paged KV cache, one layer, in one of three element types:
+//   f32:  k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim] f32.
+//   f16:  k_f16, v_f16: [num_blocks, block_size, num_kv_heads, head_dim] IEEE half bits (k_cache /
+//         v_cache null): x rounded to nearest even as it is stored, |x| > 65504 -> inf, as any fp16
+//         cache (llama.cpp's default KV type, vLLM's "auto" for fp16 models).
 //   int8: k_codes, v_codes: [num_blocks, block_size, num_kv_heads, head_dim] int8 and
 //         k_scales, v_scales: [num_blocks, block_size, num_kv_heads] f32 (k_cache/v_cache null):
 //         row (slot, head) holds x ≈ scale * code, symmetric, scale = max|x| / 127 of that row
 //         ("dynamic per token and head", as llama.cpp's q8_0 KV and vLLM's per-token int8 KV).
+// The type is the family of arrays that is set (exactly one).
 struct PagedKv {
   float* k_cache;
   float* v_cache;
@@ -69,8 +76,11 @@ struct PagedKv {
   float* k_scales = nullptr;
   int8_t* v_codes = nullptr;
   float* v_scales = nullptr;
+  uint16_t* k_f16 = nullptr;
+  uint16_t* v_f16 = nullptr;
 
-  bool is_int8() const { return k_codes != nullptr; }
+  KvDtype dtype() const { return k_codes ? KvDtype::Int8 : k_f16 ? KvDtype::F16 : KvDtype::F32; }
+  bool is_int8() const { return dtype() == KvDtype::Int8; }
 };
 
 // Quantizes one row x[n] to codes[n] with scale max|x| / 127 (round to nearest even, |code| <= 127);
@@ -78,7 +88,8 @@ struct PagedKv {
 float quantize_kv_row(const float* x, int64_t n, int8_t* codes);
 
 // Writes token m's key/value into slot slot_mapping[m] (= block * block_size + offset in block);
-// an int8 cache quantizes each (token, kv head) row as it stores it (quantize_kv_row).
+// an f16 cache rounds each element to nearest even (the same bits as f32_to_f16 on both paths; AVX2:
+// F16C vcvtps2ph), an int8 cache quantizes each (token, kv head) row as it stores it (quantize_kv_row).
 //   k, v: rows of [num_kv_heads * head_dim] at k + m * row_stride (may be column slices of a QKV buffer)
 void kv_cache_write(const float* k, const float* v, int64_t M, int64_t row_stride,
                     const int32_t* slot_mapping, const PagedKv& kv);
@@ -87,9 +98,10 @@ void kv_cache_write(const float* k, const float* v, int64_t M, int64_t row_strid
 // kv_cache_write of the same tokens). Token m belongs to sequence token_seq[m] and sits at position
 // positions[m]; it attends to that sequence's positions 0..positions[m], found through
 // block_tables[token_seq[m] * max_blocks_per_seq + position / block_size]. GQA: query head h reads
-// kv head h / (num_heads / num_kv_heads). Softmax in f32 with max subtraction. An int8 cache is read
-// as it is stored: codes are widened to f32 in registers inside the q·k dot and the p·v accumulation,
-// and the row scale multiplies the dot (keys) or the softmax weight (values), once per row.
+// kv head h / (num_heads / num_kv_heads). Softmax in f32 with max subtraction. f16 and int8 caches
+// are read as they are stored: halves (F16C vcvtph2ps) or codes are widened to f32 in registers inside
+// the q·k dot and the p·v accumulation (the f16 values are exact in f32, so the arithmetic is the f32
+// path's); an int8 row scale multiplies the dot (keys) or the softmax weight (values), once per row.
 //   q: rows of [num_heads * head_dim] at q + m * q_stride;  out: [M, num_heads * head_dim]
 void paged_attention(const float* q, int64_t M, int64_t q_stride, const int32_t* token_seq,
                      const int32_t* positions, const int32_t* block_tables,
