@@ -98,9 +98,12 @@ class Backend {
   // forward() with a timing per graph node (CPU: wall clock; CUDA: events, no graph replay). Slower
   // than forward(); for `kiln bench --verbose`.
   virtual Status forward_profiled(const Batch& batch, float* logits, std::vector<NodeTiming>& timings) = 0;
-  // Memory bandwidth of a large device-to-device copy (bytes read + written per second), measured
-  // once on first call: the ceiling against which bench reports achieved bandwidth.
+  // The memory-bandwidth bound bench reports decode against, measured once on first call, in bytes
+  // per second. CUDA: a large device-to-device copy (bytes read + written); CPU: the read probe of
+  // backend/cpu/bandwidth.h (the better of a streaming read and the GEMV kernel itself).
   virtual double copy_bandwidth_bytes_per_second() = 0;
+  // How that bound was measured, for reports (after copy_bandwidth_bytes_per_second()).
+  virtual std::string bandwidth_bound_name() const { return "device copy (read + write)"; }
   // Peak bytes the backend has held on its device (CUDA: device allocations; CPU: 0, see RSS).
   virtual int64_t peak_device_bytes() const = 0;
   // Kernels one decode step of `batch_size` sequences launches (CUDA: kernel nodes of its captured

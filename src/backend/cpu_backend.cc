@@ -17,8 +17,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include "backend/arena_plan.h"
 #include "backend/backend.h"
+#include "backend/cpu/bandwidth.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/thread_pool.h"
 #include "backend/kv_cache_dtype.h"
@@ -127,6 +130,7 @@ class CpuBackend final : public Backend {
     return run(batch, logits, &timings);
   }
   double copy_bandwidth_bytes_per_second() override;
+  std::string bandwidth_bound_name() const override { return bandwidth_name_; }
   int64_t peak_device_bytes() const override { return 0; }
   Status set_activation_observer(ActivationObserver* observer) override {
     observer_ = observer;
@@ -162,25 +166,20 @@ class CpuBackend final : public Backend {
   int64_t vocab_size_ = 0, max_tokens_ = 0, max_logit_rows_ = 0, max_seq_len_ = 0;
   int64_t num_kv_blocks_ = 0, block_size_ = 0, weight_bytes_ = 0;
   double copy_bandwidth_ = 0;
+  std::string bandwidth_name_ = "read probe";
   ActivationObserver* observer_ = nullptr;
 };
 
-// Best of a few memcpy passes over 256 MiB (well beyond any cache), counting bytes read + written.
+// The read probe (backend/cpu/bandwidth.h) on this backend's threads: decode reads every weight once,
+// so what the cores can read, not a memcpy's read + write, bounds it.
 double CpuBackend::copy_bandwidth_bytes_per_second() {
   if (copy_bandwidth_ > 0) return copy_bandwidth_;
-  const size_t bytes = size_t{256} << 20;
-  std::vector<uint8_t> src(bytes, 1), dst(bytes, 0);
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::memcpy(dst.data(), src.data(), bytes);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, 2.0 * static_cast<double>(bytes) / s);
-  }
-  copy_bandwidth_ = best;
-  return best;
+  const cpu::BandwidthProbe probe = cpu::probe_read_bandwidth(*pool_);
+  copy_bandwidth_ = probe.bound();
+  bandwidth_name_ = fmt::format("read probe, {} threads: stream {:.2f} GB/s, gemv {:.2f} GB/s", pool_->num_threads(),
+                                probe.stream_bytes_per_second / 1e9, probe.gemv_bytes_per_second / 1e9);
+  return copy_bandwidth_;
 }
-
 
 // Half of the machine's physical memory: the most a KV cache sized from the profile alone may take.
 int64_t kv_memory_cap_bytes() {

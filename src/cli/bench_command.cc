@@ -65,6 +65,7 @@ nlohmann::json report_json(const std::string& engine, const BenchReport& r) {
       {"peak_rss_bytes", r.peak_rss_bytes},
       {"weight_bandwidth_bytes_per_second", r.weight_bandwidth_bytes_per_second},
       {"copy_bandwidth_bytes_per_second", r.copy_bandwidth_bytes_per_second},
+      {"bandwidth_bound", r.bandwidth_bound},
       {"weight_bandwidth_fraction", r.weight_bandwidth_fraction},
   };
   if (!r.profiles.empty()) {
@@ -113,9 +114,9 @@ void print_table(const std::string& engine, const BenchReport& r, int threads) {
   row("decode throughput", fmt::format("{:.1f} tok/s", r.decode_tokens_per_second));
   row("tokens (prompt / generated)", fmt::format("{} / {} in {} decode steps", r.prompt_tokens, r.generated_tokens, r.decode_steps));
   row("weights / KV cache / arena", fmt::format("{:.1f} / {:.1f} / {:.1f} MiB", mib(r.weight_bytes), mib(r.kv_cache_bytes), mib(r.arena_bytes)));
-  row("weight bandwidth (decode p50)", fmt::format("{:.2f} GB/s = {:.1f}% of copy bandwidth {:.2f} GB/s",
+  row("weight bandwidth (decode p50)", fmt::format("{:.2f} GB/s = {:.1f}% of the bound {:.2f} GB/s ({})",
                                                   r.weight_bandwidth_bytes_per_second / 1e9, 100.0 * r.weight_bandwidth_fraction,
-                                                  r.copy_bandwidth_bytes_per_second / 1e9));
+                                                  r.copy_bandwidth_bytes_per_second / 1e9, r.bandwidth_bound));
   row("peak device memory", fmt::format("{:.1f} MiB", mib(r.peak_device_bytes)));
   if (r.kernels_per_decode_step > 0) row("kernels per decode step", fmt::format("{}", r.kernels_per_decode_step));
   row("peak RSS", fmt::format("{:.1f} MiB", mib(r.peak_rss_bytes)));

@@ -293,9 +293,10 @@ Result<BenchReport> run_benchmark(Model& model, const BenchOptions& o) {
   r.weight_bytes = backend.weight_bytes();
   r.kv_cache_bytes = backend.kv_cache_bytes();
   r.arena_bytes = backend.arena_bytes();
-  // Before the bandwidth probe, whose buffers (CPU: 512 MiB) would otherwise count as the workload's.
+  // Before the bandwidth probe, whose buffers (CPU: 256 MiB) would otherwise count as the workload's.
   r.peak_rss_bytes = peak_rss_bytes();
   r.copy_bandwidth_bytes_per_second = backend.copy_bandwidth_bytes_per_second();
+  r.bandwidth_bound = backend.bandwidth_bound_name();
   if (r.decode_p50_ms > 0) {
     r.weight_bandwidth_bytes_per_second = static_cast<double>(r.weight_bytes) / (r.decode_p50_ms / 1e3);
     r.weight_bandwidth_fraction = r.weight_bandwidth_bytes_per_second / r.copy_bandwidth_bytes_per_second;

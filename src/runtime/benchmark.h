@@ -53,9 +53,11 @@ struct BenchReport {
   int64_t kernels_per_decode_step = 0;  // CUDA: kernel nodes of the decode step's graph (CPU: 0)
   int64_t peak_rss_bytes = 0;     // whole process, after the timed iterations (before the bandwidth probe)
   // Decode reads every weight once per step, so weight_bytes / p50 step time is a lower bound on the
-  // bandwidth it achieved; copy_bandwidth is the backend's measured device copy (read + write).
+  // bandwidth it achieved; copy_bandwidth is the backend's measured bound (Backend::
+  // copy_bandwidth_bytes_per_second: CUDA a device copy, CPU a read probe), named by bandwidth_bound.
   double weight_bandwidth_bytes_per_second = 0;
   double copy_bandwidth_bytes_per_second = 0;
+  std::string bandwidth_bound;
   double weight_bandwidth_fraction = 0;
   std::vector<StepProfile> profiles;  // with verbose: prefill, then decode
 };
