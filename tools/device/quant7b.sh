@@ -24,7 +24,7 @@ for what in "$@"; do
     7b)
       python3 tools/make_random_hf_model.py llama2-7b /tmp/l7b --dtype fp16 --device cuda > "$out/make7b.log" 2>&1 || { tail "$out/make7b.log"; exit 1; }
       cp .dev/shared/fixtures/hf-tiny/tiny-llama/tokenizer{.json,_config.json} /tmp/l7b/
-      for q in none int8 int4-rtn; do
+      for q in ${QUANTS:-none int8 int4-rtn}; do
         /usr/bin/time -f "build $q: %e s, peak RSS %M KiB" .dev/gpu/kiln build /tmp/l7b -o /tmp/l7b-$q.kiln --backend cuda \
           --profile batch=1:8:64,seq=1:512:4096 --quant $q --max-quant-error 0 --no-tune 2>&1 | tail -2 | cut -c1-400
         for b in ${BATCHES:-1 64}; do
