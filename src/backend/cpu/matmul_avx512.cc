@@ -42,6 +42,8 @@ constexpr int64_t kPrefetchBytes = 2048;
 constexpr int64_t kNc = 64;
 constexpr int kMr = 6;
 constexpr int64_t kKc = 1024;
+// Packing reads 16 rows at once; each row's loads are prefetched this far ahead.
+constexpr int64_t kPackPrefetchBytes = 512;
 
 KILN_AVX512 inline __mmask16 mask16(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
@@ -242,8 +244,19 @@ KILN_AVX512 void pack_panel(const void* w, int64_t ldw, int64_t n0, int64_t rows
     for (int64_t k = 0; k < kc; k += 16) {
       const int64_t width = std::min<int64_t>(16, kc - k);
       __m512 r[16];
-      for (int64_t i = 0; i < 16; ++i)
-        r[i] = c0 + i < rows ? load16<D>(w, (n0 + c0 + i) * ldw + k0 + k, width) : _mm512_setzero_ps();
+      for (int64_t i = 0; i < 16; ++i) {
+        if (c0 + i >= rows) {
+          r[i] = _mm512_setzero_ps();
+          continue;
+        }
+        const int64_t index = (n0 + c0 + i) * ldw + k0 + k;
+        // Once per 64-byte line of the row: 16 rows are 16 streams, which this core's hardware
+        // prefetchers do not follow well (matmul_avx512.cc's header).
+        if ((k * static_cast<int64_t>(sizeof(typename Line<D>::T))) % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(static_cast<const typename Line<D>::T*>(w) + index) + kPackPrefetchBytes,
+                       _MM_HINT_T0);
+        r[i] = load16<D>(w, index, width);
+      }
       transpose16(r);
       for (int64_t i = 0; i < width; ++i) _mm512_storeu_ps(panel + (k + i) * kNc + c0, r[i]);
     }
@@ -310,9 +323,15 @@ KILN_AVX512 void pack_panel_bf16_pairs(const uint16_t* w, int64_t ldw, int64_t n
     for (int64_t k = 0; k < kc; k += 32) {
       const int64_t width = std::min<int64_t>(32, kc - k);
       __m512 r[16];
-      for (int64_t i = 0; i < 16; ++i)
-        r[i] = c0 + i < rows ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask32(width), w + (n0 + c0 + i) * ldw + k0 + k))
-                             : _mm512_setzero_ps();
+      for (int64_t i = 0; i < 16; ++i) {
+        if (c0 + i >= rows) {
+          r[i] = _mm512_setzero_ps();
+          continue;
+        }
+        const uint16_t* src = w + (n0 + c0 + i) * ldw + k0 + k;
+        _mm_prefetch(reinterpret_cast<const char*>(src) + kPackPrefetchBytes, _MM_HINT_T0);
+        r[i] = _mm512_castsi512_ps(width == 32 ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi16(mask32(width), src));
+      }
       transpose16(r);
       const int64_t pairs = (width + 1) / 2;
       for (int64_t i = 0; i < pairs; ++i) _mm512_storeu_ps(panel + (k / 2 + i) * kNc + c0, r[i]);
