@@ -26,6 +26,7 @@ namespace {
 constexpr int64_t kPanelBytes = 192 * 1024;  // f32 weight panel per thread; well inside L2
 // Decode: software prefetch distance along the weights (matmul_avx512.cc says why linear, 2 KB).
 constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kLinearPrefetchRowBytes = 4096;
 
 struct MatmulArgs {
   const float* x;  // [M, K]
@@ -70,15 +71,22 @@ KILN_AVX2 void tile_avx2(const float* x, int64_t ldx, const typename Weight<D>::
   __m256 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  // Short rows: one pointer walks the matrix linearly ahead; long rows: each row its own line
+  // (matmul_avx512.cc's stream_tile says why and what it measured).
+  const bool linear = K * static_cast<int64_t>(sizeof(*w)) <= kLinearPrefetchRowBytes;
   const char* pf = reinterpret_cast<const char*>(w) + kPrefetchBytes;
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     if constexpr (kPrefetch) {
-      // Once per 64-byte line of each row: prefetch the line kPrefetchBytes further along the matrix
-      // (a linear walk past the end of this tile into the next), NR lines per step.
+      // Once per 64-byte line of each row.
       if ((k * static_cast<int64_t>(sizeof(*w))) % 64 == 0) {
-        for (int j = 0; j < NR; ++j) _mm_prefetch(pf + 64 * j, _MM_HINT_T0);
-        pf += 64 * NR;
+        if (linear) {
+          for (int j = 0; j < NR; ++j) _mm_prefetch(pf + 64 * j, _MM_HINT_T0);
+          pf += 64 * NR;
+        } else {
+          for (int j = 0; j < NR; ++j)
+            _mm_prefetch(reinterpret_cast<const char*>(w + j * K + k) + kPrefetchBytes, _MM_HINT_T0);
+        }
       }
     }
     __m256 wv[NR];

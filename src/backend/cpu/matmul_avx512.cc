@@ -38,6 +38,8 @@ namespace {
 
 // Software prefetch distance of the decode stream, in bytes ahead of the current row pair's line.
 constexpr int64_t kPrefetchBytes = 2048;
+// Rows up to this many bytes are prefetched linearly along the matrix, longer ones row by row.
+constexpr int64_t kLinearPrefetchRowBytes = 4096;
 // Prefill: rows per packed panel (the micro-kernel's width), x rows per micro-kernel, K block.
 constexpr int64_t kNc = 64;
 constexpr int kMr = 6;
@@ -133,11 +135,22 @@ KILN_AVX512 void stream_tile(const float* xp, int64_t Kp, const typename Line<D>
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  // Short rows (a tile of at most kLinearPrefetchRowBytes per row): one prefetch pointer walks the
+  // matrix linearly ahead of the tile, NR lines per step. Long rows: each row prefetches its own line
+  // ahead (a linear walk would only reach row 1 after passing row 0's end). Measured on the EPYC
+  // guest, one thread: SmolLM2's K = 576 BF16 rows 19.5 GB/s linear vs 8.2 per row; F32 K = 4096
+  // rows 16-18.5 GB/s per row vs 12 linear.
+  const bool linear = K * static_cast<int64_t>(sizeof(typename L::T)) <= kLinearPrefetchRowBytes;
   const char* pf = reinterpret_cast<const char*>(w) + kPrefetchBytes;
   int64_t k = 0;
   for (; k + L::kElems <= K; k += L::kElems) {
-    for (int j = 0; j < NR; ++j) _mm_prefetch(pf + 64 * j, _MM_HINT_T0);
-    pf += 64 * NR;
+    if (linear) {
+      for (int j = 0; j < NR; ++j) _mm_prefetch(pf + 64 * j, _MM_HINT_T0);
+      pf += 64 * NR;
+    } else {
+      for (int j = 0; j < NR; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(w + j * K + k) + kPrefetchBytes, _MM_HINT_T0);
+    }
     __m512 wv[NR][L::kVecs];
     for (int j = 0; j < NR; ++j) L::load(w + j * K + k, wv[j]);
     line_fma<MR, NR, L::kVecs>(acc, wv, xp + k, Kp);
