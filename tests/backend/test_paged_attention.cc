@@ -1,6 +1,9 @@
 // kv_cache_write + paged_attention against dense causal attention in double: several sequences of
 // different lengths, block tables shuffled across one shared pool, query tokens interleaved across
-// sequences, GQA ratios 1, 2 and 4, several head sizes and block sizes, both code paths.
+// sequences, GQA ratios 1 to 4, head sizes 1 to 128 (16-lane vectors with masked tails), block sizes
+// 1 to 16, every instruction-set path (scalar, AVX2, AVX-512) and every cache dtype; long contexts
+// read by decode tokens (positions split across threads and merged), decode batches, chunked prefill
+// and whole prompts on 1 to 3 threads.
 // The int8 cache is checked twice: the quantizer against its rounding bound, and attention against
 // the float64 reference over the DEQUANTIZED cache (read back from the codes and scales), so the
 // kernel's own error is held to the f32 bound; all-zero rows and outliers included. The f16 cache
@@ -9,7 +12,10 @@
 // cache's attention over those same values.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -407,11 +413,9 @@ TEST_P(PagedAttentionTest, F16CacheMatchesFloat64OverRoundedCache) {
     paged_attention(q, T, stride, pr.token_seq.data(), pr.positions.data(), pr.block_tables.data(),
                     pr.max_blocks_per_seq, cache.kv, H, scale, out.data(), pool);
 
-    // The same attention over an f32 cache holding the rounded values: the f16 path widens the halves
-    // exactly and then runs the f32 path's vector operations in the same order, so the results are
-    // identical whenever head_dim is a multiple of 8 (every real model: 64, 80, 96, 128). With a scalar
-    // tail the compiler may fuse a * b + sum in one loop and not the other (-ffp-contract), so there
-    // the float64 bound below is the check.
+    // The same attention over an f32 cache holding the rounded values: the f16 path widens each tile's
+    // halves exactly into the same f32 staging rows the f32 path copies its rows into, and from there
+    // the arithmetic is one code, so the results are identical, bit for bit, at every head_dim.
     std::vector<float> k32(cache.k.size()), v32(cache.v.size());
     for (size_t i = 0; i < k32.size(); ++i) {
       k32[i] = f16_to_f32(cache.k[i]);
@@ -421,9 +425,7 @@ TEST_P(PagedAttentionTest, F16CacheMatchesFloat64OverRoundedCache) {
     std::vector<float> out32(T * H * hd);
     paged_attention(q, T, stride, pr.token_seq.data(), pr.positions.data(), pr.block_tables.data(),
                     pr.max_blocks_per_seq, kv32, H, scale, out32.data(), pool);
-    if (hd % 8 == 0) {
-      for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(out[i], out32[i]) << "output element " << i;
-    }
+    for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(out[i], out32[i]) << "output element " << i;
 
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t h = 0; h < H; ++h) {
@@ -522,6 +524,178 @@ TEST_P(PagedAttentionTest, F16WriteRoundsToNearestEvenAndSkipsPadding) {
     ASSERT_EQ(one.v[h], h) << "half " << h;
   }
   EXPECT_EQ(finite, 65536 - 2 * 1023);
+}
+
+// A cache of any of the three element types over one layer, unwritten slots poisoned (NaN keys and
+// values, or NaN scales), and the value the kernel must see at (slot, head, d) in double.
+struct AnyCache {
+  KvDtype dtype;
+  std::vector<float> k32, v32;
+  std::unique_ptr<F16Cache> f16;
+  std::unique_ptr<Int8Cache> int8;
+  PagedKv kv{};
+
+  AnyCache(KvDtype d, int64_t num_blocks, int64_t block_size, int64_t kv_heads, int64_t hd) : dtype(d) {
+    if (d == KvDtype::F32) {
+      k32.assign(num_blocks * block_size * kv_heads * hd, NAN);
+      v32.assign(k32.size(), NAN);
+      kv = PagedKv{k32.data(), v32.data(), num_blocks, block_size, kv_heads, hd};
+    } else if (d == KvDtype::F16) {
+      f16 = std::make_unique<F16Cache>(num_blocks, block_size, kv_heads, hd, kHalfNan);
+      kv = f16->kv;
+    } else {
+      int8 = std::make_unique<Int8Cache>(num_blocks, block_size, kv_heads, hd, 99, NAN);
+      kv = int8->kv;
+    }
+  }
+  double k_at(int64_t slot, int64_t h, int64_t d) const {
+    if (f16) return f16->k_at(slot, h, d);
+    if (int8) return int8->k_at(slot, h, d);
+    return k32[(slot * kv.num_kv_heads + h) * kv.head_dim + d];
+  }
+  double v_at(int64_t slot, int64_t h, int64_t d) const {
+    if (f16) return f16->v_at(slot, h, d);
+    if (int8) return int8->v_at(slot, h, d);
+    return v32[(slot * kv.num_kv_heads + h) * kv.head_dim + d];
+  }
+};
+
+const char* dtype_name(KvDtype d) { return d == KvDtype::F32 ? "f32" : d == KvDtype::F16 ? "f16" : "int8"; }
+
+// paged_attention of the tokens `queries` (indices into pr.tokens, any order, any subset: the cache
+// holds every token of pr) checked against causal attention in double over the values the cache holds.
+// Error budget, per output element, with u = 2^-24, n = positions seen, hd = head_dim:
+//   score: an f32 dot of hd terms (one FMA chain) times the scale (int8: times the key's row scale):
+//          |error| <= delta = (hd + 2) u Σ|q k| scale, which changes each softmax weight by a relative
+//          <= 2 delta (numerator and normalizer);
+//   softmax: max subtraction, exp (~2 ulp), the per-tile rescale exp(m_old - m_new) (applied to the
+//          output and the running sum alike, so its own error cancels but for one rounding each per
+//          tile), the running sums and the weighted sum of values over n keys: <= (2n + 16) u relative;
+//   split positions (flash-decoding) merge: exp(m_s - m) weights on output and sum alike, a few more
+//          roundings, inside the 16.
+// The output is a convex combination of values, so the bound scales with max |v| (>= 1).
+void expect_attention_matches_reference(const Problem& pr, const Case& c, const AnyCache& cache,
+                                        const std::vector<int64_t>& queries, ThreadPool& pool,
+                                        const std::string& what) {
+  const int64_t H = pr.num_heads, hd = c.head_dim, Q = static_cast<int64_t>(queries.size());
+  std::vector<float> q(Q * H * hd);
+  std::vector<int32_t> seq(Q), pos(Q);
+  for (int64_t i = 0; i < Q; ++i) {
+    const int64_t t = queries[i];
+    std::copy_n(pr.qkv.data() + t * pr.qkv_stride, H * hd, q.data() + i * H * hd);
+    seq[i] = pr.tokens[t].seq;
+    pos[i] = pr.tokens[t].pos;
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> out(Q * H * hd, NAN);
+  paged_attention(q.data(), Q, H * hd, seq.data(), pos.data(), pr.block_tables.data(), pr.max_blocks_per_seq,
+                  cache.kv, H, scale, out.data(), pool);
+  for (int64_t i = 0; i < Q; ++i) {
+    const int64_t n = pos[i] + 1;
+    std::vector<int64_t> slot(n);
+    for (int64_t p = 0; p < n; ++p) slot[p] = pr.slots[pr.row_of[seq[i] * pr.max_len + p]];
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t kvh = h / c.group;
+      const float* qh = q.data() + i * H * hd + h * hd;
+      std::vector<double> w(n);
+      double max_score = -INFINITY, max_abs_qk = 0, max_abs_v = 0;
+      for (int64_t p = 0; p < n; ++p) {
+        double dot = 0, abs_dot = 0;
+        for (int64_t d = 0; d < hd; ++d) {
+          const double k = cache.k_at(slot[p], kvh, d);
+          dot += qh[d] * k;
+          abs_dot += std::fabs(qh[d] * k);
+          max_abs_v = std::max(max_abs_v, std::fabs(cache.v_at(slot[p], kvh, d)));
+        }
+        w[p] = dot * scale;
+        max_score = std::max(max_score, w[p]);
+        max_abs_qk = std::max(max_abs_qk, abs_dot * scale);
+      }
+      double sum = 0;
+      for (double& x : w) sum += (x = std::exp(x - max_score));
+      const double delta = (hd + 2) * kUnit * max_abs_qk;
+      const double tol = (2 * delta + (2 * n + 16) * kUnit) * std::max(1.0, max_abs_v);
+      for (int64_t d = 0; d < hd; ++d) {
+        double exact = 0;
+        for (int64_t p = 0; p < n; ++p) exact += w[p] / sum * cache.v_at(slot[p], kvh, d);
+        ASSERT_NEAR(out[(i * H + h) * hd + d], exact, tol)
+            << what << ": query " << i << " (seq " << seq[i] << ", pos " << pos[i] << ") head " << h << " d "
+            << d;
+      }
+    }
+  }
+}
+
+// Every cache dtype, GQA ratios 1, 3 and 4, head dims 8, 17 (a 16-lane vector plus a 1-element tail),
+// 64 and 128, block sizes 16, 5 and 3 (positions split across blocks mid-tile): the whole batch of
+// several sequences' tokens, shuffled, is one prefill call, so query blocks are ragged (a sequence's
+// tokens do not fill whole blocks) and sequences of 1 to 40 tokens sit side by side.
+TEST_P(PagedAttentionTest, EveryGqaRatioHeadDimAndDtype) {
+  const std::vector<int64_t> seq_lens = {1, 17, 40, 5, 33};
+  std::mt19937 rng(2024);
+  ThreadPool pool(3);
+  const int64_t block_sizes[] = {16, 5, 3};
+  int64_t which = 0;
+  for (int64_t group : {1, 3, 4}) {
+    for (int64_t hd : {8, 17, 64, 128}) {
+      const Case c{group == 4 ? 1 : group == 3 ? 3 : 2, group, hd, block_sizes[which++ % 3]};
+      for (KvDtype dtype : {KvDtype::F32, KvDtype::F16, KvDtype::Int8}) {
+        const std::string what = std::string(dtype_name(dtype)) +
+                                 " kv_heads=" + std::to_string(c.num_kv_heads) +
+                                 " group=" + std::to_string(group) + " head_dim=" + std::to_string(hd) +
+                                 " block_size=" + std::to_string(c.block_size);
+        SCOPED_TRACE(what);
+        const Problem pr = make_problem(c, seq_lens, rng);
+        AnyCache cache(dtype, pr.num_blocks, c.block_size, c.num_kv_heads, hd);
+        const float* k = pr.qkv.data() + pr.num_heads * hd;
+        kv_cache_write(k, k + c.num_kv_heads * hd, pr.T, pr.qkv_stride, pr.slots.data(), cache.kv);
+        std::vector<int64_t> all(pr.T);
+        std::iota(all.begin(), all.end(), 0);
+        expect_attention_matches_reference(pr, c, cache, all, pool, what);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+// Long contexts (up to 1,000 positions over 63-250 blocks) read by the batches a server runs after the
+// cache holds them: one decode token (on 2 or 3 threads its positions are split across threads and
+// the partial softmax states merged), a decode batch of three sequences, a chunk of 21 prefill tokens
+// with another sequence's decode token, and a whole 37-token prompt; on 1, 2 and 3 threads.
+TEST_P(PagedAttentionTest, DecodeAndChunkedPrefillOverLongContexts) {
+  const std::vector<int64_t> seq_lens = {1000, 300, 37};
+  const std::vector<Case> cases = {{3, 3, 64, 16}, {1, 4, 17, 7}, {2, 1, 128, 4}};
+  std::mt19937 rng(4096);
+  for (const Case& c : cases) {
+    const Problem pr = make_problem(c, seq_lens, rng);
+    auto token = [&](int32_t seq, int32_t pos) { return pr.row_of[seq * pr.max_len + pos]; };
+    std::vector<std::pair<std::string, std::vector<int64_t>>> batches = {
+        {"decode", {token(0, 999)}},
+        {"decode batch", {token(1, 299), token(0, 999), token(2, 36)}},
+        {"chunk + decode", {}},
+        {"prompt", {}},
+    };
+    for (int32_t p = 279; p < 300; ++p) batches[2].second.push_back(token(1, p));
+    batches[2].second.push_back(token(0, 999));
+    for (int32_t p = 0; p < 37; ++p) batches[3].second.push_back(token(2, p));
+    for (KvDtype dtype : {KvDtype::F32, KvDtype::F16, KvDtype::Int8}) {
+      AnyCache cache(dtype, pr.num_blocks, c.block_size, c.num_kv_heads, c.head_dim);
+      const float* k = pr.qkv.data() + pr.num_heads * c.head_dim;
+      kv_cache_write(k, k + c.num_kv_heads * c.head_dim, pr.T, pr.qkv_stride, pr.slots.data(), cache.kv);
+      for (int threads : {1, 2, 3}) {
+        ThreadPool pool(threads);
+        for (const auto& [name, queries] : batches) {
+          const std::string what =
+              name + " " + dtype_name(dtype) + " threads=" + std::to_string(threads) +
+              " kv_heads=" + std::to_string(c.num_kv_heads) + " group=" + std::to_string(c.group) +
+              " head_dim=" + std::to_string(c.head_dim) + " block_size=" + std::to_string(c.block_size);
+          SCOPED_TRACE(what);
+          expect_attention_matches_reference(pr, c, cache, queries, pool, what);
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, PagedAttentionTest, ::testing::ValuesIn(testing::available_paths()),
