@@ -4,7 +4,7 @@ block leaks. Standard library only.
 
     python3 tests/server/test_abuse.py --kiln build/kiln --shared ../shared
 
-Builds the stories260K engine (--max-seq-len 512) and serves it with `kiln serve ENGINE --port 0
+Builds the stories260K engine (--max-seq-len 2048) and serves it with `kiln serve ENGINE --port 0
 --max-queue 64 --max-body-bytes 4 MiB --chat-template tests/server/chat_template_test.jinja -t 1`, then:
   1. warm-up: 48 normal requests (completions, chat, streaming); the greedy reference text; the RSS.
   2. slowloris: 40 connections send a request head one byte a second and never finish it, 8 send their
@@ -59,7 +59,7 @@ TEMPLATE = os.path.join(HERE, "chat_template_test.jinja")
 MODEL = "stories"
 PROMPT = "Once upon a time, there was a little"
 MAX_BODY = 4 << 20
-MAX_SEQ_LEN = 512
+MAX_SEQ_LEN = 2048
 SHUTDOWN_TIMEOUT_S = 5
 DEADLINE_S = 85  # the whole test; ctest gives it 120
 GARBAGE_ROUNDS = 3
@@ -840,9 +840,9 @@ def phase_disconnects(server):
     rng = random.Random(99)
     plans = []
     for i in range(100):
-        plans.append(("stream", rng.randint(1, 3), rng.random() < 0.5, rng.random() * 0.2, rng.randint(200, 480), i))
+        plans.append(("stream", rng.randint(1, 3), rng.random() < 0.5, rng.random() * 0.2, rng.randint(800, 2000), i))
     for i in range(40):
-        plans.append(("whole", 0, rng.random() < 0.5, 0, rng.randint(200, 480), 100 + i))
+        plans.append(("whole", 0, rng.random() < 0.5, 0, rng.randint(800, 2000), 100 + i))
     rng.shuffle(plans)
     events_seen = []
 
@@ -918,8 +918,8 @@ def expect_context_error(r, what):
 def phase_context(server):
     port = server.port
     # The limit the server reports (the context, or what the whole KV cache holds if that is smaller).
-    msg = expect_context_error(post_json(port, "/v1/completions", {"prompt": "Once upon a time " * 200}),
-                               "a text prompt of ~800 tokens")
+    msg = expect_context_error(post_json(port, "/v1/completions", {"prompt": "Once upon a time " * 800}),
+                               "a text prompt of ~3200 tokens")
     limit = int(re.search(r"maximum context length is (\d+) tokens", msg).group(1))
     check(limit <= MAX_SEQ_LEN, f"the server reports a context of {limit} > the engine's {MAX_SEQ_LEN}")
     ids = [1] + [(7 * i) % 500 + 3 for i in range(limit + 50)]
@@ -933,7 +933,7 @@ def phase_context(server):
     check(r.status == 200 and r.json()["usage"]["prompt_tokens"] == 300,
           f"prompt + max_tokens == the context must be accepted: {r.status} {r.body[:200]!r}")
     expect_context_error(post_json(port, "/v1/chat/completions",
-                                   {"messages": [{"role": "user", "content": "Tell me a story. " * 300}]}),
+                                   {"messages": [{"role": "user", "content": "Tell me a story. " * 1200}]}),
                          "a chat message over the context")
     # A million tokens' worth, inside the body limit: refused quickly, the server stays responsive.
     for what, payload in (("a million tokens of text", {"prompt": " a" * 1_000_000}),
