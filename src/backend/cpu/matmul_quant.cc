@@ -5,44 +5,52 @@
 //
 // The group sums of x (Σ x over each group) are computed once per call and shared by all rows, so the
 // inner loop is only "widen the codes to f32 and multiply-add": no per-element scale or min.
-// Decode (M <= kStreamMaxRows): memory-bound. Each code byte is read from memory once (a weight row
-//   of a 4096-wide int4 matrix is 2 KiB and stays in L1 while up to 4 x rows use it); 8 codes are
-//   widened in registers (int8: sign-extend; int4: one 16-byte load, mask and shift give 32 codes in
-//   order) and multiplied into per-group accumulators that fold into the row's total with the group's
-//   scale (one vector FMA per group and x row).
+// Activations stay f32 (W8A8 weights, act_bits = 8, round them to int8: matmul_w8a8 below; so does the
+// opt-in integer decode of int4 weights, KILN_CPU_QUANT_ACT=int8).
+//
+// Decode (M <= kStreamMaxRows): tiles of 2 weight rows (each pair one contiguous run of codes) x all M
+//   x rows, a software prefetch 2 KB ahead along the codes (matmul_avx512.cc says why: on this Zen 4
+//   core 4 rows in lockstep stream at ~10 GB/s, 1-2 rows with a linear prefetch at 20-27), and
+//   per-group accumulators folded into the row's total with the group's scale. The avx512 kernels are
+//   in matmul_quant_avx512.cc (int4: a VPERMPS table lookup widens 16 codes with a shift and one
+//   permute, no int-to-float conversion); the avx2 ones below (int4: 8 code bytes zero-extended to
+//   dwords give 16 codes with an AND and a shift).
+//   Measured (2-core AMD EPYC Zen 4 guest, 1 thread unless stated; SmolLM2-135M shapes: 30 x [960x576,
+//   576x576, 3072x576, 576x1536] + 49152x576, M = 1; per matrix the best of 15 sweeps over all 121,
+//   which do not fit the L3), ms per sweep (GB/s of codes + scales + mins), 4-row tiles before -> now:
+//                        avx512                  avx2             2 threads avx512
+//     int4 g128 +min     9.2 -> 5.95 (12.1)     9.2 -> 7.3       5.2 -> 3.3 (21.8)
+//     int4 g32 +min     12.4 -> 6.4  (13.2)    12.4 -> 8.8       6.8 -> 3.5 (23.9)
+//     int8 per channel  13.0 -> 5.9  (22.8)    13.0 -> 6.4       7.2 -> 4.0 (33.6)
+//     int8 g32          14.3 -> 7.5  (19.0)    14.3 -> 8.2       7.9 -> 4.7 (30.4)
+//   int4 is compute-bound on one core: ~16 cycles per 128 codes and row (three 512-bit ops per 16
+//   codes; the bare stream of them runs 12.8), so it reads ~12 GB/s where int8 reads at the core's
+//   streaming rate. The opt-in int8-activation kernel (matmul_quant_vnni.cc, KILN_CPU_QUANT_ACT=int8)
+//   does int4 g128 in 3.5-3.9 ms (19-21 GB/s) at the price of rounding activations.
 // Prefill (M > kStreamMaxRows): compute-bound. Panels of rows are dequantized to f32 once and swept
-//   by the f32 register tiles of matmul.cc (matmul_f32_panel).
+//   by matmul_f32_panel (AVX-512: matmul_avx512.cc's packed 6x64 kernel, which repacks the panel; its
+//   cost is small next to the M FMAs per weight): SmolLM2 int4 / int8 engines prefill 128 tokens at
+//   ~230 tok/s on one thread, the f32 rate (the bf16 engine's VDPBF16PS path: ~475).
 // Rows beyond K (the padding of the last block) multiply activations the kernel zero-fills, so
 // padding never contributes. Parallel over N like matmul.
 #include <algorithm>
 #include <cassert>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/matmul_internal.h"
+#include "backend/cpu/matmul_quant_internal.h"
 #include "backend/cpu/simd.h"
-#include <cmath>
 
 namespace kiln::cpu {
 namespace {
 
 constexpr int64_t kPanelBytes = 192 * 1024;
-
-// Per-call activation side, shared read-only by the workers: x padded to Kp with zeros (only when K is
-// not a multiple of 32; else x itself) and the per-group sums of each row.
-struct QuantArgs {
-  const float* x;      // [M, ldx]
-  int64_t ldx;         // Kp when padded, else K
-  int64_t M, K;
-  const float* xsum;   // [M, groups]
-  QuantMatrixView w;
-  int64_t groups;
-  int64_t row_bytes;
-  const float* bias;
-  float* y;
-  int64_t ldy;
-};
+// Decode: software prefetch distance along the codes (matmul_avx512.cc says why linear, ~2 KB).
+constexpr int64_t kPrefetchBytes = 2048;
 
 inline float load_meta(const void* base, DType dtype, int64_t index) {
   if (dtype == DType::F32) return static_cast<const float*>(base)[index];
@@ -55,16 +63,39 @@ KILN_AVX2 inline float load_meta_f16c(const void* base, DType dtype, int64_t ind
   return _cvtsh_ss(static_cast<const uint16_t*>(base)[index]);
 }
 
+// Row n's scales as f32: the row itself (F32), or converted into buf[0, groups) (F16).
+KILN_AVX2 inline const float* scales_f32(const QuantArgs& a, int64_t n, float* buf) {
+  if (a.w.info.scale_dtype == DType::F32) return static_cast<const float*>(a.w.scales) + n * a.groups;
+  const uint16_t* p = static_cast<const uint16_t*>(a.w.scales) + n * a.groups;
+  int64_t g = 0;
+  for (; g + 8 <= a.groups; g += 8) _mm256_storeu_ps(buf + g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + g))));
+  for (; g < a.groups; ++g) buf[g] = _cvtsh_ss(p[g]);
+  return buf;
+}
+
 // The group term Σ_g min[n, g] · xsum[m, g] of row n for x row m (0 without mins).
 KILN_AVX2 inline float min_term_f16c(const QuantArgs& a, int64_t n, int64_t m) {
   if (!a.w.mins) return 0.0f;
-  float s = 0.0f;
   const float* xs = a.xsum + m * a.groups;
-  for (int64_t g = 0; g < a.groups; ++g) s += load_meta_f16c(a.w.mins, a.w.info.scale_dtype, n * a.groups + g) * xs[g];
+  const int64_t base = n * a.groups;
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  if (a.w.info.scale_dtype == DType::F16) {
+    const uint16_t* p = static_cast<const uint16_t*>(a.w.mins) + base;
+    for (; g + 8 <= a.groups; g += 8)
+      acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + g))), _mm256_loadu_ps(xs + g), acc);
+  } else {
+    const float* p = static_cast<const float*>(a.w.mins) + base;
+    for (; g + 8 <= a.groups; g += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + g), _mm256_loadu_ps(xs + g), acc);
+  }
+  float s = simd::hsum(acc);
+  for (; g < a.groups; ++g) s += load_meta_f16c(a.w.mins, a.w.info.scale_dtype, base + g) * xs[g];
   return s;
 }
 
-// One 32-element block of codes, widened to 4 vectors of 8 floats (the integer values).
+// One 32-element block of codes, widened to 4 vectors of 8 floats (the integer values). int4: each
+// half of the 16 bytes zero-extended to 8 dwords holds elements i (low nibble) and i + 16 (high), so
+// an AND and a shift give both without a byte-level split.
 template <int Bits>
 KILN_AVX2 inline void widen_block(const uint8_t* block, __m256 out[4]) {
   if constexpr (Bits == 8) {
@@ -73,50 +104,62 @@ KILN_AVX2 inline void widen_block(const uint8_t* block, __m256 out[4]) {
       out[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c));
     }
   } else {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
-    const __m128i mask = _mm_set1_epi8(0x0f);
-    const __m128i lo = _mm_and_si128(bytes, mask);                     // elements 0..15
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);  // elements 16..31
-    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    const __m256i mask = _mm256_set1_epi32(0x0f);
+    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block)));
+    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 8)));
+    out[0] = _mm256_cvtepi32_ps(_mm256_and_si256(b0, mask));  // elements 0..7
+    out[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b1, mask));  // 8..15
+    out[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4));    // 16..23
+    out[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));    // 24..31
   }
 }
 
 constexpr int64_t block_bytes(int bits) { return bits == 8 ? 32 : 16; }
 
-// NR weight rows x MR activation rows. acc: the current group's Σ x·q; tot: Σ_g scale_g · acc_g.
-template <int Bits, int MR, int NR>
-KILN_AVX2 void quant_tile(const QuantArgs& a, int64_t n, int64_t m) {
+// NR weight rows x MR activation rows. acc: the current group's Σ x·q in A chains (vector v of a block
+// goes to chain v % A, so one output still has independent FMAs); tot: Σ_g scale_g · acc_g. The
+// prefetch runs kPrefetchBytes ahead along the tile's rows (one contiguous run), a line per line read.
+template <int Bits, int MR, int NR, int A>
+KILN_AVX2 void quant_tile(const QuantArgs& a, int64_t n, int64_t m, float* sbuf) {
   const QuantInfo& q = a.w.info;
   const int64_t blocks = quant_padded_k(a.K) / kQuantBlock;
   const int64_t group_blocks = q.group_size / kQuantBlock;  // whole blocks (int8 groups of 16: quant_tile_g16)
+  constexpr int64_t kBlocksPerLine = 64 / block_bytes(Bits);
+  const float* scales[NR];
+  for (int j = 0; j < NR; ++j) scales[j] = scales_f32(a, n + j, sbuf + j * a.groups);
   __m256 tot[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) tot[i][j] = _mm256_setzero_ps();
-  const uint8_t* rows[NR];
-  for (int j = 0; j < NR; ++j) rows[j] = a.w.codes + (n + j) * a.row_bytes;
+  const uint8_t* rows = a.w.codes + n * a.row_bytes;
+  const char* pf = reinterpret_cast<const char*>(rows) + kPrefetchBytes;
   int64_t b = 0;
   for (int64_t g = 0; g < a.groups; ++g) {
     const int64_t b1 = g + 1 == a.groups ? blocks : b + group_blocks;  // one group: every block
-    __m256 acc[MR][NR];
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+    __m256 acc[A][MR][NR];
+    for (int r = 0; r < A; ++r)
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) acc[r][i][j] = _mm256_setzero_ps();
     for (; b < b1; ++b) {
+      if (b % kBlocksPerLine == 0) {
+        for (int j = 0; j < NR; ++j) _mm_prefetch(pf + 64 * j, _MM_HINT_T0);
+        pf += 64 * NR;
+      }
       for (int j = 0; j < NR; ++j) {
-        if ((b & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(rows[j] + (b + 8) * block_bytes(Bits)), _MM_HINT_T0);
         __m256 w[4];
-        widen_block<Bits>(rows[j] + b * block_bytes(Bits), w);
+        widen_block<Bits>(rows + j * a.row_bytes + b * block_bytes(Bits), w);
         for (int i = 0; i < MR; ++i) {
           const float* xb = a.x + (m + i) * a.ldx + b * kQuantBlock;
-          for (int v = 0; v < 4; ++v) acc[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8 * v), w[v], acc[i][j]);
+          for (int v = 0; v < 4; ++v) acc[v % A][i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8 * v), w[v], acc[v % A][i][j]);
         }
       }
     }
     for (int j = 0; j < NR; ++j) {
-      const __m256 scale = _mm256_set1_ps(load_meta_f16c(a.w.scales, q.scale_dtype, (n + j) * a.groups + g));
-      for (int i = 0; i < MR; ++i) tot[i][j] = _mm256_fmadd_ps(acc[i][j], scale, tot[i][j]);
+      const __m256 scale = _mm256_broadcast_ss(scales[j] + g);
+      for (int i = 0; i < MR; ++i) {
+        __m256 sum = acc[0][i][j];
+        for (int r = 1; r < A; ++r) sum = _mm256_add_ps(sum, acc[r][i][j]);
+        tot[i][j] = _mm256_fmadd_ps(sum, scale, tot[i][j]);
+      }
     }
   }
   for (int i = 0; i < MR; ++i) {
@@ -150,17 +193,8 @@ KILN_AVX2 void quant_tile_g16(const QuantArgs& a, int64_t n, int64_t m) {
   a.y[m * a.ldy + n] = s;
 }
 
-template <int Bits, int MR>
-KILN_AVX2 void quant_tile_nr(int nr, const QuantArgs& a, int64_t n, int64_t m) {
-  switch (nr) {
-    case 1: return quant_tile<Bits, MR, 1>(a, n, m);
-    case 2: return quant_tile<Bits, MR, 2>(a, n, m);
-    case 3: return quant_tile<Bits, MR, 3>(a, n, m);
-    default: return quant_tile<Bits, MR, 4>(a, n, m);
-  }
-}
-
-// Decode: rows [n0, n1), 4 weight rows a tile at one x row, 2 at two, 1 at four (13 of 16 ymm live).
+// Decode: rows [n0, n1) in tiles of 2 weight rows (1 for an odd last row) x up to 4 x rows; at one x
+// row each output keeps 2 accumulator chains (a row's sum is the same whether it is paired or not).
 template <int Bits>
 KILN_AVX2 void rows_stream_quant(const QuantArgs& a, int64_t n0, int64_t n1) {
   if (Bits == 8 && a.groups > 1 && a.w.info.group_size % kQuantBlock != 0) {
@@ -168,18 +202,35 @@ KILN_AVX2 void rows_stream_quant(const QuantArgs& a, int64_t n0, int64_t n1) {
       for (int64_t m = 0; m < a.M; ++m) quant_tile_g16(a, n, m);
     return;
   }
-  if (a.M == 1) {
-    int64_t n = n0;
-    for (; n + 4 <= n1; n += 4) quant_tile<Bits, 1, 4>(a, n, 0);
-    if (n < n1) quant_tile_nr<Bits, 1>(static_cast<int>(n1 - n), a, n, 0);
-    return;
-  }
+  thread_local std::vector<float> sbuf;  // [2, groups] f32 scales of the tile's rows
+  if (static_cast<int64_t>(sbuf.size()) < 2 * a.groups) sbuf.resize(2 * a.groups);
+  float* sb = sbuf.data();
   for (int64_t n = n0; n < n1; n += 2) {
-    const int nr = static_cast<int>(std::min<int64_t>(2, n1 - n));
+    const bool two = n + 2 <= n1;
+    if (a.M == 1) {
+      two ? quant_tile<Bits, 1, 2, 2>(a, n, 0, sb) : quant_tile<Bits, 1, 1, 2>(a, n, 0, sb);
+      continue;
+    }
     int64_t m = 0;
-    for (; m + 4 <= a.M; m += 4) nr == 2 ? quant_tile<Bits, 4, 2>(a, n, m) : quant_tile<Bits, 4, 1>(a, n, m);
-    for (; m + 2 <= a.M; m += 2) nr == 2 ? quant_tile<Bits, 2, 2>(a, n, m) : quant_tile<Bits, 2, 1>(a, n, m);
-    if (m < a.M) nr == 2 ? quant_tile<Bits, 1, 2>(a, n, m) : quant_tile<Bits, 1, 1>(a, n, m);
+    for (; m + 4 <= a.M; m += 4) two ? quant_tile<Bits, 4, 2, 1>(a, n, m, sb) : quant_tile<Bits, 4, 1, 1>(a, n, m, sb);
+    for (; m + 2 <= a.M; m += 2) two ? quant_tile<Bits, 2, 2, 1>(a, n, m, sb) : quant_tile<Bits, 2, 1, 1>(a, n, m, sb);
+    if (m < a.M) two ? quant_tile<Bits, 1, 2, 2>(a, n, m, sb) : quant_tile<Bits, 1, 1, 2>(a, n, m, sb);
+  }
+}
+
+// xsum[m, g] = Σ x[m, k] over group g (the group term's activation side).
+KILN_AVX2 void group_sums_avx2(const float* x, int64_t M, int64_t K, int64_t group_size, int64_t groups, float* xsum) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t k0 = g * group_size, k1 = std::min(K, k0 + group_size);
+      __m256 acc = _mm256_setzero_ps();
+      int64_t k = k0;
+      for (; k + 8 <= k1; k += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(row + k));
+      float s = simd::hsum(acc);
+      for (; k < k1; ++k) s += row[k];
+      xsum[m * groups + g] = s;
+    }
   }
 }
 
@@ -278,17 +329,6 @@ void rows_panel_quant(const QuantArgs& a, const float* x_unpadded, int64_t n0, i
 // W8A8: activation rows rounded to int8 (quantize_activation_row's semantics), integer dot products
 // with the int8 codes, one float scale product per output.
 
-struct W8A8Args {
-  const int8_t* xq;       // [M, Kp], zero padded
-  const float* xscale;    // [M]
-  int64_t M, Kp;
-  QuantMatrixView w;
-  int64_t row_bytes;
-  const float* bias;
-  float* y;
-  int64_t ldy;
-};
-
 // Rounds 8 floats to int32 codes as quantize_activation_row does (x * inv, half to even, clamp).
 KILN_AVX2 inline __m256i round_codes8(const float* x, __m256 inv) {
   __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -347,7 +387,9 @@ KILN_AVX2 void w8a8_tile(const W8A8Args& a, int64_t n, int64_t m) {
   const uint8_t* w = a.w.codes + n * a.row_bytes;
   __m256i acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
+  const char* pf = reinterpret_cast<const char*>(w) + kPrefetchBytes;
   for (int64_t k = 0; k < a.Kp; k += 32) {
+    if (k % 64 == 0) _mm_prefetch(pf + k, _MM_HINT_T0);
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
     for (int i = 0; i < MR; ++i) {
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m + i) * a.Kp + k));
@@ -423,11 +465,44 @@ void matmul_quant(const float* x, int64_t M, int64_t K, const QuantMatrixView& w
     return;
   }
   // Activation side, once per call on the calling thread (the workers only read it).
-  const int64_t Kp = quant_padded_k(K);
   thread_local std::vector<float> x_pad, xsum;
+  if (w.mins) {
+    if (static_cast<int64_t>(xsum.size()) < M * groups) xsum.resize(M * groups);
+    if (using_avx2()) {
+      group_sums_avx2(x, M, K, w.info.group_size, groups, xsum.data());
+    } else {
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t k0 = g * w.info.group_size, k1 = std::min(K, k0 + w.info.group_size);
+          float s = 0.0f;
+          for (int64_t k = k0; k < k1; ++k) s += x[m * K + k];
+          xsum[m * groups + g] = s;
+        }
+      }
+    }
+  }
+  // Chunks of whole 4-row tiles, at least ~64 KiB of codes each so small matrices are not split at a loss.
+  const int64_t min_rows = std::max<int64_t>(4, (65536 + row_bytes - 1) / std::max<int64_t>(row_bytes, 1));
+  const int64_t chunk = (min_rows + 3) / 4 * 4;
+  const float* sums = w.mins ? xsum.data() : nullptr;
+  if (quant_int8_activations() && quant_dot_supports(w.info, K)) {  // opt-in: int4 x int8 activations
+    thread_local QuantDotBuffers buffers;
+    QuantDotX d{};
+    prepare_quant_dot_x(x, M, K, buffers, d);
+    const QuantArgs a{x, K, M, K, sums, w, groups, row_bytes, bias, y, ldy};
+    pool.parallel_for(N, chunk, [&](int64_t n0, int64_t n1) { quant_dot_rows(a, d, n0, n1); });
+    return;
+  }
   const float* xs = x;
   int64_t ldx = K;
-  if (Kp != K) {
+  const int64_t Kp = quant_padded_k(K);
+  const bool avx512 = using_avx512() && quant_decode_avx512_supports(w.info, K);
+  if (avx512) {
+    ldx = quant_x_stride_avx512(w.info.bits, K);
+    if (static_cast<int64_t>(x_pad.size()) < M * ldx) x_pad.resize(M * ldx);
+    prepare_quant_x_avx512(w.info.bits, x, M, K, x_pad.data());
+    xs = x_pad.data();
+  } else if (Kp != K) {
     if (static_cast<int64_t>(x_pad.size()) < M * Kp) x_pad.resize(M * Kp);
     for (int64_t m = 0; m < M; ++m) {
       std::memcpy(x_pad.data() + m * Kp, x + m * K, K * sizeof(float));
@@ -436,23 +511,11 @@ void matmul_quant(const float* x, int64_t M, int64_t K, const QuantMatrixView& w
     xs = x_pad.data();
     ldx = Kp;
   }
-  if (w.mins) {
-    if (static_cast<int64_t>(xsum.size()) < M * groups) xsum.resize(M * groups);
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t k0 = g * w.info.group_size, k1 = std::min(K, k0 + w.info.group_size);
-        float s = 0.0f;
-        for (int64_t k = k0; k < k1; ++k) s += x[m * K + k];
-        xsum[m * groups + g] = s;
-      }
-    }
-  }
-  const QuantArgs a{xs, ldx, M, K, w.mins ? xsum.data() : nullptr, w, groups, row_bytes, bias, y, ldy};
+  const QuantArgs a{xs, ldx, M, K, sums, w, groups, row_bytes, bias, y, ldy};
   void (*fn)(const QuantArgs&, int64_t, int64_t) = &rows_scalar_quant;
-  if (using_avx2()) fn = w.info.bits == 8 ? &rows_stream_quant<8> : &rows_stream_quant<4>;
-  // Chunks of whole 4-row tiles, at least ~64 KiB of codes each so small matrices are not split at a loss.
-  const int64_t min_rows = std::max<int64_t>(4, (65536 + row_bytes - 1) / std::max<int64_t>(row_bytes, 1));
-  pool.parallel_for(N, (min_rows + 3) / 4 * 4, [&](int64_t n0, int64_t n1) { fn(a, n0, n1); });
+  if (avx512) fn = &quant_rows_avx512;
+  else if (using_avx2()) fn = w.info.bits == 8 ? &rows_stream_quant<8> : &rows_stream_quant<4>;
+  pool.parallel_for(N, chunk, [&](int64_t n0, int64_t n1) { fn(a, n0, n1); });
 }
 
 }  // namespace kiln::cpu
