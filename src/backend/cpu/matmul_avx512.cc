@@ -109,7 +109,7 @@ void prepare_x(const float* x, int64_t M, int64_t K, int64_t Kp, float* xp) {
         }
       }
     } else {
-      std::memcpy(dst, src, K * sizeof(float));
+      if (K > 0) std::memcpy(dst, src, K * sizeof(float));
       std::fill(dst + K, dst + Kp, 0.0f);
     }
   }

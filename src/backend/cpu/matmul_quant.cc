@@ -505,7 +505,7 @@ void matmul_quant(const float* x, int64_t M, int64_t K, const QuantMatrixView& w
   } else if (Kp != K) {
     if (static_cast<int64_t>(x_pad.size()) < M * Kp) x_pad.resize(M * Kp);
     for (int64_t m = 0; m < M; ++m) {
-      std::memcpy(x_pad.data() + m * Kp, x + m * K, K * sizeof(float));
+      if (K > 0) std::memcpy(x_pad.data() + m * Kp, x + m * K, K * sizeof(float));
       std::fill(x_pad.data() + m * Kp + K, x_pad.data() + (m + 1) * Kp, 0.0f);
     }
     xs = x_pad.data();

@@ -332,7 +332,7 @@ void prepare_quant_x_avx512(int bits, const float* x, int64_t M, int64_t K, floa
     const float* src = x + m * K;
     float* dst = xp + m * ld;
     if (bits == 8) {
-      std::memcpy(dst, src, K * sizeof(float));
+      if (K > 0) std::memcpy(dst, src, K * sizeof(float));
       std::fill(dst + K, dst + ld, 0.0f);
       continue;
     }
