@@ -322,7 +322,9 @@ Status check_tensor_data(const std::string& path, const MappedFile& file, GgufFi
   for (const GgufTensor& t : out->tensors) {
     if (t.nbytes > 0) order.push_back(&t);
   }
-  std::sort(order.begin(), order.end(), [](const GgufTensor* a, const GgufTensor* b) { return a->offset < b->offset; });
+  // Stable: of two tensors at one offset, the later one in the file is named as overlapping.
+  std::stable_sort(order.begin(), order.end(),
+                   [](const GgufTensor* a, const GgufTensor* b) { return a->offset < b->offset; });
   for (size_t i = 1; i < order.size(); ++i) {
     const GgufTensor& prev = *order[i - 1];
     const GgufTensor& next = *order[i];
