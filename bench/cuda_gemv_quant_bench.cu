@@ -100,15 +100,15 @@ struct Weights {
   Weights(const Weights&) = delete;
   Weights& operator=(const Weights&) = delete;
 
-  // Seconds per call at M rows (y in f16), `k_split` 0 = auto.
-  double time(const uint16_t* x, int M, float* y, int k_split = 0) const {
+  // Seconds per call at M rows (y in f16), `k_split` 0 = auto; `factored` false: the per-weight path.
+  double time(const uint16_t* x, int M, float* y, int k_split = 0, bool factored = true) const {
     return time_per_call([&](int call) {
       const size_t c = call % buffers.size();
       if (format == Format::kF16) {
         check_ok(kiln::cuda::gemv(x, M, K, buffers[c], N, nullptr, y, N, DType::F16, DType::F16, nullptr));
       } else {
         check_ok(kiln::cuda::gemv_quant(x, M, views[c], nullptr, y, N, DType::F16, DType::F16, nullptr,
-                                        kiln::cuda::GemvQuantTuning{k_split}));
+                                        kiln::cuda::GemvQuantTuning{k_split, factored}));
       }
     });
   }
@@ -172,12 +172,41 @@ int main() {
     }
   }
 
+  // The two int8 / int4 paths on the same weights: scale and min applied to each chunk's mma sums
+  // (the default for these layouts) or to every weight before the mma (what other layouts run).
+  std::printf("\nfactored (scale per chunk) vs per-weight dequantization (GB/s):\n%-8s %-6s | %9s %9s %9s %9s\n",
+              "shape", "format", "M1 fact", "M1 per-w", "M8 fact", "M8 per-w");
+  json += "],\"factored\":[";
+  double per_weight_step_us[3] = {0, 0, 0};
+  for (const Shape& shape : kShapes) {
+    for (Format f : {Format::kInt8, Format::kInt4}) {
+      Weights w(f, shape);
+      double g[4];
+      for (int i = 0; i < 4; ++i) {
+        const int M = i < 2 ? 1 : 8;
+        const double t = w.time(x, M, y, 0, i % 2 == 0);
+        if (i == 1) per_weight_step_us[static_cast<int>(f)] += shape.per_step * t * 1e6;
+        g[i] = w.moved(M) / t / 1e9;
+      }
+      std::printf("%-8s %-6s | %9.0f %9.0f %9.0f %9.0f\n", shape.name, format_name(f), g[0], g[1], g[2], g[3]);
+      json += std::string(json.back() == '[' ? "" : ",") + "{\"shape\":\"" + shape.name + "\",\"format\":\"" +
+              format_name(f) + "\",\"m1_factored\":" + std::to_string(g[0]) + ",\"m1_per_weight\":" +
+              std::to_string(g[1]) + ",\"m8_factored\":" + std::to_string(g[2]) + ",\"m8_per_weight\":" +
+              std::to_string(g[3]) + "}";
+    }
+  }
+
   std::printf("\nLlama-2-7B decode step, GEMVs only at M = 1 (32 layers x qkv, o, gate_up, down + lm_head):\n");
   json += "],\"step\":{";
   for (Format f : {Format::kF16, Format::kInt8, Format::kInt4}) {
     const double us = step_us[static_cast<int>(f)];
     std::printf("  %-5s %8.1f us  -> %6.1f tok/s if nothing else ran\n", format_name(f), us, 1e6 / us);
     json += std::string(f == Format::kF16 ? "" : ",") + "\"" + format_name(f) + "_us\":" + std::to_string(us);
+  }
+  for (Format f : {Format::kInt8, Format::kInt4}) {
+    const double us = per_weight_step_us[static_cast<int>(f)];
+    std::printf("  %-5s %8.1f us  -> %6.1f tok/s (per-weight path)\n", format_name(f), us, 1e6 / us);
+    json += std::string(",\"") + format_name(f) + "_per_weight_us\":" + std::to_string(us);
   }
 
   std::printf("\ndequantize (prefill: W to fp16 before cuBLASLt), GB/s of codes + scales read and fp16 written:\n");

@@ -37,11 +37,24 @@
 //     2^23 + 128, then fmaf(q, scale, min) in f32 and one rounding to the act dtype: the weight is
 //     what dequantize_row gives, rounded once, i.e. the weight an fp16/bf16 engine would hold.
 //
+// Factored path (the default layouts: int8 per channel, int4 g128; any layout whose chunks of 4 units
+// lie inside one group). The per-weight dequantization above costs a subtract and an fma per pair on
+// top of the unpacking, and rounds every weight to the act dtype. When the 4 lanes t = 0..3 of an mma
+// read the same group, the scale and min can wait: the codes go to the mma as magic + q exactly
+// (int4: one mask-or per pair; int8 fp16: one xor per word and one byte permute per pair), the chunk's
+// mma gives tmp = sum x (magic + q) per row, a second mma with an all-ones A gives sx = sum x over the
+// chunk (the same for every row), and the chunk adds scale * tmp + (min - magic * scale) * sx in f32.
+// No weight is rounded (products of act-dtype numbers are exact in the f32 accumulators); the price is
+// cancellation against magic * scale * sx, about magic / |q| times the f32 rounding of a sum, i.e.
+// ~1e-5 relative for magic 1024 or 1152, far below the act dtype's rounding of a weight.
+//
 // Work split (as gemv.cu): a block of 8 warps owns 8 / k_split tiles; the k_split warps of a tile take
 // interleaved chunks of 4 units and combine their accumulators through shared memory. Each lane keeps
-// U chunks of 2 x 16-byte code loads (and their scales and mins) in flight; the first U are issued
-// before the PDL wait (weights do not depend on the previous kernel). Code loads bypass L1 (read once);
-// x, scales and mins go through it. k_split by grid size: enough warps to fill the GPU, no more.
+// a ring of U chunks of 2 x 16-byte code loads (and their scales and mins): a slot is refilled with the
+// chunk U steps ahead as soon as it is read, so U - 1 stay in flight while one is computed (loading U,
+// then computing U, left the memory idle while a warp computed). The first U are issued before the PDL
+// wait (weights do not depend on the previous kernel). Code loads bypass L1 (read once); x, scales and
+// mins go through it. k_split by grid size: enough warps to fill the GPU, no more.
 //
 // Columns of x past M: a lane of group g >= M loads x row M - 1 (a valid address; its output column
 // is dropped). Elements past K (the padded codes of the last block, and whole units past the row)
@@ -138,6 +151,40 @@ __device__ __forceinline__ void dequant_int8(uint32_t w, float s, float m, uint3
   p[1] = Act<T>::from_float2(f[2], f[3]);
 }
 
+// Factored path (see the header): codes to act-dtype numbers magic + q exactly, no scale, no rounding.
+//   int4: ((w >> s) & 0x000f000f) | magic: q + 1024 (fp16) or q + 128 (bf16), dequant_int4's pair order.
+//   int8 fp16: u = q ^ 0x80 (= q + 128) into the low byte of 0x64uu: 1024 + u = q + 1152.
+//   int8 bf16: bf16 holds every int8 exactly but has no 8-bit magic range, so q goes through f32 as in
+//   dequant_int8 (2^23 + u, minus 2^23 + 128) and is packed exactly: magic 0.
+template <class T>
+__device__ __forceinline__ void codes_int4(uint32_t w, uint32_t (&p)[4]) {
+  constexpr uint32_t kMagic = std::is_same_v<T, __half> ? 0x64006400u : 0x43004300u;
+  p[0] = (w & 0x000f000fu) | kMagic;
+  p[1] = ((w >> 4) & 0x000f000fu) | kMagic;
+  p[2] = ((w >> 8) & 0x000f000fu) | kMagic;
+  p[3] = ((w >> 12) & 0x000f000fu) | kMagic;
+}
+template <class T>
+__device__ __forceinline__ void codes_int8(uint32_t w, uint32_t (&p)[2]) {
+  const uint32_t u = w ^ 0x80808080u;
+  if constexpr (std::is_same_v<T, __half>) {
+    p[0] = __byte_perm(u, 0x64646464u, 0x4140);  // bytes u0, 0x64, u1, 0x64
+    p[1] = __byte_perm(u, 0x64646464u, 0x4342);
+  } else {
+    float f[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) f[i] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540u + i)) - 8388736.0f;
+    p[0] = Act<T>::from_float2(f[0], f[1]);
+    p[1] = Act<T>::from_float2(f[2], f[3]);
+  }
+}
+// The value magic + q the factored codes carry, and the act dtype's 1.0 pair (the A fragment that turns
+// an mma into the column sums of B: sum of x over the chunk).
+template <class T, int kBits>
+constexpr float kCodeMagic = std::is_same_v<T, __half> ? (kBits == 4 ? 1024.0f : 1152.0f) : (kBits == 4 ? 128.0f : 0.0f);
+template <class T>
+constexpr uint32_t kOnePair = std::is_same_v<T, __half> ? 0x3C003C00u : 0x3F803F80u;
+
 // The E x values of row `xrow` from element k0 (zeros past K) as E / 2 natural pairs.
 template <int E, bool kVecX>
 __device__ __forceinline__ void load_x(const uint16_t* __restrict__ xrow, int k0, int K, uint32_t (&xw)[E / 2]) {
@@ -191,8 +238,9 @@ __device__ __forceinline__ int group_of(const QuantParams& p, int unit) {
   return min(g, p.groups - 1);  // units past K in a new group (int8, group 16) read the last one
 }
 
-// NT n-tiles of 8 columns: M <= 8 * NT.
-template <class T, int kBits, int NT, bool kVecX>
+// NT n-tiles of 8 columns: M <= 8 * NT. kFactored: the chunk's scale and min are applied to its mma
+// sums (the layout keeps each chunk inside one group; gemv_quant checks), else to every weight.
+template <class T, int kBits, int NT, bool kVecX, bool kFactored>
 __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantParams p) {
   constexpr int U = NT == 1 ? 4 : NT == 2 ? 2 : 1;  // chunks in flight per lane (2 x 16-byte code loads each)
   constexpr int E = kBits == 4 ? 32 : 16;     // elements per 16-byte unit
@@ -211,27 +259,33 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
   const uint4* wb = reinterpret_cast<const uint4*>(p.codes + static_cast<int64_t>(row_b) * p.row_bytes);
   const int64_t meta_a = static_cast<int64_t>(row_a) * p.groups, meta_b = static_cast<int64_t>(row_b) * p.groups;
 
+  // A ring of U slots, each one chunk's codes (rows g and g + 8) with their scales and mins. A slot is
+  // refilled with the chunk U steps ahead as soon as it is read, so U - 1 chunks stay in flight while
+  // one is computed.
   uint4 ca[U], cb[U];
   float sa[U], ma[U], sb[U], mb[U];
-  const auto load = [&](int c0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int unit = (c0 + u * k_split) * kUnitsPerChunk + t;
-      if (unit < units) {
-        ca[u] = load_streaming(wa + unit);
-        cb[u] = load_streaming(wb + unit);
-        const int gi = group_of(p, unit);
-        sa[u] = load_meta(p.scales, meta_a + gi, p.scale_f32);
-        sb[u] = load_meta(p.scales, meta_b + gi, p.scale_f32);
-        ma[u] = p.mins ? load_meta(p.mins, meta_a + gi, p.scale_f32) : 0.0f;
-        mb[u] = p.mins ? load_meta(p.mins, meta_b + gi, p.scale_f32) : 0.0f;
-      } else {  // past the row: zero weights (x is zero there too)
-        ca[u] = cb[u] = make_uint4(0, 0, 0, 0);
-        sa[u] = sb[u] = ma[u] = mb[u] = 0.0f;
-      }
+  // Factored, a lane also scales the other lanes' units of its chunk (the mma sums over t), so even a
+  // lane whose unit lies past the row loads the chunk's scale and min (one group for the whole chunk).
+  const auto load = [&](int u, int c) {
+    const int unit = c * kUnitsPerChunk + t;
+    if (unit < units) {
+      ca[u] = load_streaming(wa + unit);
+      cb[u] = load_streaming(wb + unit);
+    } else {  // past the row: zero codes (x is zero there too)
+      ca[u] = cb[u] = make_uint4(0, 0, 0, 0);
+    }
+    if (kFactored || unit < units) {
+      const int gi = group_of(p, kFactored ? c * kUnitsPerChunk : unit);
+      sa[u] = load_meta(p.scales, meta_a + gi, p.scale_f32);
+      sb[u] = load_meta(p.scales, meta_b + gi, p.scale_f32);
+      ma[u] = p.mins ? load_meta(p.mins, meta_a + gi, p.scale_f32) : 0.0f;
+      mb[u] = p.mins ? load_meta(p.mins, meta_b + gi, p.scale_f32) : 0.0f;
+    } else {  // zero weights
+      sa[u] = sb[u] = ma[u] = mb[u] = 0.0f;
     }
   };
-  load(slice);  // independent of the previous kernel: in flight while we wait for x
+#pragma unroll
+  for (int u = 0; u < U; ++u) load(u, slice + u * k_split);  // independent of the previous kernel
   detail::wait_for_producer();
 
   const uint16_t* xrows[NT];
@@ -245,7 +299,6 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
     for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
 
   for (int c0 = slice; c0 < chunks; c0 += U * k_split) {
-    if (c0 != slice) load(c0);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = c0 + u * k_split;
@@ -253,9 +306,69 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
       const int k0 = (c * kUnitsPerChunk + t) * E;
       const uint32_t wa_words[kWords] = {ca[u].x, ca[u].y, ca[u].z, ca[u].w};
       const uint32_t wb_words[kWords] = {cb[u].x, cb[u].y, cb[u].z, cb[u].w};
-      if constexpr (kBits == 4) {
-        const uint32_t s2a = Act<T>::from_float2(sa[u], sa[u]), m2a = Act<T>::from_float2(ma[u], ma[u]);
-        const uint32_t s2b = Act<T>::from_float2(sb[u], sb[u]), m2b = Act<T>::from_float2(mb[u], mb[u]);
+      const float s_a = sa[u], m_a = ma[u], s_b = sb[u], m_b = mb[u];
+      if (c + U * k_split < chunks) load(u, c + U * k_split);  // refill the slot: in flight from here
+      if constexpr (kFactored) {
+        // tmp = the chunk's sums of x * (magic + q) for rows g, g + 8; sx = the chunk's sums of x.
+        float tmp[NT][4], sx[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) tmp[nt][i] = sx[nt][i] = 0.0f;
+        constexpr uint32_t one = kOnePair<T>;
+        if constexpr (kBits == 4) {
+          uint32_t pa[kWords][4], pb[kWords][4];
+#pragma unroll
+          for (int j = 0; j < kWords; ++j) {
+            codes_int4<T>(wa_words[j], pa[j]);
+            codes_int4<T>(wb_words[j], pb[j]);
+          }
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int j = 0; j < kWords; ++j) {
+              uint32_t lo[2], hi[2];
+              load_x<4, kVecX>(xrows[nt], k0 + 4 * j, p.K, lo);
+              load_x<4, kVecX>(xrows[nt], k0 + 16 + 4 * j, p.K, hi);
+              uint32_t xp[4];
+              x_pairs_int4(lo[0], lo[1], hi[0], hi[1], xp);
+              mma16816<T>(tmp[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
+              mma16816<T>(tmp[nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
+              mma16816<T>(sx[nt], one, one, one, one, xp[0], xp[1]);
+              mma16816<T>(sx[nt], one, one, one, one, xp[2], xp[3]);
+            }
+          }
+        } else {
+          uint32_t pa[kWords][2], pb[kWords][2];
+#pragma unroll
+          for (int j = 0; j < kWords; ++j) {
+            codes_int8<T>(wa_words[j], pa[j]);
+            codes_int8<T>(wb_words[j], pb[j]);
+          }
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            uint32_t xw[E / 2];
+            load_x<E, kVecX>(xrows[nt], k0, p.K, xw);
+#pragma unroll
+            for (int j = 0; j < kWords; ++j) {
+              mma16816<T>(tmp[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xw[2 * j], xw[2 * j + 1]);
+              mma16816<T>(sx[nt], one, one, one, one, xw[2 * j], xw[2 * j + 1]);
+            }
+          }
+        }
+        // W = scale * q + min over the chunk: sum x W = scale * tmp + (min - magic * scale) * sx.
+        constexpr float magic = kCodeMagic<T, kBits>;
+        const float ma2 = fmaf(-magic, s_a, m_a), mb2 = fmaf(-magic, s_b, m_b);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          acc[nt][0] = fmaf(s_a, tmp[nt][0], fmaf(ma2, sx[nt][0], acc[nt][0]));
+          acc[nt][1] = fmaf(s_a, tmp[nt][1], fmaf(ma2, sx[nt][1], acc[nt][1]));
+          acc[nt][2] = fmaf(s_b, tmp[nt][2], fmaf(mb2, sx[nt][2], acc[nt][2]));
+          acc[nt][3] = fmaf(s_b, tmp[nt][3], fmaf(mb2, sx[nt][3], acc[nt][3]));
+        }
+      } else if constexpr (kBits == 4) {
+        const uint32_t s2a = Act<T>::from_float2(s_a, s_a), m2a = Act<T>::from_float2(m_a, m_a);
+        const uint32_t s2b = Act<T>::from_float2(s_b, s_b), m2b = Act<T>::from_float2(m_b, m_b);
         uint32_t pa[kWords][4], pb[kWords][4];
 #pragma unroll
         for (int j = 0; j < kWords; ++j) {
@@ -280,8 +393,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
         uint32_t pa[kWords][2], pb[kWords][2];
 #pragma unroll
         for (int j = 0; j < kWords; ++j) {
-          dequant_int8<T>(wa_words[j], sa[u], ma[u], pa[j]);
-          dequant_int8<T>(wb_words[j], sb[u], mb[u], pb[j]);
+          dequant_int8<T>(wa_words[j], s_a, m_a, pa[j]);
+          dequant_int8<T>(wb_words[j], s_b, m_b, pb[j]);
         }
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -450,18 +563,19 @@ Status quant_params(const Shapes& shapes, const QuantWeightView& w, QuantParams&
 }
 
 template <class T, int kBits, int NT>
-Status launch_gemv(const QuantParams& p, bool vec_x, cudaStream_t stream) {
+Status launch_gemv(const QuantParams& p, bool vec_x, bool factored, cudaStream_t stream) {
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const int64_t blocks = (tiles + kWarps / p.k_split - 1) / (kWarps / p.k_split);
-  auto* kernel = vec_x ? gemv_quant_kernel<T, kBits, NT, true> : gemv_quant_kernel<T, kBits, NT, false>;
+  auto* kernel = factored ? (vec_x ? gemv_quant_kernel<T, kBits, NT, true, true> : gemv_quant_kernel<T, kBits, NT, false, true>)
+                          : (vec_x ? gemv_quant_kernel<T, kBits, NT, true, false> : gemv_quant_kernel<T, kBits, NT, false, false>);
   return check(detail::launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, p), "gemv_quant launch");
 }
 
 template <class T, int kBits>
-Status launch_gemv_nt(const QuantParams& p, bool vec_x, cudaStream_t stream) {
-  if (p.M <= 8) return launch_gemv<T, kBits, 1>(p, vec_x, stream);
-  if (p.M <= 16) return launch_gemv<T, kBits, 2>(p, vec_x, stream);
-  return launch_gemv<T, kBits, 4>(p, vec_x, stream);
+Status launch_gemv_nt(const QuantParams& p, bool vec_x, bool factored, cudaStream_t stream) {
+  if (p.M <= 8) return launch_gemv<T, kBits, 1>(p, vec_x, factored, stream);
+  if (p.M <= 16) return launch_gemv<T, kBits, 2>(p, vec_x, factored, stream);
+  return launch_gemv<T, kBits, 4>(p, vec_x, factored, stream);
 }
 
 }  // namespace
@@ -493,8 +607,10 @@ Status gemv_quant(const void* x, int64_t M, const QuantWeightView& w, const floa
   p.y_f32 = y_dtype == DType::F32;
   p.k_split = k_split;
   const bool vec_x = w.cols % 8 == 0 && detail::is_aligned16(x);
+  // Factored when every chunk of 4 units lies in one group.
+  const bool factored = tuning.factored && (p.groups == 1 || p.units_per_group % kUnitsPerChunk == 0);
   Status status = KILN_DISPATCH_ACT(act, {
-    return w.bits == 4 ? launch_gemv_nt<T, 4>(p, vec_x, stream) : launch_gemv_nt<T, 8>(p, vec_x, stream);
+    return w.bits == 4 ? launch_gemv_nt<T, 4>(p, vec_x, factored, stream) : launch_gemv_nt<T, 8>(p, vec_x, factored, stream);
   });
   if (!status.ok()) return status.error().with_context(shapes());
   return check(cudaGetLastError(), shapes().c_str());

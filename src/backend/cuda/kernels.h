@@ -82,6 +82,10 @@ struct QuantWeightView {
 //   int8: fmaf in f32, rounded once) and multiplied on tensor cores with f32 accumulation.
 struct GemvQuantTuning {
   int k_split = 0;  // warps splitting K per 16-row tile: 1, 2, 4, 8; 0 = auto (by grid size)
+  // Apply scale and min to each chunk's mma sums where the layout allows it (one group per row, or
+  // groups of 4 units: int4 g128 and int8 g64 and their multiples); false: to every weight (for
+  // comparison; the path every other layout takes).
+  bool factored = true;
 };
 constexpr int64_t kGemvQuantMaxRows = 32;
 Status gemv_quant(const void* x, int64_t M, const QuantWeightView& w, const float* bias, void* y, int64_t ldy,

@@ -52,7 +52,8 @@ def deq(codes, S, Mn, bits, gs, N, K):
             W[n, k] = S[n, k//gs]*q + Mn[n, k//gs]
     return W
 
-def kernel(x, codes, S, Mn, bits, gs, N, K, M, k_split, NT):
+def kernel(x, codes, S, Mn, bits, gs, N, K, M, k_split, NT, factored=False):
+    magic = 1024.0 if bits == 4 else 1152.0
     U = 4 if NT == 1 else (2 if NT == 2 else 1); E = 32 if bits == 4 else 16
     rb = codes.shape[1]; units = rb//16; chunks = (units + 3)//4; G = S.shape[1]
     upg = 1 if G == 1 else gs//E
@@ -69,17 +70,19 @@ def kernel(x, codes, S, Mn, bits, gs, N, K, M, k_split, NT):
                     c = c0 + u*k_split
                     if c >= chunks: break
                     # per lane registers
-                    A = {}; B = {}
+                    A = {}; B = {}; SC = {}
                     for lane in range(32):
                         g, t = lane//4, lane % 4
                         ra, rb_ = min(tile*16+g, N-1), min(tile*16+g+8, N-1)
                         unit = c*4 + t; k0 = unit*E
                         def lw(r):
+                            gi = group_of(c*4 if factored else unit)  # factored: the chunk's group, every lane
                             if unit < units:
                                 by = codes[r, unit*16:unit*16+16]
-                                return [int.from_bytes(by[4*j:4*j+4].tobytes(), 'little') for j in range(4)], S[r, group_of(unit)], Mn[r, group_of(unit)]
-                            return [0]*4, 0.0, 0.0
+                                return [int.from_bytes(by[4*j:4*j+4].tobytes(), 'little') for j in range(4)], S[r, gi], Mn[r, gi]
+                            return [0]*4, (S[r, gi] if factored else 0.0), (Mn[r, gi] if factored else 0.0)
                         wa, sa, ma = lw(ra); wb, sb, mb = lw(rb_)
+                        SC[lane] = (sa, ma, sb, mb)
                         def xval(m, k): return x[m, k] if k < K else 0.0
                         pa, pb, xp = [], [], [[] for _ in range(NT)]
                         for j in range(4):
@@ -88,7 +91,8 @@ def kernel(x, codes, S, Mn, bits, gs, N, K, M, k_split, NT):
                                     for sh in (0, 4, 8, 12):
                                         v = ((ww >> sh) & 0x000f000f) | 0x64006400
                                         lo, hi = h2(v)
-                                        out.append((f16((lo-1024)*f16(s) + f16(m)), f16((hi-1024)*f16(s) + f16(m))))
+                                        if factored: out.append((lo, hi))  # magic + q, exact
+                                        else: out.append((f16((lo-1024)*f16(s) + f16(m)), f16((hi-1024)*f16(s) + f16(m))))
                                 for nt in range(NT):
                                     mrow = min(nt*8+g, M-1)
                                     xa = pack_h2(xval(mrow, k0+4*j), xval(mrow, k0+4*j+1)); xb = pack_h2(xval(mrow, k0+4*j+2), xval(mrow, k0+4*j+3))
@@ -98,6 +102,10 @@ def kernel(x, codes, S, Mn, bits, gs, N, K, M, k_split, NT):
                             else:
                                 for (ww, s, m, out) in ((wa[j], sa, ma, pa), (wb[j], sb, mb, pb)):
                                     uu = ww ^ 0x80808080; f = []
+                                    if factored:  # codes_int8 (fp16): bytes into 0x64uu, 1152 + q
+                                        out.append(tuple(h2(byte_perm(uu, 0x64646464, 0x4140))))
+                                        out.append(tuple(h2(byte_perm(uu, 0x64646464, 0x4342))))
+                                        continue
                                     for i in range(4):
                                         q = struct.unpack('<f', struct.pack('<I', byte_perm(uu, 0x4B000000, 0x7540 + i)))[0] - 8388736.0
                                         f.append(f16(q*s + m))
@@ -108,7 +116,11 @@ def kernel(x, codes, S, Mn, bits, gs, N, K, M, k_split, NT):
                         A[lane] = (pa, pb); B[lane] = xp
                     # mma sequence: int4: per word j two mma (pairs 4j+0/1, 4j+2/3); int8: one (2j, 2j+1)
                     n_mma = 8 if bits == 4 else 4
+                    if factored:  # every lane t of a row reads the same group: the scale can wait
+                        for lane in range(32):
+                            assert SC[lane] == SC[lane - lane % 4], "a chunk spans two groups"
                     for nt in range(NT):
+                        tmp = np.zeros((16, 8)); sx = np.zeros((16, 8))
                         for i in range(n_mma):
                             Am = np.zeros((16, 16)); Bm = np.zeros((16, 8))
                             for lane in range(32):
@@ -118,7 +130,18 @@ def kernel(x, codes, S, Mn, bits, gs, N, K, M, k_split, NT):
                                 # a0: row g k 2t,2t+1; a1: row g+8; a2: row g k 2t+8..; a3: row g+8 k 2t+8..
                                 Am[g, 2*t:2*t+2] = r0; Am[g+8, 2*t:2*t+2] = s0; Am[g, 2*t+8:2*t+10] = r1; Am[g+8, 2*t+8:2*t+10] = s1
                                 Bm[2*t:2*t+2, g] = xp[2*i]; Bm[2*t+8:2*t+10, g] = xp[2*i+1]
-                            acc[nt] += Am @ Bm
+                            if factored:
+                                tmp += Am @ Bm; sx += np.ones((16, 16)) @ Bm  # the all-ones A fragment
+                            else:
+                                acc[nt] += Am @ Bm
+                        if factored:  # lane (g, t): rows g (i < 2) and g + 8 with that lane's scale and min
+                            for lane in range(32):
+                                g, t = lane//4, lane % 4
+                                sa, ma, sb, mb = SC[lane]
+                                for i in range(4):
+                                    r = g + (8 if i >= 2 else 0); col = 2*t + (i & 1)
+                                    s_, m_ = (sa, ma) if i < 2 else (sb, mb)
+                                    acc[nt][r, col] += s_*tmp[r, col] + (m_ - magic*s_)*sx[r, col]
             accs.append(acc)
         tot = sum(accs)
         for nt in range(NT):
@@ -132,14 +155,17 @@ def kernel(x, codes, S, Mn, bits, gs, N, K, M, k_split, NT):
     return y
 
 cases = [(4, 64, 4, 7, 172, 3, 1, 1), (4, 32, 4, 13, 100, 1, 1, 1), (8, 16, 0, 9, 100, 2, 2, 1), (8, 48, 1, 5, 200, 9, 4, 2),
-         (8, 172, 0, 7, 172, 1, 1, 1), (4, 96, 4, 20, 300, 17, 2, 4), (8, 32, 4, 3, 64, 32, 8, 4), (4, 128, 4, 17, 1000, 4, 8, 1)]
+         (8, 172, 0, 7, 172, 1, 1, 1), (4, 96, 4, 20, 300, 17, 2, 4), (8, 32, 4, 3, 64, 32, 8, 4), (4, 128, 4, 17, 1000, 4, 8, 1),
+         (8, 64, 1, 9, 300, 3, 2, 1), (4, 256, 4, 5, 600, 8, 1, 2), (8, 1000, 0, 6, 1000, 8, 4, 1), (4, 128, 4, 6, 200, 11, 1, 2)]
 for bits, gs, hm, N, K, M, ks, NT in cases:
     W = rng.uniform(-0.05, 0.05, (N, K)); W[1 % N] = -0.5 + 8*W[1 % N]
     codes, S, Mn = quantize(W, bits, gs, bool(hm) or bits == 4)
     Wd = deq(codes, S, Mn, bits, gs, N, K)
     x = np.vectorize(f16)(rng.uniform(-1, 1, (M, K)))
     ref = x @ Wd.T
-    y = kernel(x, codes, S, Mn, bits, gs, N, K, M, ks, NT)
-    rel = np.linalg.norm(y - ref)/np.linalg.norm(ref)
-    print(f"int{bits} group {gs} N={N} K={K} M={M} k_split={ks} n-tiles={NT}: relative L2 {rel:.2e}")
-    assert rel < 1e-3 and not np.isnan(y).any(), "the kernel's indexing disagrees with the reference"
+    G = S.shape[1]; E = 32 if bits == 4 else 16
+    for factored in ((False, True) if G == 1 or (gs // E) % 4 == 0 else (False,)):
+        y = kernel(x, codes, S, Mn, bits, gs, N, K, M, ks, NT, factored)
+        rel = np.linalg.norm(y - ref)/np.linalg.norm(ref)
+        print(f"int{bits} group {gs} N={N} K={K} M={M} k_split={ks} n-tiles={NT} factored={factored}: relative L2 {rel:.2e}")
+        assert rel < 1e-3 and not np.isnan(y).any(), "the kernel's indexing disagrees with the reference"
