@@ -87,8 +87,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   // Typed getters on the keys a model builder reads must not crash whatever their type.
-  for (const char* key : {"general.architecture", "general.alignment", "llama.block_count", "tokenizer.ggml.tokens",
-                          "tokenizer.ggml.scores", "tokenizer.ggml.token_type"}) {
+  for (const char* key : {"general.architecture", "general.alignment", "llama.block_count",
+                          "tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"}) {
     (void)gguf.get_string(key);
     (void)gguf.get_u32(key);
     (void)gguf.get_i64(key);

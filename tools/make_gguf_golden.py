@@ -12,7 +12,7 @@
       every metadata entry (scalars by value; arrays by element type, count, first 3 and last elements
       and a checksum: total bytes of a string array, the exact sum of an integer array, the float64 sum
       in order of an f32 array) and every tensor (name, ggml type, dims in GGUF order ne[0] first,
-      offset from the data section, byte size).
+      offset from the data section, byte size), and gguf-py's whole GGML_QUANT_SIZES table.
 """
 import argparse
 import fcntl
@@ -155,6 +155,7 @@ def golden(path: Path) -> dict:
         "source": f"{path.name} (sha256 {sha256(path)})",
         "generator": f"tools/make_gguf_golden.py golden (gguf {version_of('gguf')} GGUFReader)",
         "version": version, "alignment": int(reader.alignment), "data_offset": int(reader.data_offset),
+        "ggml_types": [[int(t), t.name, b, n] for t, (b, n) in gguf.GGML_QUANT_SIZES.items()],
         "metadata": metadata, "tensors": tensors,
     }
 
@@ -163,9 +164,9 @@ def dump(data: dict) -> str:
     """JSON with one line per metadata entry and per tensor (small, and diffs read well)."""
     def line(x):
         return json.dumps(x, ensure_ascii=False)
-    head = ",\n".join(f" {line(k)}: {line(v)}" for k, v in data.items() if k not in ("metadata", "tensors"))
+    head = ",\n".join(f" {line(k)}: {line(v)}" for k, v in data.items() if k not in ("metadata", "tensors", "ggml_types"))
     lists = ",\n".join(f" {line(k)}: [\n" + ",\n".join(f"  {line(x)}" for x in data[k]) + "\n ]"
-                       for k in ("metadata", "tensors"))
+                       for k in ("ggml_types", "metadata", "tensors"))
     return "{\n" + head + ",\n" + lists + "\n}\n"
 
 

@@ -1,5 +1,7 @@
 #include "format/gguf.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -7,55 +9,92 @@
 #include <limits>
 #include <utility>
 
-#include <fmt/ranges.h>
-
 namespace kiln {
 namespace {
 
 // gguf-py 0.19.0 GGML_QUANT_SIZES (block size, bytes per block), by type id.
 constexpr std::array<GgmlTypeTraits, 34> kGgmlTypes = {{
-    {GgmlType::F32, "F32", 1, 4},           {GgmlType::F16, "F16", 1, 2},
-    {GgmlType::Q4_0, "Q4_0", 32, 18},       {GgmlType::Q4_1, "Q4_1", 32, 20},
-    {GgmlType::Q5_0, "Q5_0", 32, 22},       {GgmlType::Q5_1, "Q5_1", 32, 24},
-    {GgmlType::Q8_0, "Q8_0", 32, 34},       {GgmlType::Q8_1, "Q8_1", 32, 40},
-    {GgmlType::Q2_K, "Q2_K", 256, 84},      {GgmlType::Q3_K, "Q3_K", 256, 110},
-    {GgmlType::Q4_K, "Q4_K", 256, 144},     {GgmlType::Q5_K, "Q5_K", 256, 176},
-    {GgmlType::Q6_K, "Q6_K", 256, 210},     {GgmlType::Q8_K, "Q8_K", 256, 292},
-    {GgmlType::IQ2_XXS, "IQ2_XXS", 256, 66}, {GgmlType::IQ2_XS, "IQ2_XS", 256, 74},
-    {GgmlType::IQ3_XXS, "IQ3_XXS", 256, 98}, {GgmlType::IQ1_S, "IQ1_S", 256, 50},
-    {GgmlType::IQ4_NL, "IQ4_NL", 32, 18},   {GgmlType::IQ3_S, "IQ3_S", 256, 110},
-    {GgmlType::IQ2_S, "IQ2_S", 256, 82},    {GgmlType::IQ4_XS, "IQ4_XS", 256, 136},
-    {GgmlType::I8, "I8", 1, 1},             {GgmlType::I16, "I16", 1, 2},
-    {GgmlType::I32, "I32", 1, 4},           {GgmlType::I64, "I64", 1, 8},
-    {GgmlType::F64, "F64", 1, 8},           {GgmlType::IQ1_M, "IQ1_M", 256, 56},
-    {GgmlType::BF16, "BF16", 1, 2},         {GgmlType::TQ1_0, "TQ1_0", 256, 54},
-    {GgmlType::TQ2_0, "TQ2_0", 256, 66},    {GgmlType::MXFP4, "MXFP4", 32, 17},
-    {GgmlType::NVFP4, "NVFP4", 64, 36},     {GgmlType::Q1_0, "Q1_0", 128, 18},
+    {GgmlType::F32, "F32", 1, 4},
+    {GgmlType::F16, "F16", 1, 2},
+    {GgmlType::Q4_0, "Q4_0", 32, 18},
+    {GgmlType::Q4_1, "Q4_1", 32, 20},
+    {GgmlType::Q5_0, "Q5_0", 32, 22},
+    {GgmlType::Q5_1, "Q5_1", 32, 24},
+    {GgmlType::Q8_0, "Q8_0", 32, 34},
+    {GgmlType::Q8_1, "Q8_1", 32, 40},
+    {GgmlType::Q2_K, "Q2_K", 256, 84},
+    {GgmlType::Q3_K, "Q3_K", 256, 110},
+    {GgmlType::Q4_K, "Q4_K", 256, 144},
+    {GgmlType::Q5_K, "Q5_K", 256, 176},
+    {GgmlType::Q6_K, "Q6_K", 256, 210},
+    {GgmlType::Q8_K, "Q8_K", 256, 292},
+    {GgmlType::IQ2_XXS, "IQ2_XXS", 256, 66},
+    {GgmlType::IQ2_XS, "IQ2_XS", 256, 74},
+    {GgmlType::IQ3_XXS, "IQ3_XXS", 256, 98},
+    {GgmlType::IQ1_S, "IQ1_S", 256, 50},
+    {GgmlType::IQ4_NL, "IQ4_NL", 32, 18},
+    {GgmlType::IQ3_S, "IQ3_S", 256, 110},
+    {GgmlType::IQ2_S, "IQ2_S", 256, 82},
+    {GgmlType::IQ4_XS, "IQ4_XS", 256, 136},
+    {GgmlType::I8, "I8", 1, 1},
+    {GgmlType::I16, "I16", 1, 2},
+    {GgmlType::I32, "I32", 1, 4},
+    {GgmlType::I64, "I64", 1, 8},
+    {GgmlType::F64, "F64", 1, 8},
+    {GgmlType::IQ1_M, "IQ1_M", 256, 56},
+    {GgmlType::BF16, "BF16", 1, 2},
+    {GgmlType::TQ1_0, "TQ1_0", 256, 54},
+    {GgmlType::TQ2_0, "TQ2_0", 256, 66},
+    {GgmlType::MXFP4, "MXFP4", 32, 17},
+    {GgmlType::NVFP4, "NVFP4", 64, 36},
+    {GgmlType::Q1_0, "Q1_0", 128, 18},
 }};
 
 // Ids ggml once used and removed; named in the error so an old file is recognized.
 std::string_view removed_ggml_type(uint32_t id) {
   switch (id) {
-    case 4: return "Q4_2";
-    case 5: return "Q4_3";
-    case 31: return "Q4_0_4_4";
-    case 32: return "Q4_0_4_8";
-    case 33: return "Q4_0_8_8";
-    case 36: return "IQ4_NL_4_4";
-    case 37: return "IQ4_NL_4_8";
-    case 38: return "IQ4_NL_8_8";
-    default: return "";
+    case 4:
+      return "Q4_2";
+    case 5:
+      return "Q4_3";
+    case 31:
+      return "Q4_0_4_4";
+    case 32:
+      return "Q4_0_4_8";
+    case 33:
+      return "Q4_0_8_8";
+    case 36:
+      return "IQ4_NL_4_4";
+    case 37:
+      return "IQ4_NL_4_8";
+    case 38:
+      return "IQ4_NL_8_8";
+    default:
+      return "";
   }
 }
 
 // Bytes of one fixed-size value; 0 for string and array.
 uint64_t scalar_size(GgufValueType type) {
   switch (type) {
-    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::Bool: return 1;
-    case GgufValueType::U16: case GgufValueType::I16: return 2;
-    case GgufValueType::U32: case GgufValueType::I32: case GgufValueType::F32: return 4;
-    case GgufValueType::U64: case GgufValueType::I64: case GgufValueType::F64: return 8;
-    case GgufValueType::String: case GgufValueType::Array: return 0;
+    case GgufValueType::U8:
+    case GgufValueType::I8:
+    case GgufValueType::Bool:
+      return 1;
+    case GgufValueType::U16:
+    case GgufValueType::I16:
+      return 2;
+    case GgufValueType::U32:
+    case GgufValueType::I32:
+    case GgufValueType::F32:
+      return 4;
+    case GgufValueType::U64:
+    case GgufValueType::I64:
+    case GgufValueType::F64:
+      return 8;
+    case GgufValueType::String:
+    case GgufValueType::Array:
+      return 0;
   }
   return 0;
 }
@@ -112,7 +151,8 @@ std::string printable(std::string_view s) {
 // what was being read and where.
 class Reader {
  public:
-  Reader(const std::string& path, const uint8_t* data, uint64_t size) : path_(path), data_(data), size_(size) {}
+  Reader(const std::string& path, const uint8_t* data, uint64_t size)
+      : path_(path), data_(data), size_(size) {}
 
   uint64_t pos() const { return pos_; }
   uint64_t remaining() const { return size_ - pos_; }
@@ -135,8 +175,8 @@ class Reader {
   Result<std::string_view> string(const std::string& what) {
     KILN_ASSIGN(const uint64_t length, u64(what + " length"));
     if (length > remaining()) {
-      return make_error("{}: {}: string length {} at byte {} exceeds the {} bytes remaining", path_, what, length,
-                        pos_ - 8, remaining());
+      return make_error("{}: {}: string length {} at byte {} exceeds the {} bytes remaining", path_, what,
+                        length, pos_ - 8, remaining());
     }
     const std::string_view s(reinterpret_cast<const char*>(data_ + pos_), length);
     pos_ += length;
@@ -146,8 +186,9 @@ class Reader {
   // `count` elements of at least `min_size` bytes each must fit in what is left.
   Status check_count(uint64_t count, uint64_t min_size, const std::string& what) {
     if (min_size != 0 && count > remaining() / min_size) {
-      return make_error("{}: {}: {} elements of at least {} bytes each at byte {} exceed the {} bytes remaining",
-                        path_, what, count, min_size, pos_, remaining());
+      return make_error(
+          "{}: {}: {} elements of at least {} bytes each at byte {} exceed the {} bytes remaining", path_,
+          what, count, min_size, pos_, remaining());
     }
     return Status::Ok();
   }
@@ -166,7 +207,8 @@ class Reader {
 Result<GgufValueType> read_value_type(Reader& in, const std::string& what) {
   KILN_ASSIGN(const uint32_t id, in.u32(what + " type"));
   if (!is_known_value_type(id)) {
-    return make_error("{}: {}: unknown value type {} at byte {} (known: 0-12)", in.path(), what, id, in.pos() - 4);
+    return make_error("{}: {}: unknown value type {} at byte {} (known: 0-12)", in.path(), what, id,
+                      in.pos() - 4);
   }
   return static_cast<GgufValueType>(id);
 }
@@ -176,8 +218,8 @@ Result<GgufValue> read_value(Reader& in, GgufValueType type, int depth, const st
 // u32 element type, u64 count, elements. `depth` is this array's nesting level (1 = a top-level value).
 Result<GgufValue> read_array(Reader& in, int depth, const std::string& what) {
   if (depth > kGgufMaxArrayDepth) {
-    return make_error("{}: {}: arrays nested more than {} deep at byte {}", in.path(), what, kGgufMaxArrayDepth,
-                      in.pos());
+    return make_error("{}: {}: arrays nested more than {} deep at byte {}", in.path(), what,
+                      kGgufMaxArrayDepth, in.pos());
   }
   GgufValue value;
   value.type = GgufValueType::Array;
@@ -222,7 +264,8 @@ Result<GgufValue> read_value(Reader& in, GgufValueType type, int depth, const st
   }
   KILN_ASSIGN(value.bits, in.read_uint(scalar_size(type), what));
   if (type == GgufValueType::Bool && value.bits > 1) {
-    return make_error("{}: {}: bool must be 0 or 1, found {} at byte {}", in.path(), what, value.bits, in.pos() - 1);
+    return make_error("{}: {}: bool must be 0 or 1, found {} at byte {}", in.path(), what, value.bits,
+                      in.pos() - 1);
   }
   return value;
 }
@@ -233,7 +276,8 @@ Status check_tensor_shape(const std::string& where, const GgmlTypeTraits& traits
   int64_t numel = 1;
   for (size_t i = 0; i < tensor->dims.size(); ++i) {
     if (tensor->dims[i] < 0) {
-      return make_error("{}: ne[{}] = {} exceeds INT64_MAX", where, i, static_cast<uint64_t>(tensor->dims[i]));
+      return make_error("{}: ne[{}] = {} exceeds INT64_MAX", where, i,
+                        static_cast<uint64_t>(tensor->dims[i]));
     }
   }
   const bool empty = std::find(tensor->dims.begin(), tensor->dims.end(), 0) != tensor->dims.end();
@@ -271,7 +315,8 @@ Result<GgufTensor> read_tensor_info(Reader& in, uint64_t index) {
   }
   for (uint32_t i = 0; i < n_dims; ++i) {
     KILN_ASSIGN(const uint64_t d, in.u64(fmt::format("{} ne[{}]", what, i)));
-    tensor.dims.push_back(static_cast<int64_t>(d));  // a value above INT64_MAX reads as negative: refused below
+    tensor.dims.push_back(
+        static_cast<int64_t>(d));  // a value above INT64_MAX reads as negative: refused below
   }
   KILN_ASSIGN(const uint32_t type_id, in.u32(what + " type"));
   KILN_ASSIGN(tensor.offset, in.u64(what + " offset"));
@@ -293,7 +338,8 @@ Status check_alignment_key(const std::string& path, const GgufFile& out, uint32_
   const GgufValue* value = out.find("general.alignment");
   if (value == nullptr) return Status::Ok();
   if (value->type != GgufValueType::U32) {
-    return make_error("{}: general.alignment: expected u32, found {}", path, gguf_value_type_name(value->type));
+    return make_error("{}: general.alignment: expected u32, found {}", path,
+                      gguf_value_type_name(value->type));
   }
   const uint64_t a = value->bits;
   if (a == 0 || !std::has_single_bit(a)) {
@@ -309,12 +355,13 @@ Status check_tensor_data(const std::string& path, const MappedFile& file, GgufFi
   const uint64_t data_size = size > out->data_offset ? size - out->data_offset : 0;
   for (GgufTensor& t : out->tensors) {
     if (t.offset % out->alignment != 0) {
-      return make_error("{}: tensor '{}': offset {} is not a multiple of the alignment {}", path, printable(t.name),
-                        t.offset, out->alignment);
+      return make_error("{}: tensor '{}': offset {} is not a multiple of the alignment {}", path,
+                        printable(t.name), t.offset, out->alignment);
     }
     if (t.offset > data_size || t.nbytes > data_size - t.offset) {
-      return make_error("{}: tensor '{}': data [{}, +{}) runs past the end of the data section ({} bytes from byte {})",
-                        path, printable(t.name), t.offset, t.nbytes, data_size, out->data_offset);
+      return make_error(
+          "{}: tensor '{}': data [{}, +{}) runs past the end of the data section ({} bytes from byte {})",
+          path, printable(t.name), t.offset, t.nbytes, data_size, out->data_offset);
     }
     t.data = file.data() + std::min(size, out->data_offset + t.offset);
   }
@@ -346,19 +393,32 @@ std::string found_type(const GgufValue& v) {
 
 std::string_view gguf_value_type_name(GgufValueType type) {
   switch (type) {
-    case GgufValueType::U8: return "u8";
-    case GgufValueType::I8: return "i8";
-    case GgufValueType::U16: return "u16";
-    case GgufValueType::I16: return "i16";
-    case GgufValueType::U32: return "u32";
-    case GgufValueType::I32: return "i32";
-    case GgufValueType::F32: return "f32";
-    case GgufValueType::Bool: return "bool";
-    case GgufValueType::String: return "string";
-    case GgufValueType::Array: return "array";
-    case GgufValueType::U64: return "u64";
-    case GgufValueType::I64: return "i64";
-    case GgufValueType::F64: return "f64";
+    case GgufValueType::U8:
+      return "u8";
+    case GgufValueType::I8:
+      return "i8";
+    case GgufValueType::U16:
+      return "u16";
+    case GgufValueType::I16:
+      return "i16";
+    case GgufValueType::U32:
+      return "u32";
+    case GgufValueType::I32:
+      return "i32";
+    case GgufValueType::F32:
+      return "f32";
+    case GgufValueType::Bool:
+      return "bool";
+    case GgufValueType::String:
+      return "string";
+    case GgufValueType::Array:
+      return "array";
+    case GgufValueType::U64:
+      return "u64";
+    case GgufValueType::I64:
+      return "i64";
+    case GgufValueType::F64:
+      return "f64";
   }
   return "?";
 }
@@ -450,13 +510,14 @@ Result<const GgufValue*> find_value(const GgufFile& f, std::string_view key) {
 template <class T>
 Result<T> GgufFile::get_integer(std::string_view key) const {
   KILN_ASSIGN(const GgufValue* v, find_value(*this, key));
-  if (!v->is_integer()) return make_error("{}: {}: expected an integer, found {}", path(), key, found_type(*v));
+  if (!v->is_integer())
+    return make_error("{}: {}: expected an integer, found {}", path(), key, found_type(*v));
   const std::optional<T> out = v->as_integer<T>();
   if (!out) {
     const std::string value = is_signed(v->type) ? std::to_string(sign_extend(v->bits, scalar_size(v->type)))
                                                  : std::to_string(v->bits);
-    return make_error("{}: {}: {} {} is out of range [{}, {}]", path(), key, gguf_value_type_name(v->type), value,
-                      std::numeric_limits<T>::min(), std::numeric_limits<T>::max());
+    return make_error("{}: {}: {} {} is out of range [{}, {}]", path(), key, gguf_value_type_name(v->type),
+                      value, std::numeric_limits<T>::min(), std::numeric_limits<T>::max());
   }
   return *out;
 }
@@ -467,20 +528,23 @@ template Result<int64_t> GgufFile::get_integer<int64_t>(std::string_view) const;
 
 Result<float> GgufFile::get_f32(std::string_view key) const {
   KILN_ASSIGN(const GgufValue* v, find_value(*this, key));
-  if (v->type != GgufValueType::F32) return make_error("{}: {}: expected f32, found {}", path(), key, found_type(*v));
+  if (v->type != GgufValueType::F32)
+    return make_error("{}: {}: expected f32, found {}", path(), key, found_type(*v));
   return std::bit_cast<float>(static_cast<uint32_t>(v->bits));
 }
 
 Result<double> GgufFile::get_f64(std::string_view key) const {
   KILN_ASSIGN(const GgufValue* v, find_value(*this, key));
-  if (v->type == GgufValueType::F32) return static_cast<double>(std::bit_cast<float>(static_cast<uint32_t>(v->bits)));
+  if (v->type == GgufValueType::F32)
+    return static_cast<double>(std::bit_cast<float>(static_cast<uint32_t>(v->bits)));
   if (v->type == GgufValueType::F64) return std::bit_cast<double>(v->bits);
   return make_error("{}: {}: expected f32 or f64, found {}", path(), key, found_type(*v));
 }
 
 Result<bool> GgufFile::get_bool(std::string_view key) const {
   KILN_ASSIGN(const GgufValue* v, find_value(*this, key));
-  if (v->type != GgufValueType::Bool) return make_error("{}: {}: expected bool, found {}", path(), key, found_type(*v));
+  if (v->type != GgufValueType::Bool)
+    return make_error("{}: {}: expected bool, found {}", path(), key, found_type(*v));
   return v->bits != 0;
 }
 
@@ -495,8 +559,8 @@ Result<std::string_view> GgufFile::get_string(std::string_view key) const {
 Result<const GgufValue*> GgufFile::get_array(std::string_view key, GgufValueType element_type) const {
   KILN_ASSIGN(const GgufValue* v, find_value(*this, key));
   if (v->type != GgufValueType::Array || v->element_type != element_type) {
-    return make_error("{}: {}: expected an array of {}, found {}", path(), key, gguf_value_type_name(element_type),
-                      found_type(*v));
+    return make_error("{}: {}: expected an array of {}, found {}", path(), key,
+                      gguf_value_type_name(element_type), found_type(*v));
   }
   return v;
 }
@@ -530,13 +594,27 @@ Result<std::vector<float>> GgufFile::get_f32_array(std::string_view key) const {
 Result<TensorView> GgufFile::view(const GgufTensor& tensor) const {
   DType dtype;
   switch (tensor.type) {
-    case GgmlType::F32: dtype = DType::F32; break;
-    case GgmlType::F16: dtype = DType::F16; break;
-    case GgmlType::BF16: dtype = DType::BF16; break;
-    case GgmlType::F64: dtype = DType::F64; break;
-    case GgmlType::I8: dtype = DType::I8; break;
-    case GgmlType::I32: dtype = DType::I32; break;
-    case GgmlType::I64: dtype = DType::I64; break;
+    case GgmlType::F32:
+      dtype = DType::F32;
+      break;
+    case GgmlType::F16:
+      dtype = DType::F16;
+      break;
+    case GgmlType::BF16:
+      dtype = DType::BF16;
+      break;
+    case GgmlType::F64:
+      dtype = DType::F64;
+      break;
+    case GgmlType::I8:
+      dtype = DType::I8;
+      break;
+    case GgmlType::I32:
+      dtype = DType::I32;
+      break;
+    case GgmlType::I64:
+      dtype = DType::I64;
+      break;
     default:
       return make_error("{}: tensor '{}': type {} has no plain element type (quantized or I16)", path(),
                         printable(tensor.name), ggml_type_name(tensor.type));
@@ -558,10 +636,12 @@ Result<GgufFile> parse_gguf(std::shared_ptr<MappedFile> file) {
   GgufFile out;
   out.file = file;
 
-  if (file->size() < 4) return make_error("{}: file is {} bytes, too small for the GGUF magic", path, file->size());
+  if (file->size() < 4)
+    return make_error("{}: file is {} bytes, too small for the GGUF magic", path, file->size());
   const std::string_view magic(reinterpret_cast<const char*>(file->data()), 4);
   if (magic != "GGUF") {
-    if (magic == "FUGG") return make_error("{}: magic \"FUGG\": a byte-swapped GGUF header; not supported", path);
+    if (magic == "FUGG")
+      return make_error("{}: magic \"FUGG\": a byte-swapped GGUF header; not supported", path);
     return make_error("{}: not a GGUF file (magic \"{}\", expected \"GGUF\")", path, printable(magic));
   }
   in.skip(4);
@@ -569,11 +649,13 @@ Result<GgufFile> parse_gguf(std::shared_ptr<MappedFile> file) {
   if (out.version != 2 && out.version != 3) {
     const uint32_t swapped = __builtin_bswap32(out.version);
     if (swapped >= 1 && swapped <= 3) {
-      return make_error("{}: big-endian GGUF (version {} byte-swapped); only little-endian files are supported",
-                        path, swapped);
+      return make_error(
+          "{}: big-endian GGUF (version {} byte-swapped); only little-endian files are supported", path,
+          swapped);
     }
     if (out.version == 1) {
-      return make_error("{}: GGUF version 1 is not supported (versions 2 and 3 are; re-convert the model)", path);
+      return make_error("{}: GGUF version 1 is not supported (versions 2 and 3 are; re-convert the model)",
+                        path);
     }
     return make_error("{}: unsupported GGUF version {} (supported: 2, 3)", path, out.version);
   }
@@ -584,8 +666,9 @@ Result<GgufFile> parse_gguf(std::shared_ptr<MappedFile> file) {
   constexpr uint64_t kMinKv = 14, kMinTensor = 33;
   if (kv_count > in.remaining() / kMinKv || tensor_count > in.remaining() / kMinTensor ||
       kv_count * kMinKv + tensor_count * kMinTensor > in.remaining()) {
-    return make_error("{}: header claims {} metadata entries and {} tensors, more than the {} bytes after it can hold",
-                      path, kv_count, tensor_count, in.remaining());
+    return make_error(
+        "{}: header claims {} metadata entries and {} tensors, more than the {} bytes after it can hold",
+        path, kv_count, tensor_count, in.remaining());
   }
 
   out.metadata.reserve(kv_count);

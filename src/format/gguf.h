@@ -27,18 +27,58 @@ namespace kiln {
 
 // Metadata value types (gguf_type), by their ids in the file.
 enum class GgufValueType : uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, Bool = 7, String = 8, Array = 9,
-  U64 = 10, I64 = 11, F64 = 12,
+  U8 = 0,
+  I8 = 1,
+  U16 = 2,
+  I16 = 3,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  Bool = 7,
+  String = 8,
+  Array = 9,
+  U64 = 10,
+  I64 = 11,
+  F64 = 12,
 };
 std::string_view gguf_value_type_name(GgufValueType type);  // "u32", "string", "array", ...
 
 // ggml tensor types, by their ids in the file (ids 4, 5, 31-33, 36-38 were removed from ggml).
 enum class GgmlType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
-  Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
-  IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22, IQ4_XS = 23,
-  I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30,
-  TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39, NVFP4 = 40, Q1_0 = 41,
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  IQ2_XXS = 16,
+  IQ2_XS = 17,
+  IQ3_XXS = 18,
+  IQ1_S = 19,
+  IQ4_NL = 20,
+  IQ3_S = 21,
+  IQ2_S = 22,
+  IQ4_XS = 23,
+  I8 = 24,
+  I16 = 25,
+  I32 = 26,
+  I64 = 27,
+  F64 = 28,
+  IQ1_M = 29,
+  BF16 = 30,
+  TQ1_0 = 34,
+  TQ2_0 = 35,
+  MXFP4 = 39,
+  NVFP4 = 40,
+  Q1_0 = 41,
 };
 
 // A row of `block_size` elements along ne[0] is stored in `type_size` bytes (gguf-py GGML_QUANT_SIZES).
@@ -81,25 +121,25 @@ struct GgufValue {
 // so a Linear weight of PyTorch shape [out, in] has dims {in, out}. shape() gives kiln's row-major
 // order (dims reversed); rows() x cols() is its 2-D view (cols = ne[0], the quantization axis).
 struct GgufTensor {
-  std::string_view name;       // into the mapping
+  std::string_view name;  // into the mapping
   GgmlType type = GgmlType::F32;
-  std::vector<int64_t> dims;   // ne[0..n_dims), 1 <= n_dims <= 4, each >= 0
-  uint64_t offset = 0;         // from the start of the data section, a multiple of the alignment
-  uint64_t nbytes = 0;         // numel / block_size * type_size
+  std::vector<int64_t> dims;      // ne[0..n_dims), 1 <= n_dims <= 4, each >= 0
+  uint64_t offset = 0;            // from the start of the data section, a multiple of the alignment
+  uint64_t nbytes = 0;            // numel / block_size * type_size
   const uint8_t* data = nullptr;  // nbytes bytes in the mapping
 
   int64_t numel() const;
   std::vector<int64_t> shape() const;  // row-major: {ne[n-1], ..., ne[0]}
   int64_t cols() const { return dims[0]; }
-  int64_t rows() const;                // ne[1] * ne[2] * ne[3]
-  uint64_t row_bytes() const;          // bytes of one row of cols() elements
+  int64_t rows() const;        // ne[1] * ne[2] * ne[3]
+  uint64_t row_bytes() const;  // bytes of one row of cols() elements
 };
 
 struct GgufFile {
   std::shared_ptr<MappedFile> file;
-  uint32_t version = 0;         // 2 or 3
-  uint32_t alignment = 32;      // general.alignment
-  uint64_t data_offset = 0;     // where the data section starts in the file
+  uint32_t version = 0;                                          // 2 or 3
+  uint32_t alignment = 32;                                       // general.alignment
+  uint64_t data_offset = 0;                                      // where the data section starts in the file
   std::vector<std::pair<std::string_view, GgufValue>> metadata;  // file order
   std::vector<GgufTensor> tensors;                               // file order
 

@@ -1,12 +1,11 @@
 // GGUF parsing: a small writer in the test builds a valid file, then each kind of corruption is
 // built from it, and every error must be one line naming the file and what is wrong.
-#include "format/gguf.h"
-
 #include <gtest/gtest.h>
 
 #include <bit>
 #include <cstring>
 
+#include "format/gguf.h"
 #include "format_test_util.h"
 
 namespace kiln {
@@ -63,7 +62,8 @@ class GgufWriter {
     ++tensor_count_;
   }
   // A well-formed tensor: data appended at the next aligned offset of the data section.
-  void tensor(std::string_view name, const std::vector<uint64_t>& dims, GgmlType type, const std::string& bytes) {
+  void tensor(std::string_view name, const std::vector<uint64_t>& dims, GgmlType type,
+              const std::string& bytes) {
     pad_data();
     raw_tensor(name, dims, static_cast<uint32_t>(type), data_.size());
     data_ += bytes;
@@ -119,7 +119,7 @@ GgufWriter sample_writer() {
   w.raw_kv("u8", uint32_t(VT::U8), GgufWriter::le(200, 1));
   w.raw_kv("i8", uint32_t(VT::I8), GgufWriter::le(0xfe, 1));  // -2
   w.raw_kv("u16", uint32_t(VT::U16), GgufWriter::le(65535, 2));
-  w.raw_kv("i16", uint32_t(VT::I16), GgufWriter::le(0x8000, 2));  // -32768
+  w.raw_kv("i16", uint32_t(VT::I16), GgufWriter::le(0x8000, 2));      // -32768
   w.raw_kv("i32", uint32_t(VT::I32), GgufWriter::le(0xffffffff, 4));  // -1
   w.raw_kv("u64", uint32_t(VT::U64), GgufWriter::le(~uint64_t{0}, 8));
   w.raw_kv("i64", uint32_t(VT::I64), GgufWriter::le(uint64_t{1} << 40, 8));
@@ -128,7 +128,8 @@ GgufWriter sample_writer() {
   w.raw_kv("bool", uint32_t(VT::Bool), GgufWriter::le(1, 1));
   w.kv_string_array("tokenizer.ggml.tokens", {"<s>", "a", "", "\xe4\xb8\xad"});
   {
-    std::string v = GgufWriter::le(uint32_t(VT::F32), 4) + GgufWriter::le(3, 8) + f32_bytes({0.5f, -1.0f, 2.0f});
+    std::string v =
+        GgufWriter::le(uint32_t(VT::F32), 4) + GgufWriter::le(3, 8) + f32_bytes({0.5f, -1.0f, 2.0f});
     w.raw_kv("tokenizer.ggml.scores", uint32_t(VT::Array), v);
   }
   {
@@ -138,7 +139,8 @@ GgufWriter sample_writer() {
   }
   {  // [[1, 2], []] as an array of arrays of i16
     std::string v = GgufWriter::le(uint32_t(VT::Array), 4) + GgufWriter::le(2, 8);
-    v += GgufWriter::le(uint32_t(VT::I16), 4) + GgufWriter::le(2, 8) + GgufWriter::le(1, 2) + GgufWriter::le(2, 2);
+    v += GgufWriter::le(uint32_t(VT::I16), 4) + GgufWriter::le(2, 8) + GgufWriter::le(1, 2) +
+         GgufWriter::le(2, 2);
     v += GgufWriter::le(uint32_t(VT::I16), 4) + GgufWriter::le(0, 8);
     w.raw_kv("nested", uint32_t(VT::Array), v);
   }
@@ -172,10 +174,10 @@ std::string with_kv(std::string_view key, uint32_t type, const std::string& valu
   return w.image();
 }
 
-#define EXPECT_ERROR(image, fragment)                                    \
-  do {                                                                   \
-    const std::string message_ = error_of(image);                        \
-    EXPECT_NE(message_.find(fragment), std::string::npos)                \
+#define EXPECT_ERROR(image, fragment)                                                           \
+  do {                                                                                          \
+    const std::string message_ = error_of(image);                                               \
+    EXPECT_NE(message_.find(fragment), std::string::npos)                                       \
         << "expected an error containing \"" << (fragment) << "\", got \"" << message_ << "\""; \
   } while (0)
 
@@ -222,8 +224,9 @@ TEST(Gguf, GettersNameKeyAndTypeFound) {
   ASSERT_TRUE(file.ok()) << file.error().message;
   EXPECT_EQ(file->get_u32("absent").error().message, "test.gguf: metadata key 'absent' is missing");
   EXPECT_EQ(file->get_u32("i32").error().message, "test.gguf: i32: i32 -1 is out of range [0, 4294967295]");
-  EXPECT_EQ(file->get_i64("u64").error().message,
-            "test.gguf: u64: u64 18446744073709551615 is out of range [-9223372036854775808, 9223372036854775807]");
+  EXPECT_EQ(
+      file->get_i64("u64").error().message,
+      "test.gguf: u64: u64 18446744073709551615 is out of range [-9223372036854775808, 9223372036854775807]");
   EXPECT_EQ(file->get_u32("f32").error().message, "test.gguf: f32: expected an integer, found f32");
   EXPECT_EQ(file->get_f32("f64").error().message, "test.gguf: f64: expected f32, found f64");
   EXPECT_EQ(file->get_string("tokenizer.ggml.tokens").error().message,
@@ -269,8 +272,9 @@ TEST(Gguf, TensorsInGgufDimsOrderWithRowMajorView) {
   EXPECT_EQ(q->nbytes, 4u * 34u);
   EXPECT_EQ(q->row_bytes(), 2u * 34u);
   EXPECT_EQ(q->data[2], static_cast<uint8_t>(-16));  // first quant of block 0
-  EXPECT_EQ(file->view(*q).error().message,
-            "test.gguf: tensor 'blk.0.attn_q.weight': type Q8_0 has no plain element type (quantized or I16)");
+  EXPECT_EQ(
+      file->view(*q).error().message,
+      "test.gguf: tensor 'blk.0.attn_q.weight': type Q8_0 has no plain element type (quantized or I16)");
 
   const GgufTensor* empty = file->find_tensor("empty");
   ASSERT_NE(empty, nullptr);
@@ -372,7 +376,11 @@ TEST(Gguf, RefusesMagicAndVersions) {
   std::string image = sample_writer().image();
   EXPECT_ERROR("GGML" + image.substr(4), "not a GGUF file (magic \"GGML\", expected \"GGUF\")");
   EXPECT_ERROR("FUGG" + image.substr(4), "byte-swapped");
-  EXPECT_ERROR("\x7f" "ELF" + image.substr(4), "magic \"\\x7fELF\"");
+  EXPECT_ERROR(
+      "\x7f"
+      "ELF" +
+          image.substr(4),
+      "magic \"\\x7fELF\"");
   GgufWriter w = sample_writer();
   w.version = 1;
   EXPECT_ERROR(w.image(), "GGUF version 1 is not supported");
@@ -400,15 +408,17 @@ TEST(Gguf, RefusesHugeStringsAndArrays) {
                "metadata #0 key: string length 4611686018427387904 at byte 24 exceeds the 6 bytes remaining");
   EXPECT_ERROR(with_kv("s", uint32_t(VT::String), GgufWriter::le(~uint64_t{0}, 8)),
                "metadata 's': string length 18446744073709551615");
-  EXPECT_ERROR(with_kv("a", uint32_t(VT::Array), GgufWriter::le(uint32_t(VT::U64), 4) + GgufWriter::le(1 << 20, 8)),
-               "metadata 'a' array of u64: 1048576 elements of at least 8 bytes each");
-  EXPECT_ERROR(with_kv("a", uint32_t(VT::Array), GgufWriter::le(uint32_t(VT::String), 4) +
-                                                     GgufWriter::le(uint64_t{1} << 61, 8)),
+  EXPECT_ERROR(
+      with_kv("a", uint32_t(VT::Array), GgufWriter::le(uint32_t(VT::U64), 4) + GgufWriter::le(1 << 20, 8)),
+      "metadata 'a' array of u64: 1048576 elements of at least 8 bytes each");
+  EXPECT_ERROR(with_kv("a", uint32_t(VT::Array),
+                       GgufWriter::le(uint32_t(VT::String), 4) + GgufWriter::le(uint64_t{1} << 61, 8)),
                "array of string: 2305843009213693952 elements of at least 8 bytes");
   // A string element inside an array that claims more than is left.
-  EXPECT_ERROR(with_kv("a", uint32_t(VT::Array), GgufWriter::le(uint32_t(VT::String), 4) + GgufWriter::le(1, 8) +
-                                                     GgufWriter::le(1000, 8)),
-               "metadata 'a' element 0: string length 1000");
+  EXPECT_ERROR(
+      with_kv("a", uint32_t(VT::Array),
+              GgufWriter::le(uint32_t(VT::String), 4) + GgufWriter::le(1, 8) + GgufWriter::le(1000, 8)),
+      "metadata 'a' element 0: string length 1000");
 }
 
 TEST(Gguf, RefusesNestedArrayBombs) {
@@ -428,8 +438,8 @@ TEST(Gguf, RefusesNestedArrayBombs) {
   EXPECT_EQ(v->element_type, VT::U8);
   EXPECT_EQ(v->elements[0], 'x');
   // A wide bomb: 2^60 empty arrays claimed in a few bytes.
-  EXPECT_ERROR(with_kv("wide", uint32_t(VT::Array), GgufWriter::le(uint32_t(VT::Array), 4) +
-                                                        GgufWriter::le(uint64_t{1} << 60, 8)),
+  EXPECT_ERROR(with_kv("wide", uint32_t(VT::Array),
+                       GgufWriter::le(uint32_t(VT::Array), 4) + GgufWriter::le(uint64_t{1} << 60, 8)),
                "1152921504606846976 elements of at least 12 bytes each");
 }
 
@@ -437,10 +447,12 @@ TEST(Gguf, RefusesBadValueTypes) {
   EXPECT_ERROR(with_kv("x", 13, GgufWriter::le(0, 4)), "metadata 'x': unknown value type 13 at byte");
   EXPECT_ERROR(with_kv("x", uint32_t(VT::Array), GgufWriter::le(0xffffffff, 4) + GgufWriter::le(0, 8)),
                "metadata 'x' array element: unknown value type 4294967295");
-  EXPECT_ERROR(with_kv("flag", uint32_t(VT::Bool), GgufWriter::le(2, 1)), "metadata 'flag': bool must be 0 or 1, found 2");
-  EXPECT_ERROR(with_kv("flags", uint32_t(VT::Array), GgufWriter::le(uint32_t(VT::Bool), 4) + GgufWriter::le(2, 8) +
-                                                         std::string("\x01\x07", 2)),
-               "metadata 'flags' element 1: bool must be 0 or 1, found 7");
+  EXPECT_ERROR(with_kv("flag", uint32_t(VT::Bool), GgufWriter::le(2, 1)),
+               "metadata 'flag': bool must be 0 or 1, found 2");
+  EXPECT_ERROR(
+      with_kv("flags", uint32_t(VT::Array),
+              GgufWriter::le(uint32_t(VT::Bool), 4) + GgufWriter::le(2, 8) + std::string("\x01\x07", 2)),
+      "metadata 'flags' element 1: bool must be 0 or 1, found 7");
   EXPECT_ERROR(with_kv("", uint32_t(VT::U8), "x"), "metadata #16 has an empty key");
   EXPECT_ERROR(with_kv("bad\nkey", 99, ""), "metadata 'bad\\x0akey': unknown value type 99");
 }
@@ -466,7 +478,8 @@ TEST(Gguf, RefusesBadAlignmentKey) {
 }
 
 // A sample file with one more tensor info (no data) appended.
-std::string with_tensor(std::string_view name, const std::vector<uint64_t>& dims, uint32_t type, uint64_t offset) {
+std::string with_tensor(std::string_view name, const std::vector<uint64_t>& dims, uint32_t type,
+                        uint64_t offset) {
   GgufWriter w = sample_writer();
   w.raw_tensor(name, dims, type, offset);
   return w.image();
@@ -477,14 +490,16 @@ TEST(Gguf, RefusesBadTensorInfos) {
   EXPECT_ERROR(with_tensor("t", {32}, 4, 0), "tensor 't': ggml type 4 (Q4_2) was removed from ggml");
   EXPECT_ERROR(with_tensor("t", {}, 0, 0), "tensor 't': n_dims 0 is out of range (1 to 4)");
   EXPECT_ERROR(with_tensor("t", {1, 1, 1, 1, 1}, 0, 0), "tensor 't': n_dims 5 is out of range (1 to 4)");
-  EXPECT_ERROR(with_tensor("t", {4, ~uint64_t{0}}, 0, 0), "tensor 't': ne[1] = 18446744073709551615 exceeds INT64_MAX");
+  EXPECT_ERROR(with_tensor("t", {4, ~uint64_t{0}}, 0, 0),
+               "tensor 't': ne[1] = 18446744073709551615 exceeds INT64_MAX");
   EXPECT_ERROR(with_tensor("t", {uint64_t{1} << 40, uint64_t{1} << 40}, 0, 0),
                "tensor 't': dims [1099511627776, 1099511627776]: the element count overflows int64");
   EXPECT_ERROR(with_tensor("t", {uint64_t{1} << 31, uint64_t{1} << 31}, uint32_t(GgmlType::F64), 0),
                "the byte size of 4611686018427387904 F64 blocks overflows 64 bits");
   EXPECT_ERROR(with_tensor("t", {33, 2}, uint32_t(GgmlType::Q4_0), 0),
                "tensor 't': dims [33, 2]: ne[0] = 33 is not a multiple of Q4_0's block size 32");
-  EXPECT_ERROR(with_tensor("t", {128}, uint32_t(GgmlType::Q4_K), 0), "not a multiple of Q4_K's block size 256");
+  EXPECT_ERROR(with_tensor("t", {128}, uint32_t(GgmlType::Q4_K), 0),
+               "not a multiple of Q4_K's block size 256");
   EXPECT_ERROR(with_tensor("", {1}, 0, 0), "tensor #4 has an empty name");
   // A zero dimension makes an empty tensor whatever the others are: no overflow, no bytes.
   const auto file = parse_image(with_tensor("t", {0, ~uint64_t{0} >> 1}, 0, 0));
@@ -495,11 +510,15 @@ TEST(Gguf, RefusesBadTensorInfos) {
 TEST(Gguf, RefusesBadOffsets) {
   // The sample's data section holds 4 tensors: [0, 24), [32, 168), (empty), [192, 200).
   EXPECT_ERROR(with_tensor("t", {1}, 0, 4), "tensor 't': offset 4 is not a multiple of the alignment 32");
-  EXPECT_ERROR(with_tensor("t", {2}, 0, 224), "tensor 't': data [224, +8) runs past the end of the data section (200 bytes");
+  EXPECT_ERROR(with_tensor("t", {2}, 0, 224),
+               "tensor 't': data [224, +8) runs past the end of the data section (200 bytes");
   EXPECT_ERROR(with_tensor("t", {8}, 0, 192), "tensor 't': data [192, +32) runs past the end");
-  EXPECT_ERROR(with_tensor("t", {1}, 0, ~uint64_t{0} - 31), "tensor 't': data [18446744073709551584, +4) runs past");
-  EXPECT_ERROR(with_tensor("t", {2}, 0, 160), "tensor 't' bytes [160, 168) overlap tensor 'blk.0.attn_q.weight' bytes [32, 168)");
-  EXPECT_ERROR(with_tensor("t", {16}, 0, 0), "tensor 't' bytes [0, 64) overlap tensor 'token_embd.weight' bytes [0, 24)");
+  EXPECT_ERROR(with_tensor("t", {1}, 0, ~uint64_t{0} - 31),
+               "tensor 't': data [18446744073709551584, +4) runs past");
+  EXPECT_ERROR(with_tensor("t", {2}, 0, 160),
+               "tensor 't' bytes [160, 168) overlap tensor 'blk.0.attn_q.weight' bytes [32, 168)");
+  EXPECT_ERROR(with_tensor("t", {16}, 0, 0),
+               "tensor 't' bytes [0, 64) overlap tensor 'token_embd.weight' bytes [0, 24)");
   // An empty tensor may sit anywhere inside the data section, even on another tensor's bytes.
   EXPECT_EQ(error_of(with_tensor("t", {0}, 0, 192)), "");
 }

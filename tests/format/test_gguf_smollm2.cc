@@ -10,9 +10,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "format/gguf.h"
 #include "format_test_util.h"
@@ -109,6 +108,19 @@ TEST_F(SmolLM2Gguf, IsTheLlamaModelExpected) {
   EXPECT_EQ(f.get_integer_array("tokenizer.ggml.token_type")->size(), 49152u);
 }
 
+// kiln's ggml type table is gguf-py's GGML_QUANT_SIZES, id for id.
+TEST_F(SmolLM2Gguf, TypeTableIsGgufPys) {
+  const Json& expected = (*golden_)["ggml_types"];
+  ASSERT_EQ(ggml_types().size(), expected.size());
+  for (const Json& e : expected) {
+    const GgmlTypeTraits* t = ggml_type_traits(e[0].get<uint32_t>());
+    ASSERT_NE(t, nullptr) << e.dump();
+    EXPECT_EQ(t->name, e[1].get<std::string>());
+    EXPECT_EQ(t->block_size, e[2].get<uint32_t>()) << t->name;
+    EXPECT_EQ(t->type_size, e[3].get<uint32_t>()) << t->name;
+  }
+}
+
 // Every metadata entry, in order, against gguf-py's reading of the same file.
 TEST_F(SmolLM2Gguf, MetadataMatchesGgufPy) {
   const GgufFile& f = *file_;
@@ -161,6 +173,7 @@ TEST_F(SmolLM2Gguf, MetadataMatchesGgufPy) {
 // Every tensor's name, type, dims (GGUF order), offset and size against gguf-py's.
 TEST_F(SmolLM2Gguf, TensorsMatchGgufPy) {
   const GgufFile& f = *file_;
+  EXPECT_EQ(f.version, (*golden_)["version"].get<uint32_t>());
   EXPECT_EQ(f.alignment, (*golden_)["alignment"].get<uint32_t>());
   EXPECT_EQ(f.data_offset, (*golden_)["data_offset"].get<uint64_t>());
   const Json& expected = (*golden_)["tensors"];
