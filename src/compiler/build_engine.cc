@@ -10,6 +10,7 @@
 #include "backend/kv_cache_dtype.h"
 #include "engine/engine_file.h"
 #include "common/mapped_file.h"
+#include "format/gguf_model.h"
 #include "format/hf_config.h"
 #include "format/hf_quant.h"
 #include "format/hf_tokenizer_config.h"
@@ -38,7 +39,45 @@ struct ImportedModel {
   std::map<std::string, QuantizedMatrix> quantized;
   nlohmann::json checkpoint_quant = nullptr;
   std::vector<std::string> checkpoint_quant_notes;
+  // A GGUF file carries its tokenizer and chat template (format/gguf_model.h).
+  std::optional<std::pair<TokenizerSource, std::string>> embedded_tokenizer;
+  std::optional<HfChatTemplate> embedded_chat_template;
 };
+
+// A GGUF file: config, tensors (quantized ones kept in kiln's layouts), tokenizer and chat template.
+Status import_gguf(const std::string& path, ImportedModel& model) {
+  KILN_ASSIGN(GgufModel gguf, import_gguf_model(path));
+  model.config = gguf.config;
+  model.tensors = gguf.tensors;
+  model.source_dtype = gguf.source_dtype;
+  if (!gguf.quantized.empty()) {
+    std::map<std::string, int> types;  // "Q4_1 -> int4 g32 f16 +min": matrices
+    for (const std::string& note : gguf.layout_notes) {
+      if (note.find(" -> ") != std::string::npos) ++types[note.substr(note.find(' ') + 1)];
+    }
+    std::string description;
+    for (const auto& [layout, count] : types) description += fmt::format("{}{} x {}", description.empty() ? "" : ", ", count, layout);
+    model.checkpoint_quant = {{"quant_method", "gguf"},
+                              {"description", "GGUF " + description},
+                              {"quantized_matrices", gguf.quantized.size()},
+                              {"dequantized_matrices", 0},
+                              {"requantized_matrices", 0}};
+    model.checkpoint_quant_notes = gguf.notes;
+    model.quantized = std::move(gguf.quantized);
+  }
+  if (!gguf.tokenizer_bytes.empty()) model.embedded_tokenizer = std::make_pair(gguf.tokenizer_source, gguf.tokenizer_bytes);
+  if (!gguf.chat_template.empty()) {
+    HfChatTemplate chat;
+    chat.source = gguf.chat_template;
+    chat.origin = path + " (tokenizer.chat_template)";
+    chat.bos_token = gguf.bos_token;
+    chat.eos_token = gguf.eos_token;
+    chat.has_tokenizer_config = true;
+    model.embedded_chat_template = std::move(chat);
+  }
+  model.keep_alive = std::make_shared<GgufModel>(std::move(gguf));
+  return Status::Ok();
+}
 
 // Reads config.json's quantization_config and unpacks what it describes into `model`.
 Status import_prequantized(const std::string& path, ImportedModel& model) {
@@ -85,6 +124,10 @@ Result<ImportedModel> import_model(const std::string& path) {
     }
     return model;
   }
+  if (is_gguf_file(path)) {
+    KILN_TRY(import_gguf(path, model));
+    return model;
+  }
   KILN_ASSIGN(Llama2cCheckpoint checkpoint, open_llama2c(path));
   model.config = checkpoint.config;
   model.tensors = checkpoint.tensors;
@@ -116,9 +159,10 @@ std::string tokenizer_source_name(TokenizerSource source) {
 // The chat template to embed: --chat-template FILE, else the model directory's (chat_template.jinja or
 // tokenizer_config.json's "chat_template"). Parsed here, before the weights are converted, so a
 // template kiln cannot run fails the build naming its file rather than the first chat request.
-Result<HfChatTemplate> find_chat_template(const BuildOptions& options) {
+Result<HfChatTemplate> find_chat_template(const BuildOptions& options, const std::optional<HfChatTemplate>& embedded) {
   HfChatTemplate chat;
   std::error_code ec;
+  if (embedded) chat = *embedded;
   if (fs::is_directory(options.model_path, ec)) {
     KILN_ASSIGN(chat, read_hf_chat_template(options.model_path));
   }
@@ -218,7 +262,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     return make_error("--quant {}: {} is already quantized ({}); build it without --quant",
                       options.quant, options.model_path, imported.checkpoint_quant["description"].get<std::string>());
   }
-  KILN_ASSIGN(HfChatTemplate chat_template, find_chat_template(options));
+  KILN_ASSIGN(HfChatTemplate chat_template, find_chat_template(options, imported.embedded_chat_template));
   const ModelConfig& config = imported.config;
   ShapeProfile profile;
   profile.max_batch = options.max_batch;
@@ -278,7 +322,16 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
   // Tokenizer: stored verbatim so the run side parses exactly what the build side saw.
   std::optional<Tokenizer> tokenizer;
   const std::string tokenizer_path = options.tokenizer_path.empty() ? imported.default_tokenizer : options.tokenizer_path;
-  if (!tokenizer_path.empty()) {
+  if (options.tokenizer_path.empty() && imported.embedded_tokenizer) {
+    auto embedded = Tokenizer::from_bytes(imported.embedded_tokenizer->first, imported.embedded_tokenizer->second);
+    if (!embedded.ok()) return embedded.error().with_context(options.model_path + ": the tokenizer rebuilt from tokenizer.ggml.*");
+    tokenizer = std::move(*embedded);
+    if (tokenizer->vocab_size() > config.vocab_size) {
+      return make_error("{}: the tokenizer has {} tokens but the model's vocabulary is {}", options.model_path,
+                        tokenizer->vocab_size(), config.vocab_size);
+    }
+    report.tokenizer = options.model_path + " (tokenizer.ggml.*)";
+  } else if (!tokenizer_path.empty()) {
     KILN_ASSIGN(tokenizer, Tokenizer::from_file(tokenizer_path));
     if (tokenizer->vocab_size() > config.vocab_size) {
       return make_error("tokenizer {} has {} tokens but the model's vocabulary is {}", tokenizer_path,

@@ -8,10 +8,16 @@
 //     decoding gives the reference's 16 ids (a wrong Q/K un-permutation would give garbage);
 //   - `kiln run -p` with the rendered chat template answers "The capital of France is Paris." and stops
 //     at <|im_end|> (config.json eos_token_id).
+// And the GGUF file itself (`kiln build model.gguf`, format/gguf_model.h; `tools/make_gguf_golden.py fetch`
+// gives its path, KILN_SMOLLM2_GGUF names a copy): its Q4_1 / Q8_0 matrices run quantized, yet it is the
+// same function as the dequantized directory: the same float64 checks, and the tokenizer kiln rebuilds
+// from tokenizer.ggml.* encodes the golden cases as HF tokenizers does.
 #include <algorithm>
 #include <filesystem>
 
 #include "cli_runner.h"
+#include "format/gguf.h"
+#include "format/gguf_model.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kiln {
@@ -82,19 +88,66 @@ TEST_F(SmolLM2, TokenizerMatchesHfTokenizers) {
   }
 }
 
+// The chat prompt's logits and greedy ids against the float64 reference, and the prompt as text.
+void expect_chat_matches_reference(const TempDir& dir, const std::string& engine, const nlohmann::json& golden);
+
 TEST_F(SmolLM2, ChatGenerationMatchesFloat64Reference) {
   const std::string engine = dir_->file("smollm2-fp32.kiln");
   const Outcome built =
       kiln(*dir_, "build " + q(model_dir_) + " -o " + q(engine) + " --dtype fp32 --max-seq-len 512");
   ASSERT_EQ(built.exit_code, 0) << built.err;
-  const auto& chat = (*golden_)["chat"];
+  expect_chat_matches_reference(*dir_, engine, *golden_);
+}
+
+// The GGUF path of the same weights (the directory above is this file dequantized by gguf-py).
+std::string fetch_gguf(const TempDir& dir, std::string& error) {
+  if (const std::string env = testing::env_or("KILN_SMOLLM2_GGUF", ""); !env.empty()) return env;
+  const std::string out = dir.file("gguf.out"), err = dir.file("gguf.err");
+  const int status = std::system(("timeout 600 python3 " + q(source_path("tools/make_gguf_golden.py")) + " fetch >" +
+                                  out + " 2>" + err + " </dev/null").c_str());
+  std::string printed = slurp(out);
+  while (!printed.empty() && printed.back() == '\n') printed.pop_back();
+  printed = printed.substr(printed.rfind('\n') + 1);
+  if (status != 0 || printed.empty() || !fs::exists(printed)) error = "tools/make_gguf_golden.py fetch failed: " + slurp(err);
+  return printed;
+}
+
+TEST_F(SmolLM2, GgufFileBuildsAndMatchesFloat64Reference) {
+  std::string error;
+  const std::string gguf = fetch_gguf(*dir_, error);
+  ASSERT_TRUE(error.empty()) << error;
+  const std::string engine = dir_->file("smollm2-gguf.kiln");
+  const Outcome built = kiln(*dir_, "build " + q(gguf) + " -o " + q(engine) + " --max-seq-len 512");
+  ASSERT_EQ(built.exit_code, 0) << built.err;
+  EXPECT_NE(built.err.find("210 x Q4_1 -> int4 g32 f16 +min, 1 x Q8_0 -> int8 g32 f16"), std::string::npos) << built.err;
+  const Outcome inspect = kiln(*dir_, "inspect " + q(engine));
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  EXPECT_NE(inspect.out.find("int4 g32"), std::string::npos) << "the matrices must stay quantized";
+  expect_chat_matches_reference(*dir_, engine, *golden_);
+
+  // The tokenizer rebuilt from the GGUF metadata, on the golden cases.
+  auto file = open_gguf(gguf);
+  ASSERT_TRUE(file.ok()) << file.error().message;
+  auto parts = gguf_tokenizer(*file);
+  ASSERT_TRUE(parts.ok()) << parts.error().message;
+  EXPECT_EQ(parts->first, TokenizerSource::HfJson);
+  auto tokenizer = Tokenizer::from_bytes(parts->first, parts->second);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.error().message;
+  EXPECT_EQ(tokenizer->bos_id(), -1);
+  for (const auto& c : (*golden_)["tokenizer_cases"]) {
+    EXPECT_EQ(tokenizer->encode(c["text"].get<std::string>(), true), c["ids"].get<std::vector<int32_t>>()) << c["text"];
+  }
+}
+
+void expect_chat_matches_reference(const TempDir& dir, const std::string& engine, const nlohmann::json& golden) {
+  const auto& chat = golden["chat"];
   const auto prompt_ids = chat["prompt_ids"].get<std::vector<int32_t>>();
   const auto greedy_ids = chat["greedy_ids"].get<std::vector<int32_t>>();
   const auto margins = chat["greedy_margins"].get<std::vector<double>>();
 
   std::string id_list;
   for (int32_t id : prompt_ids) id_list += (id_list.empty() ? "" : ",") + std::to_string(id);
-  const Outcome run = kiln(*dir_, "run " + q(engine) + " --prompt-ids " + id_list + " -n " +
+  const Outcome run = kiln(dir, "run " + q(engine) + " --prompt-ids " + id_list + " -n " +
                                       std::to_string(greedy_ids.size()) +
                                       " --temperature 0 --ignore-eos --json --dump-logits -t 2");
   ASSERT_EQ(run.exit_code, 0) << run.err;
@@ -119,7 +172,7 @@ TEST_F(SmolLM2, ChatGenerationMatchesFloat64Reference) {
 
   // The same prompt as text: the engine's tokenizer (no BOS added), and EOS from config.json.
   const Outcome text =
-      kiln(*dir_, "run " + q(engine) + " -p " + q(chat["prompt"]) + " -n 32 --temperature 0 --json -t 2");
+      kiln(dir, "run " + q(engine) + " -p " + q(chat["prompt"]) + " -n 32 --temperature 0 --json -t 2");
   ASSERT_EQ(text.exit_code, 0) << text.err;
   const auto answer = nlohmann::json::parse(text.out);
   EXPECT_EQ(answer["prompt_ids"].get<std::vector<int32_t>>(), prompt_ids);
