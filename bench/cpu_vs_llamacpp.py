@@ -77,13 +77,17 @@ FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni")
 
 # kiln format -> llama.cpp GGUF type of the same precision (the ratio rows pair these)
-PAIRS = (("fp32", "F32"), ("fp16", "F16"), ("bf16", "BF16"), ("int8", "Q8_0"), ("int4", "Q4_0"))
-KILN_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4")
+PAIRS = (("fp32", "F32"), ("fp16", "F16"), ("bf16", "BF16"), ("int8", "Q8_0"), ("int4", "Q4_0"),
+         ("gguf-Q8_0", "Q8_0"), ("gguf-Q4_0", "Q4_0"), ("gguf-Q4_1", "Q4_1"))
+# gguf-T: kiln built from llama.cpp's own T GGUF file (`kiln build model.T.gguf`: the file's blocks kept
+# as they are in kiln's layouts), so both run the very same quantized weights.
+KILN_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4", "gguf-Q8_0", "gguf-Q4_0", "gguf-Q4_1")
 KILN_BUILD = {"fp32": ["--dtype", "fp32"], "fp16": ["--dtype", "fp16"], "bf16": ["--dtype", "bf16"],
               "int8": ["--dtype", "fp32", "--quant", "int8", "--max-quant-error", "0"],
-              "int4": ["--dtype", "fp32", "--quant", "int4", "--max-quant-error", "0"]}
+              "int4": ["--dtype", "fp32", "--quant", "int4", "--max-quant-error", "0"],
+              "gguf-Q8_0": [], "gguf-Q4_0": [], "gguf-Q4_1": []}
 KILN_LABEL = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8 per-channel",
-              "int4": "int4 g128 AWQ"}
+              "int4": "int4 g128 AWQ", "gguf-Q8_0": "Q8_0 GGUF", "gguf-Q4_0": "Q4_0 GGUF", "gguf-Q4_1": "Q4_1 GGUF"}
 GGUF_TYPES = {"smollm2": ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"),
               "llama110m": ("F32", "F16", "BF16", "Q8_0", "Q4_0")}
 # which kiln engine each GGUF is checked against (Q4_1 holds kiln fp32's weights exactly)
@@ -504,8 +508,9 @@ def check_agreement(python: Path, kiln: Path, model: str, ggufs: dict, engines: 
         return []
     results = []
     kiln_cache = {}
-    for gtype, gguf in ggufs.items():
-        partner = CHECK_PARTNER[gtype]
+    pairs = [(g, CHECK_PARTNER[g]) for g in ggufs] + [(g, "gguf-" + g) for g in ggufs if "gguf-" + g in engines]
+    for gtype, partner in pairs:
+        gguf = ggufs[gtype]
         if partner not in engines:
             continue
         npy = work / f"check-{model}-{gtype}.npy"
@@ -636,8 +641,9 @@ def run_bench(args) -> int:
         else:
             kiln_source = llama110m_checkpoint(python, work)
             ggufs = gguf_variants(python, model, kiln_source, work)
-        engines = {f: kiln_engine(kiln, model, f, kiln_source, work, max_seq) for f in KILN_FORMATS
-                   if wanted is None or f"kiln:{f}" in wanted}
+        engines = {f: kiln_engine(kiln, model, f, ggufs[f[5:]] if f.startswith("gguf-") else kiln_source, work, max_seq)
+                   for f in KILN_FORMATS
+                   if (wanted is None or f"kiln:{f}" in wanted) and (not f.startswith("gguf-") or f[5:] in ggufs)}
         ggufs = {t: p for t, p in ggufs.items() if wanted is None or f"llama.cpp:{t}" in wanted}
         if not args.no_check:
             print(f"agreement ({model}, prompt {CHECK_PROMPT!r}, last position, 1 thread):")

@@ -80,6 +80,8 @@ struct RunArgs {
   std::string engine;
   std::string prompt;
   std::string prompt_ids;
+  std::string chat;    // a user message, through the engine's chat template
+  std::string system;  // with --chat: a system message first
   int32_t max_new_tokens = 256;
   float temperature = 1.0f;
   int32_t top_k = 0;
@@ -109,6 +111,22 @@ int run_run(const RunArgs& args) {
     auto ids = parse_ids(args.prompt_ids);
     if (!ids.ok()) return fail(ids.error());
     request.prompt_ids = *ids;
+  } else if (!args.chat.empty()) {
+    const Tokenizer* tok = (*model)->tokenizer();
+    if (!tok) return fail(make_error("{}: engine has no tokenizer; --chat needs one", args.engine));
+    const ChatTemplate* chat = (*model)->chat_template();
+    if (!chat) {
+      return fail(make_error("{}: engine has no chat template; rebuild it with --chat-template FILE, or use -p", args.engine));
+    }
+    std::vector<ChatMessage> messages;
+    if (!args.system.empty()) messages.push_back({"system", args.system});
+    messages.push_back({"user", args.chat});
+    auto text = chat->render(messages, /*add_generation_prompt=*/true);
+    if (!text.ok()) return fail(text.error().with_context("chat template"));
+    // Templates usually write the BOS token themselves (as the server does: no second one).
+    const int32_t bos = tok->bos_id();
+    const bool has_bos = bos >= 0 && !tok->piece(bos).empty() && std::string_view(*text).starts_with(tok->piece(bos));
+    request.prompt_ids = tok->encode(*text, /*add_bos=*/!has_bos);
   } else {
     const Tokenizer* tok = (*model)->tokenizer();
     if (!tok) return fail(make_error("{}: engine has no tokenizer; pass --prompt-ids or rebuild with --tokenizer", args.engine));
@@ -125,7 +143,10 @@ int run_run(const RunArgs& args) {
   if (!args.json) {
     // Echo the prompt so the output reads as one text (as llama2.c and llama.cpp do).
     const Tokenizer* tok = (*model)->tokenizer();
-    const std::string prompt_text = args.prompt_ids.empty() ? args.prompt : (tok ? tok->decode(request.prompt_ids) : "");
+    // With --chat only the answer is printed (the rendered template is markup, not the user's text).
+    const std::string prompt_text = !args.chat.empty()       ? ""
+                                    : args.prompt_ids.empty() ? args.prompt
+                                                              : (tok ? tok->decode(request.prompt_ids) : "");
     std::fwrite(prompt_text.data(), 1, prompt_text.size(), stdout);
     on_text = [](std::string_view text) {
       std::fwrite(text.data(), 1, text.size(), stdout);
@@ -305,7 +326,7 @@ int cli_main(int argc, char** argv) {
 
   BuildArgs build;
   auto* build_cmd = app.add_subcommand("build", "Compile a model (HF directory or llama2.c .bin) into an engine file");
-  build_cmd->add_option("MODEL", build.options.model_path, "HF model directory or llama2.c checkpoint")->required();
+  build_cmd->add_option("MODEL", build.options.model_path, "HF model directory, GGUF file or llama2.c checkpoint")->required();
   build_cmd->add_option("-o,--output", build.options.output_path, "engine file to write")->required();
   build_cmd->add_option("--dtype", build.options.dtype, "weight precision: fp32, fp16, bf16 or auto")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "auto"}));
@@ -355,6 +376,9 @@ int cli_main(int argc, char** argv) {
   run_cmd->add_option("ENGINE", run.engine, "engine file")->required();
   auto* prompt_opt = run_cmd->add_option("-p,--prompt", run.prompt, "prompt text (BOS is added)");
   auto* ids_opt = run_cmd->add_option("--prompt-ids", run.prompt_ids, "prompt as comma-separated ids, used verbatim");
+  auto* chat_opt = run_cmd->add_option("--chat", run.chat, "a user message, through the engine's chat template");
+  run_cmd->add_option("--system", run.system, "with --chat: a system message before it")->needs(chat_opt);
+  chat_opt->excludes(prompt_opt)->excludes(ids_opt);
   prompt_opt->excludes(ids_opt);
   run_cmd->add_option("-n,--max-tokens", run.max_new_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
   run_cmd->add_option("--temperature", run.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
@@ -398,9 +422,10 @@ int cli_main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  if (run_cmd->parsed() && run.prompt_ids.empty() && prompt_opt->count() == 0) {
-    return fail(make_error("run: give a prompt with -p TEXT or --prompt-ids 1,2,3"));
+  if (run_cmd->parsed() && run.prompt_ids.empty() && prompt_opt->count() == 0 && chat_opt->count() == 0) {
+    return fail(make_error("run: give a prompt with -p TEXT, --chat TEXT or --prompt-ids 1,2,3"));
   }
+  if (run_cmd->parsed() && chat_opt->count() > 0 && run.chat.empty()) return fail(make_error("run: --chat needs a message"));
   if (build_cmd->parsed()) return run_build(build);
   if (run_cmd->parsed()) return run_run(run);
   if (inspect_cmd->parsed()) return run_inspect(inspect_path);

@@ -46,62 +46,6 @@ bool is_mapped_quant(GgmlType t) {
          t == GgmlType::Q5_1;
 }
 
-// One GGUF block-quantized matrix [N, K] (rows of ne[0] = K elements) as a kiln QuantizedMatrix. Every
-// type here has 32-element blocks, one F16 scale d and maybe an F16 min m, so block b of a row is
-// kiln's group b: codes are rearranged, scales and mins copied bit for bit.
-Result<QuantizedMatrix> map_quantized(const GgufTensor& t) {
-  const int64_t N = t.rows(), K = t.cols();
-  if (K % kQuantBlock != 0) return make_error("tensor '{}': {} columns is not a multiple of 32", t.name, K);
-  const bool int4 = t.type == GgmlType::Q4_0 || t.type == GgmlType::Q4_1;
-  const bool has_min = t.type != GgmlType::Q8_0 && t.type != GgmlType::Q5_0;
-  QuantInfo info{int4 ? 4 : 8, kQuantBlock, DType::F16, has_min};
-  KILN_TRY(validate_quant(info, N, K, std::string(t.name)));
-  QuantizedMatrix m = make_quantized_matrix(N, K, info);
-  const int64_t blocks = K / kQuantBlock, row_bytes = quant_row_bytes(info, K);
-  const uint64_t block_bytes = t.row_bytes() / static_cast<uint64_t>(blocks);
-  for (int64_t n = 0; n < N; ++n) {
-    const uint8_t* row = t.data + static_cast<uint64_t>(n) * t.row_bytes();
-    uint8_t* codes = m.codes.data() + n * row_bytes;
-    for (int64_t b = 0; b < blocks; ++b) {
-      const uint8_t* blk = row + static_cast<uint64_t>(b) * block_bytes;
-      const uint16_t d = load_u16(blk);
-      uint16_t min = 0;
-      int8_t* q8 = reinterpret_cast<int8_t*>(codes + b * kQuantBlock);
-      switch (t.type) {
-        case GgmlType::Q8_0:  // d, 32 x int8: d * q
-          std::memcpy(q8, blk + 2, 32);
-          break;
-        case GgmlType::Q4_0:  // d, 16 bytes: d * (q - 8) = d q - 8 d (exact in f16: a power-of-two multiple)
-          std::memcpy(codes + b * 16, blk + 2, 16);
-          min = f32_to_f16(-8.0f * f16_to_f32(d));
-          break;
-        case GgmlType::Q4_1:  // d, m, 16 bytes: d * q + m
-          min = load_u16(blk + 2);
-          std::memcpy(codes + b * 16, blk + 4, 16);
-          break;
-        case GgmlType::Q5_0:
-        case GgmlType::Q5_1: {  // d, (m), u32 qh, 16 bytes: q = nibble | bit << 4; Q5_0: d (q - 16), Q5_1: d q + m
-          const bool q51 = t.type == GgmlType::Q5_1;
-          if (q51) min = load_u16(blk + 2);
-          const uint32_t qh = load_u32(blk + (q51 ? 4 : 2));
-          const uint8_t* qs = blk + (q51 ? 8 : 6);
-          for (int j = 0; j < 16; ++j) {
-            const int lo = (qs[j] & 0x0F) | static_cast<int>(((qh >> j) & 1u) << 4);
-            const int hi = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
-            q8[j] = static_cast<int8_t>(q51 ? lo : lo - 16);
-            q8[j + 16] = static_cast<int8_t>(q51 ? hi : hi - 16);
-          }
-          break;
-        }
-        default: return make_error("internal: tensor '{}' of type {} reached map_quantized", t.name, ggml_type_name(t.type));
-      }
-      store_u16(m.scales.data() + 2 * (n * blocks + b), d);
-      if (has_min) store_u16(m.mins.data() + 2 * (n * blocks + b), min);
-    }
-  }
-  return m;
-}
-
 // A quantized matrix dequantized into an owned F32 tensor (the embedding table).
 TensorView dequantized_view(const QuantizedMatrix& q, const std::string& name) {
   auto storage = std::make_shared<std::vector<float>>(static_cast<size_t>(q.rows * q.cols));
@@ -360,6 +304,66 @@ Result<std::string> llama_sentencepiece_model(const GgufFile& f, std::span<const
 
 }  // namespace
 
+// One GGUF block-quantized matrix [N, K] (rows of ne[0] = K elements) as a kiln QuantizedMatrix. Every
+// type here has 32-element blocks, one F16 scale d and maybe an F16 min m, so block b of a row is
+// kiln's group b: codes are rearranged, scales and mins copied bit for bit.
+Result<QuantizedMatrix> gguf_quantized_matrix(const GgufTensor& t) {
+  if (!is_mapped_quant(t.type)) {
+    return make_error("tensor '{}' is {}, which kiln does not run yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)",
+                      t.name, ggml_type_name(t.type));
+  }
+  const int64_t N = t.rows(), K = t.cols();
+  if (K % kQuantBlock != 0) return make_error("tensor '{}': {} columns is not a multiple of 32", t.name, K);
+  const bool int4 = t.type == GgmlType::Q4_0 || t.type == GgmlType::Q4_1;
+  const bool has_min = t.type != GgmlType::Q8_0 && t.type != GgmlType::Q5_0;
+  QuantInfo info{int4 ? 4 : 8, kQuantBlock, DType::F16, has_min};
+  KILN_TRY(validate_quant(info, N, K, std::string(t.name)));
+  QuantizedMatrix m = make_quantized_matrix(N, K, info);
+  const int64_t blocks = K / kQuantBlock, row_bytes = quant_row_bytes(info, K);
+  const uint64_t block_bytes = t.row_bytes() / static_cast<uint64_t>(blocks);
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* row = t.data + static_cast<uint64_t>(n) * t.row_bytes();
+    uint8_t* codes = m.codes.data() + n * row_bytes;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = row + static_cast<uint64_t>(b) * block_bytes;
+      const uint16_t d = load_u16(blk);
+      uint16_t min = 0;
+      int8_t* q8 = reinterpret_cast<int8_t*>(codes + b * kQuantBlock);
+      switch (t.type) {
+        case GgmlType::Q8_0:  // d, 32 x int8: d * q
+          std::memcpy(q8, blk + 2, 32);
+          break;
+        case GgmlType::Q4_0:  // d, 16 bytes: d * (q - 8) = d q - 8 d (exact in f16: a power-of-two multiple)
+          std::memcpy(codes + b * 16, blk + 2, 16);
+          min = f32_to_f16(-8.0f * f16_to_f32(d));
+          break;
+        case GgmlType::Q4_1:  // d, m, 16 bytes: d * q + m
+          min = load_u16(blk + 2);
+          std::memcpy(codes + b * 16, blk + 4, 16);
+          break;
+        case GgmlType::Q5_0:
+        case GgmlType::Q5_1: {  // d, (m), u32 qh, 16 bytes: q = nibble | bit << 4; Q5_0: d (q - 16), Q5_1: d q + m
+          const bool q51 = t.type == GgmlType::Q5_1;
+          if (q51) min = load_u16(blk + 2);
+          const uint32_t qh = load_u32(blk + (q51 ? 4 : 2));
+          const uint8_t* qs = blk + (q51 ? 8 : 6);
+          for (int j = 0; j < 16; ++j) {
+            const int lo = (qs[j] & 0x0F) | static_cast<int>(((qh >> j) & 1u) << 4);
+            const int hi = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
+            q8[j] = static_cast<int8_t>(q51 ? lo : lo - 16);
+            q8[j + 16] = static_cast<int8_t>(q51 ? hi : hi - 16);
+          }
+          break;
+        }
+        default: return make_error("internal: tensor '{}' of type {} reached gguf_quantized_matrix", t.name, ggml_type_name(t.type));
+      }
+      store_u16(m.scales.data() + 2 * (n * blocks + b), d);
+      if (has_min) store_u16(m.mins.data() + 2 * (n * blocks + b), min);
+    }
+  }
+  return m;
+}
+
 Result<std::pair<TokenizerSource, std::string>> gguf_tokenizer(const GgufFile& f) {
   KILN_ASSIGN(const std::string_view kind, f.get_string("tokenizer.ggml.model"));
   KILN_ASSIGN(std::span<const std::string_view> tokens, f.get_string_array("tokenizer.ggml.tokens"));
@@ -434,7 +438,7 @@ Result<GgufModel> import_gguf_model(std::shared_ptr<const GgufFile> file) {
                         f.path(), name, ggml_type_name(t.type));
     }
     if (t.dims.size() != 2) return make_error("{}: quantized tensor '{}' has {} dims (expected 2)", f.path(), name, t.dims.size());
-    auto q = map_quantized(t);
+    auto q = gguf_quantized_matrix(t);
     if (!q.ok()) return q.error().with_context(f.path());
     model.layout_notes.push_back(fmt::format("{} {} -> {}", name, ggml_type_name(t.type), quant_describe(q->info, q->cols)));
     if (hf == "model.embed_tokens.weight") {

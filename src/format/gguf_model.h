@@ -59,6 +59,9 @@ std::string gguf_to_hf_name(const std::string& gguf_name);
 Result<GgufModel> import_gguf_model(std::shared_ptr<const GgufFile> file);
 Result<GgufModel> import_gguf_model(const std::string& path);
 
+// One Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 tensor (2-D, rows of ne[0] elements) in kiln's layout.
+Result<QuantizedMatrix> gguf_quantized_matrix(const GgufTensor& tensor);
+
 // The tokenizer parts alone (also used by tests): a tokenizer.json or SentencePiece ModelProto.
 Result<std::pair<TokenizerSource, std::string>> gguf_tokenizer(const GgufFile& file);
 
