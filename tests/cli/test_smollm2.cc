@@ -125,6 +125,16 @@ TEST_F(SmolLM2, GgufFileBuildsAndMatchesFloat64Reference) {
   EXPECT_NE(inspect.out.find("int4 g32"), std::string::npos) << "the matrices must stay quantized";
   expect_chat_matches_reference(*dir_, engine, *golden_);
 
+  // `kiln run --chat`: the GGUF's chat template renders the golden prompt (its default system message
+  // included), no BOS is added (add_bos_token false), and the answer is the reference's.
+  const Outcome chat = kiln(*dir_, "run " + q(engine) + " --chat " + q("What is the capital of France?") +
+                                       " -n 32 --temperature 0 --json -t 2");
+  ASSERT_EQ(chat.exit_code, 0) << chat.err;
+  const auto answer = nlohmann::json::parse(chat.out);
+  EXPECT_EQ(answer["prompt_ids"].get<std::vector<int32_t>>(), (*golden_)["chat"]["prompt_ids"].get<std::vector<int32_t>>());
+  EXPECT_EQ(answer["text"], "The capital of France is Paris.");
+  EXPECT_EQ(answer["finish_reason"], "eos");
+
   // The tokenizer rebuilt from the GGUF metadata, on the golden cases.
   auto file = open_gguf(gguf);
   ASSERT_TRUE(file.ok()) << file.error().message;

@@ -71,8 +71,9 @@ struct Line<DType::F16> {
   static constexpr int64_t kElems = 32;
   static constexpr int kVecs = 2;
   KILN_AVX512 static void load(const T* p, __m512* v) {
-    v[0] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    v[1] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)));
+    const __m512i raw = _mm512_loadu_si512(p);
+    v[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(raw));
+    v[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
   }
   KILN_AVX512 static void load_tail(const T* p, int64_t n, __m512* v) {
     const __m512i raw = _mm512_maskz_loadu_epi16(mask32(n), p);

@@ -209,6 +209,16 @@ __device__ __forceinline__ void load_x(const uint16_t* __restrict__ xrow, int k0
   }
 }
 
+// The x pairs of word j of an int4 unit starting at element k0 (dequant_int4's / codes_int4's order).
+template <bool kVecX>
+__device__ __forceinline__ void load_x_pairs_int4(const uint16_t* __restrict__ xrow, int k0, int j, int K,
+                                                  uint32_t (&xp)[4]) {
+  uint32_t lo[2], hi[2];  // elements 4j..4j+3 and 4j+16..4j+19
+  load_x<4, kVecX>(xrow, k0 + 4 * j, K, lo);
+  load_x<4, kVecX>(xrow, k0 + 16 + 4 * j, K, hi);
+  x_pairs_int4(lo[0], lo[1], hi[0], hi[1], xp);
+}
+
 __device__ __forceinline__ float load_meta(const void* __restrict__ p, int64_t i, bool f32) {
   return f32 ? __ldg(static_cast<const float*>(p) + i) : __half2float(__ldg(static_cast<const __half*>(p) + i));
 }
@@ -327,11 +337,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
           for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int j = 0; j < kWords; ++j) {
-              uint32_t lo[2], hi[2];
-              load_x<4, kVecX>(xrows[nt], k0 + 4 * j, p.K, lo);
-              load_x<4, kVecX>(xrows[nt], k0 + 16 + 4 * j, p.K, hi);
               uint32_t xp[4];
-              x_pairs_int4(lo[0], lo[1], hi[0], hi[1], xp);
+              load_x_pairs_int4<kVecX>(xrows[nt], k0, j, p.K, xp);
               mma16816<T>(tmp[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
               mma16816<T>(tmp[nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
               mma16816<T>(sx[nt], one, one, one, one, xp[0], xp[1]);
@@ -377,14 +384,10 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
         }
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          // x of word j: elements 4j..4j+3 and 4j+16..4j+19 (two runs of 4).
 #pragma unroll
           for (int j = 0; j < kWords; ++j) {
-            uint32_t lo[2], hi[2];
-            load_x<4, kVecX>(xrows[nt], k0 + 4 * j, p.K, lo);
-            load_x<4, kVecX>(xrows[nt], k0 + 16 + 4 * j, p.K, hi);
             uint32_t xp[4];
-            x_pairs_int4(lo[0], lo[1], hi[0], hi[1], xp);
+            load_x_pairs_int4<kVecX>(xrows[nt], k0, j, p.K, xp);
             mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
             mma16816<T>(acc[nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
           }
