@@ -41,9 +41,151 @@ void store_u16(uint8_t* p, uint16_t v) {
   p[1] = static_cast<uint8_t>(v >> 8);
 }
 
-bool is_mapped_quant(GgmlType t) {
+bool is_legacy_quant(GgmlType t) {
   return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q5_0 ||
          t == GgmlType::Q5_1;
+}
+bool is_k_quant(GgmlType t) {
+  return t == GgmlType::Q2_K || t == GgmlType::Q3_K || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
+         t == GgmlType::Q6_K;
+}
+bool is_mapped_quant(GgmlType t) { return is_legacy_quant(t) || is_k_quant(t); }
+
+// ---- K-quants: super-blocks of 256 elements with sub-block scales (ggml's k-quants) ----------------
+//
+// Each super-block is decoded into its 256 integer codes and one (scale, min) per sub-block, with
+// scale = d * sub_scale and min = -dmin * sub_min computed in f32: an f16 times a 6- or 8-bit integer
+// has at most 19 significant bits, so both are exact in F32, and W = scale * q + min is the value
+// ggml's own dequantizer gives (up to its second rounding). Sub-blocks of 32 (Q4_K, Q5_K) or 16 (Q2_K,
+// Q3_K, Q6_K) become kiln groups of that size.
+constexpr int kSuper = 256;
+
+struct KBlock {
+  int q[kSuper];
+  float scale[16], min[16];  // per group (8 groups of 32 or 16 of 16)
+};
+
+// Q4_K / Q5_K: 12 bytes of 6-bit scales and mins for 8 sub-blocks.
+void k_scale_min(const uint8_t* s, int j, int& sc, int& m) {
+  if (j < 4) {
+    sc = s[j] & 0x3F;
+    m = s[j + 4] & 0x3F;
+  } else {
+    sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 2) & 0x30);
+    m = (s[j + 4] >> 4) | ((s[j] >> 2) & 0x30);
+  }
+}
+
+void decode_k_block(GgmlType type, const uint8_t* b, KBlock& out) {
+  switch (type) {
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {  // d, dmin, scales[12], (Q5_K: qh[32]), qs[128]
+      const float d = f16_to_f32(load_u16(b)), dmin = f16_to_f32(load_u16(b + 2));
+      const uint8_t* scales = b + 4;
+      const bool five = type == GgmlType::Q5_K;
+      const uint8_t* qh = b + 16;
+      const uint8_t* qs = b + (five ? 48 : 16);
+      for (int sb = 0; sb < 8; ++sb) {  // sub-block sb: nibble sb % 2 of bytes 32 * (sb / 2) ..
+        int sc, m;
+        k_scale_min(scales, sb, sc, m);
+        out.scale[sb] = d * static_cast<float>(sc);
+        out.min[sb] = -(dmin * static_cast<float>(m));
+        for (int e = 0; e < 32; ++e) {
+          int q = (qs[32 * (sb / 2) + e] >> (4 * (sb % 2))) & 0x0F;
+          if (five) q |= ((qh[e] >> sb) & 1) << 4;
+          out.q[32 * sb + e] = q;
+        }
+      }
+      break;
+    }
+    case GgmlType::Q6_K: {  // ql[128], qh[64], scales[16] (int8), d
+      const uint8_t* ql = b;
+      const uint8_t* qh = b + 128;
+      const auto* scales = reinterpret_cast<const int8_t*>(b + 192);
+      const float d = f16_to_f32(load_u16(b + 208));
+      for (int e = 0; e < kSuper; ++e) {
+        const int half = e / 128, r = e % 128;
+        const int lo = (ql[64 * half + r % 64] >> (4 * (r / 64))) & 0x0F;
+        const int hi = (qh[32 * half + r % 32] >> (2 * (r / 32))) & 0x03;
+        out.q[e] = (lo | (hi << 4)) - 32;
+      }
+      for (int g = 0; g < 16; ++g) {
+        out.scale[g] = d * static_cast<float>(scales[g]);
+        out.min[g] = 0.0f;
+      }
+      break;
+    }
+    case GgmlType::Q2_K: {  // scales[16] (4-bit scale | 4-bit min), qs[64], d, dmin
+      const uint8_t* scales = b;
+      const uint8_t* qs = b + 16;
+      const float d = f16_to_f32(load_u16(b + 80)), dmin = f16_to_f32(load_u16(b + 82));
+      for (int e = 0; e < kSuper; ++e) {
+        const int half = e / 128, r = e % 128;
+        out.q[e] = (qs[32 * half + r % 32] >> (2 * (r / 32))) & 0x03;
+      }
+      for (int g = 0; g < 16; ++g) {
+        out.scale[g] = d * static_cast<float>(scales[g] & 0x0F);
+        out.min[g] = -(dmin * static_cast<float>(scales[g] >> 4));
+      }
+      break;
+    }
+    case GgmlType::Q3_K: {  // hmask[32], qs[64], scales[12] (6-bit, offset 32), d
+      const uint8_t* hmask = b;
+      const uint8_t* qs = b + 32;
+      const uint8_t* s = b + 96;
+      const float d = f16_to_f32(load_u16(b + 108));
+      for (int e = 0; e < kSuper; ++e) {
+        const int half = e / 128, r = e % 128;
+        const int low = (qs[32 * half + r % 32] >> (2 * (r / 32))) & 0x03;
+        const int high = (hmask[e % 32] >> (e / 32)) & 1;  // set: no offset; clear: -4
+        out.q[e] = low - (high ? 0 : 4);
+      }
+      for (int g = 0; g < 16; ++g) {
+        const int lo = (s[g % 8] >> (4 * (g / 8))) & 0x0F;
+        const int hi = (s[8 + g % 4] >> (2 * (g / 4))) & 0x03;
+        out.scale[g] = d * static_cast<float>((lo | (hi << 4)) - 32);
+        out.min[g] = 0.0f;
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+Result<QuantizedMatrix> k_quant_matrix(const GgufTensor& t) {
+  const int64_t N = t.rows(), K = t.cols();
+  if (K % kSuper != 0) return make_error("tensor '{}': {} columns is not a multiple of 256", t.name, K);
+  const bool wide = t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K;  // sub-blocks of 32
+  const int group = wide ? 32 : 16, groups_per_super = kSuper / group;
+  const bool has_min = t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K || t.type == GgmlType::Q2_K;
+  QuantInfo info{t.type == GgmlType::Q4_K ? 4 : 8, group, DType::F32, has_min};
+  KILN_TRY(validate_quant(info, N, K, std::string(t.name)));
+  QuantizedMatrix m = make_quantized_matrix(N, K, info);
+  const int64_t supers = K / kSuper, row_bytes = quant_row_bytes(info, K), groups = K / group;
+  const uint64_t super_bytes = t.row_bytes() / static_cast<uint64_t>(supers);
+  auto* scales = reinterpret_cast<float*>(m.scales.data());
+  auto* mins = has_min ? reinterpret_cast<float*>(m.mins.data()) : nullptr;
+  KBlock blk;
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* row = t.data + static_cast<uint64_t>(n) * t.row_bytes();
+    uint8_t* codes = m.codes.data() + n * row_bytes;
+    for (int64_t sb = 0; sb < supers; ++sb) {
+      decode_k_block(t.type, row + static_cast<uint64_t>(sb) * super_bytes, blk);
+      const int64_t k0 = sb * kSuper;
+      if (info.bits == 4) {  // kiln int4 block: element i in the low nibble of byte i, i + 16 in the high
+        for (int c = 0; c < kSuper / 32; ++c)
+          for (int i = 0; i < 16; ++i)
+            codes[(k0 + 32 * c) / 2 + i] = static_cast<uint8_t>(blk.q[32 * c + i] | (blk.q[32 * c + i + 16] << 4));
+      } else {
+        for (int e = 0; e < kSuper; ++e) codes[k0 + e] = static_cast<uint8_t>(static_cast<int8_t>(blk.q[e]));
+      }
+      for (int g = 0; g < groups_per_super; ++g) {
+        scales[n * groups + sb * groups_per_super + g] = blk.scale[g];
+        if (mins) mins[n * groups + sb * groups_per_super + g] = blk.min[g];
+      }
+    }
+  }
+  return m;
 }
 
 // A quantized matrix dequantized into an owned F32 tensor (the embedding table).
@@ -309,9 +451,10 @@ Result<std::string> llama_sentencepiece_model(const GgufFile& f, std::span<const
 // kiln's group b: codes are rearranged, scales and mins copied bit for bit.
 Result<QuantizedMatrix> gguf_quantized_matrix(const GgufTensor& t) {
   if (!is_mapped_quant(t.type)) {
-    return make_error("tensor '{}' is {}, which kiln does not run yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)",
-                      t.name, ggml_type_name(t.type));
+    return make_error("tensor '{}' is {}, which kiln does not run yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
+                      "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", t.name, ggml_type_name(t.type));
   }
+  if (is_k_quant(t.type)) return k_quant_matrix(t);
   const int64_t N = t.rows(), K = t.cols();
   if (K % kQuantBlock != 0) return make_error("tensor '{}': {} columns is not a multiple of 32", t.name, K);
   const bool int4 = t.type == GgmlType::Q4_0 || t.type == GgmlType::Q4_1;
@@ -434,8 +577,8 @@ Result<GgufModel> import_gguf_model(std::shared_ptr<const GgufFile> file) {
       continue;
     }
     if (!is_mapped_quant(t.type)) {
-      return make_error("{}: tensor '{}' is {}, which kiln does not run yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)",
-                        f.path(), name, ggml_type_name(t.type));
+      return make_error("{}: tensor '{}' is {}, which kiln does not run yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, "
+                        "Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", f.path(), name, ggml_type_name(t.type));
     }
     if (t.dims.size() != 2) return make_error("{}: quantized tensor '{}' has {} dims (expected 2)", f.path(), name, t.dims.size());
     auto q = gguf_quantized_matrix(t);

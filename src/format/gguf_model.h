@@ -14,7 +14,12 @@
 //   Q4_0               int4,  group 32, F16 scale d, min -8d              (5.0: kiln stores the min, GGUF 4.5)
 //   Q4_1               int4,  group 32, F16 scale d, min m                (5.0)
 //   Q5_0 / Q5_1        int8 codes q - 16 / q, group 32, F16 d (and m)     (8.5 / 9.0: 5-bit codes in bytes)
-// Other types (K-quants, IQ*, ternary) are refused naming the tensor and its type.
+//   Q4_K               int4,  group 32, F32 scale d*sc, min -dmin*m        (6.0)
+//   Q5_K               int8,  group 32, F32 scale and min                 (10.0)
+//   Q6_K / Q3_K        int8,  group 16, F32 scale d*sc                    (10.0)
+//   Q2_K               int8,  group 16, F32 scale and min                 (12.0)
+// (k-quant sub-block scales times the f16 super-block scale are exact in F32.) Other types (IQ*,
+// ternary, MXFP4) are refused naming the tensor and its type.
 // The embedding table must be a float table for the Embedding op: a quantized token_embd is
 // dequantized to F32 for it; when the model ties its LM head to it, the LM head keeps the quantized
 // matrix (so a decode step reads the GGUF's bytes, not 4x as many).

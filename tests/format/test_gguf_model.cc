@@ -1,5 +1,6 @@
 // GGUF files as kiln models (format/gguf_model.h):
-//   - every block type kiln maps (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) dequantizes to exactly what gguf-py's
+//   - every block type kiln maps (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K .. Q6_K) dequantizes
+//     to exactly what gguf-py's
 //     own dequantizer makes of the same random blocks (tests/golden/gguf_blocks.json,
 //     tools/make_gguf_block_golden.py), up to the one rounding kiln's fma saves;
 //   - a `llama` (SentencePiece) vocabulary written into a GGUF from the real Llama 2 tokenizer.model
@@ -52,9 +53,12 @@ std::string unhex(const std::string& hex) {
 TEST(GgufModel, BlockTypesDequantizeAsGgufPy) {
   const Json golden = Json::parse(read_file(source_path("tests/golden/gguf_blocks.json")));
   const int64_t rows = golden["rows"], cols = golden["cols"];
-  const std::map<std::string, GgmlType> types = {{"Q8_0", GgmlType::Q8_0}, {"Q4_0", GgmlType::Q4_0},
-                                                 {"Q4_1", GgmlType::Q4_1}, {"Q5_0", GgmlType::Q5_0},
-                                                 {"Q5_1", GgmlType::Q5_1}};
+  const std::map<std::string, GgmlType> types = {
+      {"Q8_0", GgmlType::Q8_0}, {"Q4_0", GgmlType::Q4_0}, {"Q4_1", GgmlType::Q4_1}, {"Q5_0", GgmlType::Q5_0},
+      {"Q5_1", GgmlType::Q5_1}, {"Q2_K", GgmlType::Q2_K}, {"Q3_K", GgmlType::Q3_K}, {"Q4_K", GgmlType::Q4_K},
+      {"Q5_K", GgmlType::Q5_K}, {"Q6_K", GgmlType::Q6_K}};
+  // kiln's group per type: the 32-element blocks, and the k-quants' sub-blocks
+  const std::map<std::string, int64_t> group = {{"Q2_K", 16}, {"Q3_K", 16}, {"Q6_K", 16}};
   ASSERT_EQ(golden["types"].size(), types.size());
   for (const auto& [name, type] : types) {
     SCOPED_TRACE(name);
@@ -65,17 +69,23 @@ TEST(GgufModel, BlockTypesDequantizeAsGgufPy) {
     ASSERT_TRUE(file.ok()) << file.error().message;
     auto q = gguf_quantized_matrix(file->tensors[0]);
     ASSERT_TRUE(q.ok()) << q.error().message;
-    EXPECT_EQ(q->info.group_size, 32);
-    EXPECT_EQ(q->info.bits, type == GgmlType::Q4_0 || type == GgmlType::Q4_1 ? 4 : 8);
+    EXPECT_EQ(q->info.group_size, group.count(name) ? group.at(name) : 32);
+    EXPECT_EQ(q->info.bits, type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q4_K ? 4 : 8);
     const auto want = golden["types"][name]["values"].get<std::vector<double>>();
     std::vector<float> row(cols);
     int64_t bad = 0;
     for (int64_t n = 0; n < rows; ++n) {
       dequantize_row(q->view(), n, row.data());
       for (int64_t k = 0; k < cols; ++k) {
-        // gguf-py rounds d * q, then adds m; kiln's fma rounds once: at most one f32 unit apart.
+        // gguf-py rounds d * q, then adds m; kiln's fma rounds once: at most one f32 unit of the larger
+        // term apart (the k-quants' d * sc * q - dmin * m can cancel, so of |scale q| + |min|, not of w).
         const double w_ = want[n * cols + k];
-        if (!(std::fabs(row[k] - w_) <= 0x1p-23 * std::fabs(w_) + 1e-30)) ++bad;
+        const QuantMatrixView v = q->view();
+        const double scale = std::fabs(quant_scale(v, n, k / v.info.group_size) * quant_code(v, n, k));
+        const double bound = 0x1p-23 * (scale + std::fabs(quant_min(v, n, k / v.info.group_size))) + 1e-30;
+        if (!(std::fabs(row[k] - w_) <= bound)) {
+          if (++bad <= 3) ADD_FAILURE() << "row " << n << " col " << k << ": kiln " << row[k] << ", gguf-py " << w_;
+        }
       }
     }
     EXPECT_EQ(bad, 0);
@@ -84,13 +94,13 @@ TEST(GgufModel, BlockTypesDequantizeAsGgufPy) {
 
 TEST(GgufModel, RefusesTypesItDoesNotMap) {
   GgufWriter w;
-  w.tensor("blk.0.attn_q.weight", {256, 1}, GgmlType::Q4_K, std::string(144, '\0'));
+  w.tensor("blk.0.attn_q.weight", {256, 1}, GgmlType::IQ4_XS, std::string(136, '\0'));
   auto file = parse_image(w.image());
   ASSERT_TRUE(file.ok()) << file.error().message;
   auto q = gguf_quantized_matrix(file->tensors[0]);
   ASSERT_FALSE(q.ok());
   EXPECT_NE(q.error().message.find("blk.0.attn_q.weight"), std::string::npos) << q.error().message;
-  EXPECT_NE(q.error().message.find("Q4_K"), std::string::npos) << q.error().message;
+  EXPECT_NE(q.error().message.find("IQ4_XS"), std::string::npos) << q.error().message;
 }
 
 TEST(GgufModel, NamesMapToHuggingFace) {
