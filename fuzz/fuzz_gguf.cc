@@ -1,12 +1,17 @@
 // libFuzzer target: any byte string given to the GGUF parser must come back as a valid GgufFile or
 // an Error, never a crash, hang, sanitizer report or out-of-range view. On success every value the
-// caller could read is read (so ASan sees any view outside the buffer) and the invariants checked.
+// caller could read is read (so ASan sees any view outside the buffer) and the invariants checked;
+// then the file goes through the model import (format/gguf_model.h: config, tensor mapping incl. the
+// block and k-quant repacks, tokenizer rebuilt from the metadata), which must also end in a model or
+// one error line.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "format/gguf.h"
+#include "format/gguf_model.h"
 
 namespace {
 
@@ -99,6 +104,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)gguf.get_integer_array(key);
     (void)gguf.get_f32_array(key);
   }
+  const auto model = kiln::import_gguf_model(std::make_shared<const kiln::GgufFile>(gguf));
+  if (!model.ok() && model.error().message.find('\n') != std::string::npos) std::abort();  // one line
+  const auto tokenizer = kiln::gguf_tokenizer(gguf);
+  if (!tokenizer.ok() && tokenizer.error().message.find('\n') != std::string::npos) std::abort();
   static volatile uint64_t sink;
   sink = sum;
   return 0;

@@ -391,6 +391,8 @@ std::string found_type(const GgufValue& v) {
 
 }  // namespace
 
+std::string gguf_printable(std::string_view s) { return printable(s); }
+
 std::string_view gguf_value_type_name(GgufValueType type) {
   switch (type) {
     case GgufValueType::U8:
@@ -469,14 +471,22 @@ double GgufValue::float_at(uint64_t i) const {
 }
 
 int64_t GgufTensor::numel() const {
+  // No overflow: checked when parsed, except that a zero dim makes any product of the others valid
+  // (found by fuzz_gguf: {2^56 + 3, 2^56, 0}), so a zero is answered first.
+  for (const int64_t d : dims) {
+    if (d == 0) return 0;
+  }
   int64_t n = 1;
-  for (const int64_t d : dims) n *= d;  // no overflow: checked when parsed
+  for (const int64_t d : dims) n *= d;
   return n;
 }
 
 std::vector<int64_t> GgufTensor::shape() const { return {dims.rbegin(), dims.rend()}; }
 
 int64_t GgufTensor::rows() const {
+  for (size_t i = 1; i < dims.size(); ++i) {
+    if (dims[i] == 0) return 0;  // as numel(): the other dims' product may not fit then
+  }
   int64_t n = 1;
   for (size_t i = 1; i < dims.size(); ++i) n *= dims[i];
   return n;

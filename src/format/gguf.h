@@ -180,6 +180,9 @@ constexpr int kGgufMaxArrayDepth = 8;
 constexpr uint32_t kGgufDefaultAlignment = 32;
 constexpr int kGgufMaxDims = 4;  // GGML_MAX_DIMS
 
+// Bytes from a file as they go into a one-line error: non-printable bytes escaped as \xNN, cut at 80.
+std::string gguf_printable(std::string_view s);
+
 // Parses and validates a GGUF image (used by open and by the fuzzer). Checked: magic, version (2 or
 // 3; v1 and big-endian files refused by name), counts and every length against the bytes left
 // (before allocating), value and array element types, array nesting depth, duplicate keys and

@@ -154,12 +154,12 @@ void decode_k_block(GgmlType type, const uint8_t* b, KBlock& out) {
 
 Result<QuantizedMatrix> k_quant_matrix(const GgufTensor& t) {
   const int64_t N = t.rows(), K = t.cols();
-  if (K % kSuper != 0) return make_error("tensor '{}': {} columns is not a multiple of 256", t.name, K);
+  if (K % kSuper != 0) return make_error("tensor '{}': {} columns is not a multiple of 256", gguf_printable(t.name), K);
   const bool wide = t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K;  // sub-blocks of 32
   const int group = wide ? 32 : 16, groups_per_super = kSuper / group;
   const bool has_min = t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K || t.type == GgmlType::Q2_K;
   QuantInfo info{t.type == GgmlType::Q4_K ? 4 : 8, group, DType::F32, has_min};
-  KILN_TRY(validate_quant(info, N, K, std::string(t.name)));
+  KILN_TRY(validate_quant(info, N, K, gguf_printable(t.name)));
   QuantizedMatrix m = make_quantized_matrix(N, K, info);
   const int64_t supers = K / kSuper, row_bytes = quant_row_bytes(info, K), groups = K / group;
   const uint64_t super_bytes = t.row_bytes() / static_cast<uint64_t>(supers);
@@ -244,7 +244,7 @@ Result<ModelConfig> read_config(const GgufFile& f, const std::string& arch) {
       c.rope_scaling = RopeScaling::Linear;
       KILN_ASSIGN(c.rope_factor, f.get_f64(p + "rope.scaling.factor"));
     } else if (type != "none") {
-      return make_error("{}: {}rope.scaling.type '{}' is not supported (none, linear)", f.path(), p, type);
+      return make_error("{}: {}rope.scaling.type '{}' is not supported (none, linear)", f.path(), p, gguf_printable(type));
     }
   }
   if (f.find_tensor("rope_freqs.weight")) {
@@ -290,11 +290,44 @@ Result<nlohmann::json> pre_tokenizer(const std::string& pre) {
     return nlohmann::json{{"type", "Sequence"},
                           {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, byte_level}}};
   }
-  return make_error("tokenizer.ggml.pre '{}' is not supported yet (supported: default, gpt2, smollm)", pre);
+  return make_error("tokenizer.ggml.pre '{}' is not supported yet (supported: default, gpt2, smollm)", gguf_printable(pre));
 }
 
 std::string token_text(const std::span<const std::string_view>& tokens, int64_t id) {
   return id >= 0 && id < static_cast<int64_t>(tokens.size()) ? std::string(tokens[id]) : std::string();
+}
+
+// Well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF): a byte-level BPE
+// vocabulary is always text, and tokenizer.json cannot hold anything else.
+bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    int n = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      n = 1, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      n = 2, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      n = 3, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    for (int k = 1; k <= n; ++k) {
+      if (i + k >= s.size()) return false;
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    static constexpr uint32_t kMin[4] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n + 1;
+  }
+  return true;
 }
 
 Result<std::string> gpt2_tokenizer_json(const GgufFile& f, std::span<const std::string_view> tokens,
@@ -308,8 +341,9 @@ Result<std::string> gpt2_tokenizer_json(const GgufFile& f, std::span<const std::
   nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
   for (size_t i = 0; i < tokens.size(); ++i) {
     const std::string text(tokens[i]);
-    if (types[i] == kByte) return make_error("token {} '{}' is a BYTE token, which a byte-level BPE has none of", i, text);
-    if (vocab.contains(text)) return make_error("token '{}' appears twice (ids {} and {})", text, vocab[text].get<int64_t>(), i);
+    if (!valid_utf8(text)) return make_error("token {} '{}' is not valid UTF-8", i, gguf_printable(text));
+    if (types[i] == kByte) return make_error("token {} '{}' is a BYTE token, which a byte-level BPE has none of", i, gguf_printable(text));
+    if (vocab.contains(text)) return make_error("token '{}' appears twice (ids {} and {})", gguf_printable(text), vocab[text].get<int64_t>(), i);
     vocab[text] = i;
     if (types[i] == kControl || types[i] == kUserDefined) {
       added.push_back({{"id", i}, {"content", text}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
@@ -322,11 +356,11 @@ Result<std::string> gpt2_tokenizer_json(const GgufFile& f, std::span<const std::
     const std::string_view m = merge_texts[r];
     const size_t space = m.find(' ');
     if (space == std::string_view::npos || m.find(' ', space + 1) != std::string_view::npos) {
-      return make_error("merge {} '{}' is not two tokens separated by one space", r, m);
+      return make_error("merge {} '{}' is not two tokens separated by one space", r, gguf_printable(m));
     }
     const std::string a(m.substr(0, space)), b(m.substr(space + 1));
     if (!vocab.contains(a) || !vocab.contains(b) || !vocab.contains(a + b)) {
-      return make_error("merge {} '{}' is not two vocabulary tokens whose join is one", r, m);
+      return make_error("merge {} '{}' is not two vocabulary tokens whose join is one", r, gguf_printable(m));
     }
     merges.push_back({a, b});
   }
@@ -414,6 +448,7 @@ Result<std::string> llama_sentencepiece_model(const GgufFile& f, std::span<const
   for (size_t i = 0; i < tokens.size(); ++i) {
     const int64_t type = types[i];
     if (type < kNormal || type > kByte) return make_error("token {} has type {} (expected 1..6)", i, type);
+    if (!valid_utf8(tokens[i])) return make_error("token {} '{}' is not valid UTF-8", i, gguf_printable(tokens[i]));
     bytes = bytes || type == kByte;
     std::string piece;
     put_bytes(piece, 1, tokens[i]);
@@ -452,15 +487,15 @@ Result<std::string> llama_sentencepiece_model(const GgufFile& f, std::span<const
 Result<QuantizedMatrix> gguf_quantized_matrix(const GgufTensor& t) {
   if (!is_mapped_quant(t.type)) {
     return make_error("tensor '{}' is {}, which kiln does not run yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
-                      "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", t.name, ggml_type_name(t.type));
+                      "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", gguf_printable(t.name), ggml_type_name(t.type));
   }
   if (is_k_quant(t.type)) return k_quant_matrix(t);
   const int64_t N = t.rows(), K = t.cols();
-  if (K % kQuantBlock != 0) return make_error("tensor '{}': {} columns is not a multiple of 32", t.name, K);
+  if (K % kQuantBlock != 0) return make_error("tensor '{}': {} columns is not a multiple of 32", gguf_printable(t.name), K);
   const bool int4 = t.type == GgmlType::Q4_0 || t.type == GgmlType::Q4_1;
   const bool has_min = t.type != GgmlType::Q8_0 && t.type != GgmlType::Q5_0;
   QuantInfo info{int4 ? 4 : 8, kQuantBlock, DType::F16, has_min};
-  KILN_TRY(validate_quant(info, N, K, std::string(t.name)));
+  KILN_TRY(validate_quant(info, N, K, gguf_printable(t.name)));
   QuantizedMatrix m = make_quantized_matrix(N, K, info);
   const int64_t blocks = K / kQuantBlock, row_bytes = quant_row_bytes(info, K);
   const uint64_t block_bytes = t.row_bytes() / static_cast<uint64_t>(blocks);
@@ -498,7 +533,7 @@ Result<QuantizedMatrix> gguf_quantized_matrix(const GgufTensor& t) {
           }
           break;
         }
-        default: return make_error("internal: tensor '{}' of type {} reached gguf_quantized_matrix", t.name, ggml_type_name(t.type));
+        default: return make_error("internal: tensor '{}' of type {} reached gguf_quantized_matrix", gguf_printable(t.name), ggml_type_name(t.type));
       }
       store_u16(m.scales.data() + 2 * (n * blocks + b), d);
       if (has_min) store_u16(m.mins.data() + 2 * (n * blocks + b), min);
@@ -525,7 +560,7 @@ Result<std::pair<TokenizerSource, std::string>> gguf_tokenizer(const GgufFile& f
     if (!model.ok()) return model.error().with_context(f.path());
     return std::make_pair(TokenizerSource::SentencePieceModel, std::move(*model));
   }
-  return make_error("{}: tokenizer.ggml.model '{}' is not supported (gpt2, llama)", f.path(), kind);
+  return make_error("{}: tokenizer.ggml.model '{}' is not supported (gpt2, llama)", f.path(), gguf_printable(kind));
 }
 
 std::string gguf_to_hf_name(const std::string& name) {
@@ -559,7 +594,7 @@ Result<GgufModel> import_gguf_model(std::shared_ptr<const GgufFile> file) {
   KILN_ASSIGN(const std::string_view arch_view, f.get_string("general.architecture"));
   const std::string arch(arch_view);
   if (arch != "llama" && arch != "qwen2") {
-    return make_error("{}: general.architecture '{}' is not supported (llama, qwen2)", f.path(), arch);
+    return make_error("{}: general.architecture '{}' is not supported (llama, qwen2)", f.path(), gguf_printable(arch));
   }
   KILN_ASSIGN(model.config, read_config(f, arch));
   const ModelConfig& c = model.config;
@@ -567,7 +602,7 @@ Result<GgufModel> import_gguf_model(std::shared_ptr<const GgufFile> file) {
   for (const GgufTensor& t : f.tensors) {
     const std::string name(t.name);
     const std::string hf = gguf_to_hf_name(name);
-    if (hf.empty()) return make_error("{}: tensor '{}' is not one a {} model has", f.path(), name, arch);
+    if (hf.empty()) return make_error("{}: tensor '{}' is not one a {} model has", f.path(), gguf_printable(name), arch);
     const bool float_type = t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16;
     if (float_type) {
       KILN_ASSIGN(TensorView v, f.view(t));
@@ -578,9 +613,11 @@ Result<GgufModel> import_gguf_model(std::shared_ptr<const GgufFile> file) {
     }
     if (!is_mapped_quant(t.type)) {
       return make_error("{}: tensor '{}' is {}, which kiln does not run yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, "
-                        "Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", f.path(), name, ggml_type_name(t.type));
+                        "Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", f.path(), gguf_printable(name), ggml_type_name(t.type));
     }
-    if (t.dims.size() != 2) return make_error("{}: quantized tensor '{}' has {} dims (expected 2)", f.path(), name, t.dims.size());
+    if (t.dims.size() != 2) {
+      return make_error("{}: quantized tensor '{}' has {} dims (expected 2)", f.path(), gguf_printable(name), t.dims.size());
+    }
     auto q = gguf_quantized_matrix(t);
     if (!q.ok()) return q.error().with_context(f.path());
     model.layout_notes.push_back(fmt::format("{} {} -> {}", name, ggml_type_name(t.type), quant_describe(q->info, q->cols)));
@@ -612,6 +649,7 @@ Result<GgufModel> import_gguf_model(std::shared_ptr<const GgufFile> file) {
   }
   if (f.has("tokenizer.chat_template")) {
     KILN_ASSIGN(const std::string_view tmpl, f.get_string("tokenizer.chat_template"));
+    if (!valid_utf8(tmpl)) return make_error("{}: tokenizer.chat_template is not valid UTF-8", f.path());
     model.chat_template = std::string(tmpl);
   }
   return model;

@@ -281,6 +281,15 @@ TEST(GgufModel, RefusesWhatItCannotRun) {
     const std::string e = import_error(w);
     EXPECT_NE(e.find("'mamba' is not supported"), std::string::npos) << e;
   }
+  {  // a vocabulary that is not text (found by fuzz_gguf: it reached the tokenizer.json writer and threw)
+    GgufWriter w = tiny_llama(GgmlType::Q8_0, true);
+    w.kv_string("tokenizer.ggml.model", "gpt2");
+    w.kv_string_array("tokenizer.ggml.tokens", {"a", "b\xff\n"});
+    w.kv_string_array("tokenizer.ggml.merges", {});
+    const std::string e = import_error(w);
+    EXPECT_NE(e.find("token 1 'b\\xff\\x0a' is not valid UTF-8"), std::string::npos) << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  }
   {
     GgufWriter w = tiny_llama(GgmlType::Q8_0, true);
     w.kv_string("llama.rope.scaling.type", "yarn");
