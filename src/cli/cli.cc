@@ -220,7 +220,13 @@ int run_inspect(const std::string& path) {
   fmt::print("file          {} bytes, metadata {} bytes, data {} bytes, checksum {:016x} (verified)\n", h.file_bytes,
              h.metadata_bytes, h.data_bytes, h.checksum);
   for (const char* section : {"model", "profile", "build", "tokenizer"}) {
-    if (meta.contains(section)) fmt::print("{:<14}{}\n", section, meta[section].dump());
+    if (!meta.contains(section)) continue;
+    nlohmann::json shown = meta[section];
+    // The per-tensor GGUF table gets its own section below, not one line.
+    if (shown.is_object() && shown.contains("checkpoint_quant") && shown["checkpoint_quant"].is_object()) {
+      shown["checkpoint_quant"].erase("gguf_tensors");
+    }
+    fmt::print("{:<14}{}\n", section, shown.dump());
   }
   fmt::print("{:<14}{}\n", "kv cache", describe_kv_cache(meta, h.backend));
   auto graph = Graph::from_json(meta.value("graph", nlohmann::json::object()));
@@ -264,6 +270,18 @@ int run_inspect(const std::string& path) {
     fmt::print("  quantized: {} parameters in {:.2f} MiB ({:.3f} bits/weight); all matrices: {:.2f} MiB ({:.3f} bits/weight)\n",
                quant_params, quant_bytes / 1048576.0, 8.0 * quant_bytes / static_cast<double>(quant_params),
                matrix_bytes / 1048576.0, 8.0 * matrix_bytes / static_cast<double>(std::max<int64_t>(matrix_params, 1)));
+  }
+  // A GGUF build: each source tensor's GGML type and the kiln layout it became.
+  nlohmann::json gguf_tensors;
+  if (meta.contains("build") && meta["build"].is_object() && meta["build"].contains("checkpoint_quant") &&
+      meta["build"]["checkpoint_quant"].is_object() && meta["build"]["checkpoint_quant"].contains("gguf_tensors")) {
+    gguf_tensors = meta["build"]["checkpoint_quant"]["gguf_tensors"];
+  }
+  if (gguf_tensors.is_object() && !gguf_tensors.empty()) {
+    fmt::print("\nGGUF source tensors (type -> kiln layout):\n");
+    for (const auto& [gguf_name, layout] : gguf_tensors.items()) {
+      fmt::print("  {:<52} {}\n", gguf_name, layout.is_string() ? layout.get<std::string>() : layout.dump());
+    }
   }
   fmt::print("\ntensors:\n");
   uint64_t total = 0;

@@ -57,11 +57,19 @@ Status import_gguf(const std::string& path, ImportedModel& model) {
     }
     std::string description;
     for (const auto& [layout, count] : types) description += fmt::format("{}{} x {}", description.empty() ? "" : ", ", count, layout);
+    // Each GGUF tensor's type and the kiln layout it became ("blk.0.attn_q.weight": "Q4_K -> int4 g32
+    // f32 +min"), for `kiln inspect`.
+    nlohmann::json tensors = nlohmann::json::object();
+    for (const std::string& note : gguf.layout_notes) {
+      const size_t space = note.find(' ');
+      tensors[note.substr(0, space)] = note.substr(space + 1);
+    }
     model.checkpoint_quant = {{"quant_method", "gguf"},
                               {"description", "GGUF " + description},
                               {"quantized_matrices", gguf.quantized.size()},
                               {"dequantized_matrices", 0},
-                              {"requantized_matrices", 0}};
+                              {"requantized_matrices", 0},
+                              {"gguf_tensors", tensors}};
     model.checkpoint_quant_notes = gguf.notes;
     model.quantized = std::move(gguf.quantized);
   }

@@ -123,6 +123,8 @@ TEST_F(SmolLM2, GgufFileBuildsAndMatchesFloat64Reference) {
   const Outcome inspect = kiln(*dir_, "inspect " + q(engine));
   ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
   EXPECT_NE(inspect.out.find("int4 g32"), std::string::npos) << "the matrices must stay quantized";
+  EXPECT_NE(inspect.out.find("blk.0.attn_q.weight"), std::string::npos) << "the GGUF source table";
+  EXPECT_NE(inspect.out.find("Q4_1 -> int4 g32 f16 +min"), std::string::npos) << inspect.out.substr(0, 2000);
   expect_chat_matches_reference(*dir_, engine, *golden_);
 
   // `kiln run --chat`: the GGUF's chat template renders the golden prompt (its default system message
