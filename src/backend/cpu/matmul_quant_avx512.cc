@@ -30,33 +30,19 @@
 #include "backend/cpu/isa.h"
 #include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/matmul_quant_internal.h"
+#include "backend/cpu/matmul_quant_simd.h"
 #include "backend/cpu/simd.h"
 
 namespace kiln::cpu {
 namespace {
 
+using quant_simd::lane;
+using quant_simd::mask16;
+using quant_simd::meta16;
+
 // Software prefetch distance along the codes, in bytes ahead of the current line of the row pair.
 constexpr int64_t kPrefetchBytes = 2048;
 constexpr int64_t kChunkCodes = 128;  // int4: codes per 64-byte load
-
-#define KILN_INLINE inline __attribute__((always_inline))
-
-KILN_AVX512 KILN_INLINE __mmask16 mask16(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
-}
-
-// Scales or mins of row n, groups g0 .. g0 + 15, as f32 (0 past the row's groups).
-KILN_AVX512 KILN_INLINE __m512 meta16(const QuantArgs& a, const void* base, int64_t n, int64_t g0) {
-  const __mmask16 m = mask16(a.groups - g0);
-  const int64_t index = n * a.groups + g0;
-  if (a.w.info.scale_dtype == DType::F32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(base) + index);
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + index));
-}
-
-// Lane g % 16 of v in every lane (v holds groups g & ~15 ..).
-KILN_AVX512 KILN_INLINE __m512 lane(__m512 v, int64_t g) {
-  return _mm512_permutexvar_ps(_mm512_set1_epi32(static_cast<int>(g & 15)), v);
-}
 
 template <int A, int MR, int NR>
 KILN_AVX512 KILN_INLINE void zero(__m512 (&acc)[A][MR][NR]) {

@@ -24,34 +24,22 @@
 #include "backend/cpu/isa.h"
 #include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/matmul_quant_internal.h"
+#include "backend/cpu/matmul_quant_simd.h"
 
 #define KILN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
-#define KILN_INLINE inline __attribute__((always_inline))
 
 namespace kiln::cpu {
 namespace {
+
+using quant_simd::lane;
+using quant_simd::mask16;
+using quant_simd::meta16;
 
 // Software prefetch distance along the codes: 4 KB measured a little faster than 2 KB here (the kernel
 // consumes codes ~3x faster than the f32 one, so the same lead in time is farther in bytes).
 constexpr int64_t kPrefetchBytes = 4096;
 
 int g_int8_activations = -1;  // -1: from KILN_CPU_QUANT_ACT, read once
-
-KILN_VNNI KILN_INLINE __mmask16 mask16(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
-}
-
-// Scales or mins of row n, groups g0 .. g0 + 15, as f32 (0 past the row's groups).
-KILN_VNNI KILN_INLINE __m512 meta16(const QuantArgs& a, const void* base, int64_t n, int64_t g0) {
-  const __mmask16 m = mask16(a.groups - g0);
-  const int64_t index = n * a.groups + g0;
-  if (a.w.info.scale_dtype == DType::F32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(base) + index);
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + index));
-}
-
-KILN_VNNI KILN_INLINE __m512 lane(__m512 v, int64_t g) {
-  return _mm512_permutexvar_ps(_mm512_set1_epi32(static_cast<int>(g & 15)), v);
-}
 
 // y = Σ lanes (tot + the min term) + bias.
 template <int MR, int NR>
