@@ -160,6 +160,7 @@ std::string tokenizer_source_name(TokenizerSource source) {
     case TokenizerSource::HfJson: return "hf_json";
     case TokenizerSource::SentencePieceModel: return "sentencepiece";
     case TokenizerSource::Llama2cBin: return "llama2c";
+    case TokenizerSource::LlamaCppSpm: return "llama_cpp_spm";
   }
   return "?";
 }

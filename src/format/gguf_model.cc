@@ -558,7 +558,7 @@ Result<std::pair<TokenizerSource, std::string>> gguf_tokenizer(const GgufFile& f
   if (kind == "llama") {
     auto model = llama_sentencepiece_model(f, tokens, types);
     if (!model.ok()) return model.error().with_context(f.path());
-    return std::make_pair(TokenizerSource::SentencePieceModel, std::move(*model));
+    return std::make_pair(TokenizerSource::LlamaCppSpm, std::move(*model));
   }
   return make_error("{}: tokenizer.ggml.model '{}' is not supported (gpt2, llama)", f.path(), gguf_printable(kind));
 }

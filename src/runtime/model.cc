@@ -16,6 +16,7 @@ Result<std::optional<Tokenizer>> tokenizer_from_engine(const LoadedEngine& engin
     if (source == "hf_json") kind = TokenizerSource::HfJson;
     else if (source == "sentencepiece") kind = TokenizerSource::SentencePieceModel;
     else if (source == "llama2c") kind = TokenizerSource::Llama2cBin;
+    else if (source == "llama_cpp_spm") kind = TokenizerSource::LlamaCppSpm;
     else return make_error("engine: unknown tokenizer source '{}'", source);
     KILN_ASSIGN(Tokenizer tok, Tokenizer::from_bytes(kind, std::string(reinterpret_cast<const char*>(t->data), t->nbytes)));
     return std::optional<Tokenizer>(std::move(tok));

@@ -6,6 +6,12 @@
 //   2. split into characters (user-defined pieces are matched whole and never merged);
 //   3. merge the adjacent pair whose concatenation is the highest-scoring piece, ties leftmost;
 //   4. pieces not in the vocabulary become <0xXX> byte pieces (byte_fallback) or <unk>.
+// The same model read as TokenizerSource::LlamaCppSpm (a GGUF file's "llama" vocabulary) encodes as
+// llama.cpp's SPM tokenizer with parse_special (llama-vocab.cpp tokenizer_st_partition and
+// llm_tokenizer_spm): CONTROL, USER_DEFINED and UNKNOWN pieces found in the text become their ids
+// (longest piece first, each splitting every text fragment at all its occurrences), and each text
+// fragment is encoded alone with all spaces escaped and no whitespace collapsing, a "▁" prefixed when
+// the model adds a dummy prefix and the fragment opens the text or follows such a piece.
 #include "tokenizer/bpe.h"
 #include "tokenizer/protobuf_wire.h"
 #include "tokenizer/string_map.h"
@@ -34,6 +40,8 @@ class SentencePieceTokenizer final : public TokenizerImpl {
   StringIdMap mergeable;  // NORMAL, USER_DEFINED and UNUSED pieces: sentencepiece's `pieces_`
   StringIdMap reserved;   // CONTROL, UNKNOWN and BYTE pieces: `reserved_id_map_`
   std::vector<int32_t> user_defined;  // ids, longest first
+  bool llama_cpp = false;             // TokenizerSource::LlamaCppSpm (top of this file)
+  std::vector<int32_t> special_text;  // llama_cpp: CONTROL, USER_DEFINED and UNKNOWN ids, longest first
   int32_t byte_ids[256];
   int32_t unk = 0, bos = 1, eos = 2;
   int32_t model_type = 1;
@@ -76,7 +84,56 @@ class SentencePieceTokenizer final : public TokenizerImpl {
 
   void encode(std::string_view raw, std::vector<int32_t>& ids) const override {
     const std::string valid = utf8::sanitize(raw);
-    const std::string text = normalize(valid);
+    if (!llama_cpp) {
+      encode_normalized(normalize(valid), ids);
+      return;
+    }
+    // Fragments: {begin, length, id}, id >= 0 for a matched piece.
+    struct Fragment {
+      size_t begin, length;
+      int32_t id;
+    };
+    std::vector<Fragment> fragments{{0, valid.size(), -1}}, next;
+    const std::string_view view = valid;
+    for (int32_t id : special_text) {
+      const std::string& needle = pieces[id].text;
+      next.clear();
+      for (const Fragment& f : fragments) {
+        if (f.id >= 0) {
+          next.push_back(f);
+          continue;
+        }
+        const std::string_view text = view.substr(f.begin, f.length);
+        size_t from = 0;
+        for (size_t at; (at = text.find(needle, from)) != std::string_view::npos; from = at + needle.size()) {
+          if (at > from) next.push_back({f.begin + from, at - from, -1});
+          next.push_back({f.begin + at, needle.size(), id});
+        }
+        if (from < text.size()) next.push_back({f.begin + from, text.size() - from, -1});
+      }
+      fragments.swap(next);
+    }
+    bool after_special = true;
+    std::string text;
+    for (const Fragment& f : fragments) {
+      if (f.id >= 0) {
+        ids.push_back(f.id);
+        after_special = true;
+        continue;
+      }
+      text.clear();
+      if (add_dummy_prefix && after_special) text.append(kSpaceSymbol);
+      for (char c : view.substr(f.begin, f.length)) {
+        if (c == ' ') text.append(kSpaceSymbol);
+        else text.push_back(c);
+      }
+      encode_normalized(text, ids);
+      after_special = false;
+    }
+  }
+
+  // BPE over already normalized text (spaces escaped).
+  void encode_normalized(const std::string& text, std::vector<int32_t>& ids) const {
     const std::string_view view = text;
     std::vector<BpeSymbol> symbols;
     std::vector<bool> frozen;
@@ -217,8 +274,9 @@ Status parse_normalizer_spec(std::string_view data, SentencePieceTokenizer& t) {
 
 }  // namespace
 
-Result<std::shared_ptr<TokenizerImpl>> load_sentencepiece_model(const std::string& bytes) {
+Result<std::shared_ptr<TokenizerImpl>> load_sentencepiece_model(const std::string& bytes, bool llama_cpp) {
   auto t = std::make_shared<SentencePieceTokenizer>();
+  t->llama_cpp = llama_cpp;
   const auto fail = [](const Error& e) { return e.with_context("tokenizer.model"); };
   ProtoReader reader(bytes);
   uint32_t field;
@@ -258,14 +316,17 @@ Result<std::shared_ptr<TokenizerImpl>> load_sentencepiece_model(const std::strin
       return fail(make_error("piece {} '{}' is a duplicate", id, p.text));
     }
     if (p.type == kUserDefined) t->user_defined.push_back(id);
+    if ((p.type == kControl || p.type == kUserDefined || p.type == kUnknown) && !p.text.empty()) {
+      t->special_text.push_back(id);
+    }
     unsigned int byte = 0;
     if (p.type == kByte && p.text.size() == 6 && std::sscanf(p.text.c_str(), "<0x%02X>", &byte) == 1) {
       t->byte_ids[byte] = id;
     }
   }
-  std::stable_sort(t->user_defined.begin(), t->user_defined.end(), [&](int32_t a, int32_t b) {
-    return t->pieces[a].text.size() > t->pieces[b].text.size();
-  });
+  const auto longest_first = [&](int32_t a, int32_t b) { return t->pieces[a].text.size() > t->pieces[b].text.size(); };
+  std::stable_sort(t->user_defined.begin(), t->user_defined.end(), longest_first);
+  std::stable_sort(t->special_text.begin(), t->special_text.end(), longest_first);
   if (t->unk < 0 || t->unk >= n || t->pieces[t->unk].type != kUnknown) {
     return fail(make_error("trainer_spec.unk_id {} is not an UNKNOWN piece of the {}", t->unk, n));
   }
@@ -276,7 +337,7 @@ Result<std::shared_ptr<TokenizerImpl>> load_sentencepiece_model(const std::strin
   }
   if (t->bos >= n) t->bos = -1;
   if (t->eos >= n) t->eos = -1;
-  t->source = TokenizerSource::SentencePieceModel;
+  t->source = llama_cpp ? TokenizerSource::LlamaCppSpm : TokenizerSource::SentencePieceModel;
   t->source_bytes = bytes;
   return std::shared_ptr<TokenizerImpl>(std::move(t));
 }

@@ -38,7 +38,8 @@ Result<Tokenizer> Tokenizer::from_bytes(TokenizerSource source, std::string byte
   Result<std::shared_ptr<TokenizerImpl>> impl = make_error("unknown tokenizer source {}", static_cast<int>(source));
   switch (source) {
     case TokenizerSource::HfJson: impl = load_hf_json_tokenizer(bytes); break;
-    case TokenizerSource::SentencePieceModel: impl = load_sentencepiece_model(bytes); break;
+    case TokenizerSource::SentencePieceModel: impl = load_sentencepiece_model(bytes, false); break;
+    case TokenizerSource::LlamaCppSpm: impl = load_sentencepiece_model(bytes, true); break;
     case TokenizerSource::Llama2cBin: impl = load_llama2c_tokenizer(bytes); break;
   }
   if (!impl.ok()) return impl.error();

@@ -6,10 +6,12 @@
 //     GPT-2 / Llama 3 / Qwen2 Split regexes, run through PCRE2); added_tokens (special or not) are
 //     matched in the text first, as HF does.
 //   - tokenizer.model (SentencePiece ModelProto, BPE with byte fallback), parsed without libprotobuf.
+//   - the same ModelProto as a GGUF "llama" vocabulary (LlamaCppSpm): encodes as llama.cpp does, its
+//     control / user-defined / unknown pieces matched in the text (sentencepiece_model.cc).
 //   - llama2.c tokenizer.bin (e.g. tok512.bin): {int32 max_token_length; per token: f32 score, int32
 //     len, bytes}; encodes as llama2.c run.c does (dummy prefix space, merges by score, byte fallback
 //     at id byte+3).
-// Encoding equals the reference (HF tokenizers / sentencepiece) exactly.
+// Encoding equals the reference (HF tokenizers / sentencepiece / llama.cpp) exactly.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +24,7 @@
 
 namespace kiln {
 
-enum class TokenizerSource : uint8_t { HfJson = 0, SentencePieceModel = 1, Llama2cBin = 2 };
+enum class TokenizerSource : uint8_t { HfJson = 0, SentencePieceModel = 1, Llama2cBin = 2, LlamaCppSpm = 3 };
 
 class TokenizerImpl;
 

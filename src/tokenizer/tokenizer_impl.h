@@ -40,7 +40,8 @@ class TokenizerImpl {
 
 // Loaders, one per source (hf_json_tokenizer.cc, sentencepiece_model.cc, llama2c_tokenizer.cc).
 Result<std::shared_ptr<TokenizerImpl>> load_hf_json_tokenizer(const std::string& bytes);
-Result<std::shared_ptr<TokenizerImpl>> load_sentencepiece_model(const std::string& bytes);
+// llama_cpp: encode as llama.cpp's SPM tokenizer does (TokenizerSource::LlamaCppSpm).
+Result<std::shared_ptr<TokenizerImpl>> load_sentencepiece_model(const std::string& bytes, bool llama_cpp);
 Result<std::shared_ptr<TokenizerImpl>> load_llama2c_tokenizer(const std::string& bytes);
 
 }  // namespace kiln

@@ -151,7 +151,10 @@ SpmVocab read_spm_vocab(const std::string& bytes) {
   return v;
 }
 
-TEST(GgufModel, LlamaVocabularyTokenizesAsSentencePiece) {
+// A GGUF "llama" vocabulary encodes as llama.cpp does (tests/golden/llamacpp_gguf.json, from
+// tools/make_llamacpp_golden.py: llama_tokenize with parse_special), which is sentencepiece's encoding
+// wherever the text holds no control / unknown piece such as "<s>".
+TEST(GgufModel, LlamaVocabularyTokenizesAsLlamaCpp) {
   const std::string model_path = shared_path("models/llama2-tokenizer/tokenizer.model");
   const SpmVocab vocab = read_spm_vocab(read_file(model_path));
   ASSERT_EQ(vocab.pieces.size(), 32000u);
@@ -169,24 +172,37 @@ TEST(GgufModel, LlamaVocabularyTokenizesAsSentencePiece) {
   ASSERT_TRUE(file.ok()) << file.error().message;
   auto parts = gguf_tokenizer(*file);
   ASSERT_TRUE(parts.ok()) << parts.error().message;
-  EXPECT_EQ(parts->first, TokenizerSource::SentencePieceModel);
+  EXPECT_EQ(parts->first, TokenizerSource::LlamaCppSpm);
   auto tokenizer = Tokenizer::from_bytes(parts->first, parts->second);
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.error().message;
   EXPECT_EQ(tokenizer->bos_id(), 1);
 
-  const Json corpus = Json::parse(read_file(source_path("tests/tokenizer/data/corpus.json")));
-  const Json golden =
-      Json::parse(read_file(source_path("tests/tokenizer/data/golden_sentencepiece_llama2.json")));
-  ASSERT_EQ(corpus.size(), golden["ids"].size());
-  ASSERT_GE(corpus.size(), 2000u);
-  int64_t differ = 0;
-  for (size_t i = 0; i < corpus.size(); ++i) {
-    const auto ids = tokenizer->encode(corpus[i].get<std::string>(), /*add_bos=*/false);
-    if (ids != golden["ids"][i].get<std::vector<int32_t>>()) {
-      if (++differ <= 3) ADD_FAILURE() << "case " << i << ": " << corpus[i];
+  std::vector<std::string> strings = Json::parse(read_file(source_path("tests/tokenizer/data/corpus.json")));
+  const size_t corpus_size = strings.size();
+  ASSERT_GE(corpus_size, 2000u);
+  const Json llama_cpp = Json::parse(read_file(source_path("tests/golden/llamacpp_gguf.json")))["vocabularies"]["llama-spm"];
+  for (const auto& s : llama_cpp["extra_strings"]) strings.push_back(s.get<std::string>());
+  const Json sentencepiece =
+      Json::parse(read_file(source_path("tests/tokenizer/data/golden_sentencepiece_llama2.json")))["ids"];
+  ASSERT_EQ(llama_cpp["ids"].size(), strings.size());
+  ASSERT_EQ(sentencepiece.size(), corpus_size);
+  int64_t differ = 0, plain = 0;
+  for (size_t i = 0; i < strings.size(); ++i) {
+    const auto ids = tokenizer->encode(strings[i], /*add_bos=*/false);
+    if (ids != llama_cpp["ids"][i].get<std::vector<int32_t>>() && ++differ <= 3) {
+      ADD_FAILURE() << "case " << i << ": " << Json(strings[i]).dump();
+    }
+    const bool has_piece = strings[i].find("<s>") != std::string::npos || strings[i].find("</s>") != std::string::npos ||
+                           strings[i].find("<unk>") != std::string::npos;
+    if (i < corpus_size && !has_piece) {
+      ++plain;
+      EXPECT_EQ(ids, sentencepiece[i].get<std::vector<int32_t>>()) << "case " << i << ": " << Json(strings[i]).dump();
     }
   }
   EXPECT_EQ(differ, 0);
+  EXPECT_GT(plain, 1500);
+  // A control piece in the text is its id, with the dummy prefix after it as llama.cpp puts it.
+  EXPECT_EQ(tokenizer->encode("hello <s> world", false), (std::vector<int32_t>{22172, 29871, 1, 29871, 3186}));
 }
 
 // A tiny llama model: 2 layers, dim 64, 4 heads (2 kv), FFN 96, vocab 40; Q8_0 and Q4_1 matrices.
