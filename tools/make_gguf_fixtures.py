@@ -25,6 +25,9 @@ shared/models/llama2-tokenizer/tokenizer.model as tokenizer.ggml.model "llama"):
       tensor dequantized by gguf-py and stored as F16, all metadata copied: llama.cpp then runs it without
       quantizing activations, which separates its activation-quantization gap on the Q4_1 file from
       any difference in the model.
+  smollm2-vocab-PRE (with --smollm2), PRE = llama-bpe qwen2   SmolLM2's metadata only (no tensors) with
+      tokenizer.ggml.pre set to PRE and a few tokens added (EXTRA_TOKENS below): its 49,160 tokens and
+      48,907 merges split by Llama 3's / Qwen2's pre-tokenizer, to tokenize with.
 """
 import argparse
 import hashlib
@@ -44,12 +47,14 @@ KQUANT_TYPES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
 QTYPE = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
          "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "q2_k": Q.Q2_K, "q3_k": Q.Q3_K, "q4_k": Q.Q4_K, "q5_k": Q.Q5_K,
          "q6_k": Q.Q6_K}
+VOCAB_PRES = ["llama-bpe", "qwen2"]
 KQUANT = dict(dim=256, heads=4, kv_heads=2, ffn=768, layers=2, eps=1e-5, theta=10000.0, ctx=512)
 
 
 def fixture_names(smollm2: bool = False):
     return ([f"tiny-llama-{t}" for t in TINY_TYPES] + [f"tiny-qwen2-{t}" for t in TINY_TYPES] +
-            [f"kquant-llama-{t}" for t in KQUANT_TYPES] + (["smollm2-f16"] if smollm2 else []))
+            [f"kquant-llama-{t}" for t in KQUANT_TYPES] +
+            (["smollm2-f16"] + [f"smollm2-vocab-{p}" for p in VOCAB_PRES] if smollm2 else []))
 
 
 def read_safetensors(path: Path) -> dict:
@@ -282,15 +287,40 @@ def kquant_fixture(path: Path, shared: Path, kind: str):
     finish(writer)
 
 
-def smollm2_f16_fixture(path: Path, source: Path):
-    reader = gguf.GGUFReader(str(source))
-    writer = gguf.GGUFWriter(str(path), str(reader.fields["general.architecture"].contents()))
+def copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, replace: dict | None = None):
+    replace = replace or {}
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
             continue
         vtype = field.types[0]
         sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), vtype, sub)
+        writer.add_key_value(name, replace.get(name, field.contents()), vtype, sub)
+
+
+# Appended to SmolLM2's vocabulary in the smollm2-vocab-* files, so the pre-tokenizers differ where they
+# should: multi-digit tokens (Llama 3 splits numbers in runs of 1-3 digits, Qwen2 one digit each;
+# SmolLM2's own vocabulary has no such token) and a word that only exists whole, with no merge
+# reaching it (Llama 3's ignore_merges takes it as is; BPE elsewhere spells it out).
+EXTRA_TOKENS = ["12", "123", "20", "202", "2024", "99", "999", "ĠCamelCase"]
+EXTRA_MERGES = ["1 2", "12 3", "2 0", "20 2", "202 4", "9 9", "99 9"]
+
+
+def smollm2_vocab_fixture(path: Path, source: Path, pre: str):
+    reader = gguf.GGUFReader(str(source))
+    writer = gguf.GGUFWriter(str(path), str(reader.fields["general.architecture"].contents()))
+    tokens = list(reader.fields["tokenizer.ggml.tokens"].contents())
+    types = list(reader.fields["tokenizer.ggml.token_type"].contents())
+    merges = list(reader.fields["tokenizer.ggml.merges"].contents())
+    copy_metadata(reader, writer, {"tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens + EXTRA_TOKENS,
+                                   "tokenizer.ggml.token_type": types + [1] * len(EXTRA_TOKENS),
+                                   "tokenizer.ggml.merges": merges + EXTRA_MERGES})
+    finish(writer)
+
+
+def smollm2_f16_fixture(path: Path, source: Path):
+    reader = gguf.GGUFReader(str(source))
+    writer = gguf.GGUFWriter(str(path), str(reader.fields["general.architecture"].contents()))
+    copy_metadata(reader, writer)
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists ne[0] first
         if t.tensor_type == Q.F32:
@@ -319,10 +349,12 @@ def make(out: Path, shared: Path, names, smollm2: Path | None = None) -> dict:
         path = out / f"{name}.gguf"
         tmp = out / f".{name}.gguf.{os.getpid()}.tmp"  # concurrent makers each rename a whole file
         kind = name.rsplit("-", 1)[1]
+        if name.startswith("smollm2-") and smollm2 is None:
+            raise SystemExit(f"make_gguf_fixtures: {name} needs --smollm2 SmolLM2-135M-Instruct.Q4_1.gguf")
         if name == "smollm2-f16":
-            if smollm2 is None:
-                raise SystemExit("make_gguf_fixtures: smollm2-f16 needs --smollm2 SmolLM2-135M-Instruct.Q4_1.gguf")
             smollm2_f16_fixture(tmp, smollm2)
+        elif name.startswith("smollm2-vocab-"):
+            smollm2_vocab_fixture(tmp, smollm2, name[len("smollm2-vocab-"):])
         elif name.startswith("kquant-llama-"):
             kquant_fixture(tmp, shared, kind)
         else:

@@ -15,7 +15,8 @@ llama in Q2_K..Q6_K). What is recorded, all with llama.cpp's CPU backend:
   - tokenization (llama_tokenize, add_bos false, parse_special true) of the 2,000 strings of
     tests/tokenizer/data/corpus.json (special-token text such as <s>, </s>, <|im_start|>,
     <|endoftext|> inside strings) plus strings built around each vocabulary's own control tokens,
-    for each vocabulary (the Llama 2 SentencePiece one all fixtures share, and SmolLM2's);
+    for each vocabulary (the Llama 2 SentencePiece one all fixtures share, SmolLM2's, and SmolLM2's
+    tokens and merges under the llama-bpe (Llama 3) and qwen2 pre-tokenizers);
   - the ids of /usr/share/common-licenses/GPL-3 (add_bos as the file says), first PPL_TOKENS;
   - per file: the last-position logits of a prompt at every LOGIT_STRIDE-th id plus llama.cpp's top
     64 ids (the relative L2 over this sample estimates the full one), their mean and standard
@@ -80,37 +81,56 @@ def open_model(path: Path, threads: int):
                  verbose=False, seed=0)
 
 
-def control_strings(llm) -> list:
-    import llama_cpp
+class Vocab:
+    """A GGUF file's vocabulary loaded by llama.cpp alone (vocab_only: no tensors, no context)."""
 
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    n = llama_cpp.llama_vocab_n_tokens(vocab)
-    control = []
-    for i in range(n):
-        attr = llama_cpp.llama_vocab_get_attr(vocab, i)
-        if attr & (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED):
-            text = llama_cpp.llama_vocab_get_text(vocab, i).decode("utf-8")
-            if text:
-                control.append(text)
-    control = control[:8]
-    out = []
-    for k, t in enumerate(control):
-        u = control[(k + 1) % len(control)]
-        out += [s.format(t=t, u=u) for s in CONTROL_STRINGS]
-    return out
+    def __init__(self, path: Path):
+        import llama_cpp
+
+        self.api = llama_cpp
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.model:
+            raise SystemExit(f"make_llamacpp_golden: llama.cpp cannot load the vocabulary of {path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    def tokenize(self, text: str, add_bos: bool) -> list:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (self.api.llama_token * capacity)()
+        n = self.api.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_bos, True)
+        if n < 0:
+            raise SystemExit(f"make_llamacpp_golden: llama_tokenize needs {-n} tokens")
+        return list(buf[:n])
+
+    def control_strings(self) -> list:
+        api = self.api
+        control = []
+        for i in range(api.llama_vocab_n_tokens(self.vocab)):
+            if api.llama_vocab_get_attr(self.vocab, i) & (api.LLAMA_TOKEN_ATTR_CONTROL | api.LLAMA_TOKEN_ATTR_USER_DEFINED):
+                text = api.llama_vocab_get_text(self.vocab, i).decode("utf-8")
+                if text:
+                    control.append(text)
+        control = control[:8]
+        out = []
+        for k, t in enumerate(control):
+            u = control[(k + 1) % len(control)]
+            out += [s.format(t=t, u=u) for s in CONTROL_STRINGS]
+        return out
 
 
 def tokenize(llm, text: str, add_bos: bool):
     return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
 
-def vocab_golden(path: Path, threads: int, corpus: list) -> dict:
-    llm = open_model(path, threads)
-    strings = corpus + control_strings(llm)
-    add_bos = bool(llm._model.add_bos_token())
-    gpl3 = tokenize(llm, GPL3.read_text(encoding="utf-8"), add_bos=add_bos)[:max(t for _, _, t in PPL.values())]
-    return {"extra_strings": strings[len(corpus):], "ids": [tokenize(llm, s, False) for s in strings],
-            "add_bos": add_bos, "gpl3_ids": gpl3}
+def vocab_golden(path: Path, corpus: list) -> dict:
+    vocab = Vocab(path)
+    strings = corpus + vocab.control_strings()
+    gpl3 = vocab.tokenize(GPL3.read_text(encoding="utf-8"), vocab.add_bos)[:max(t for _, _, t in PPL.values())]
+    return {"file": path.name, "extra_strings": strings[len(corpus):],
+            "ids": [vocab.tokenize(s, False) for s in strings], "add_bos": vocab.add_bos, "gpl3_ids": gpl3}
 
 
 def model_golden(path: Path, threads: int, vocab: dict, which: str) -> dict:
@@ -179,8 +199,11 @@ def main():
     out = {"llama_cpp_python": version("llama-cpp-python"), "gguf": version("gguf"), "numpy": version("numpy"),
            "logit_stride": LOGIT_STRIDE, "top_ids": TOP_IDS, "prompts": PROMPTS,
            "gpl3_bytes": GPL3.stat().st_size, "vocabularies": {}, "files": {}}
-    out["vocabularies"]["llama-spm"] = vocab_golden(args.fixtures / "tiny-llama-f32.gguf", args.threads, corpus)
-    out["vocabularies"]["smollm2"] = vocab_golden(smollm2, args.threads, corpus)
+    out["vocabularies"]["llama-spm"] = vocab_golden(args.fixtures / "tiny-llama-f32.gguf", corpus)
+    out["vocabularies"]["smollm2"] = vocab_golden(smollm2, corpus)
+    for pre in make_gguf_fixtures.VOCAB_PRES:
+        out["vocabularies"][f"smollm2-{pre}"] = vocab_golden(args.fixtures / f"smollm2-vocab-{pre}.gguf", corpus)
+        out["vocabularies"][f"smollm2-{pre}"]["sha256"] = fixtures.pop(f"smollm2-vocab-{pre}")
     for name, sha in fixtures.items():
         print(f"make_llamacpp_golden: {name}", file=sys.stderr)
         which = "smollm2" if name.startswith("smollm2") else "llama-spm"

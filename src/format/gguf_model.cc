@@ -282,15 +282,39 @@ enum : int64_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnu
 
 // Hugging Face pre-tokenizers by tokenizer.ggml.pre (only ones checked against the model's own
 // tokenizer.json: SmolLM2's, and GPT-2's byte-level split for default / gpt2).
-Result<nlohmann::json> pre_tokenizer(const std::string& pre) {
+// tokenizer.ggml.pre -> the tokenizer.json pre-tokenizer with the split llama.cpp uses for it
+// (llama-vocab.cpp; the regexes are the ones in the models' own tokenizer.json files), and whether BPE
+// is skipped for a piece that is already a token (llama.cpp's ignore_merges, set for Llama 3).
+struct PreTokenizer {
+  nlohmann::json json;
+  bool ignore_merges = false;
+};
+
+Result<PreTokenizer> pre_tokenizer(const std::string& pre) {
   const nlohmann::json byte_level = {
       {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
-  if (pre == "default" || pre == "gpt2") return byte_level;
+  const auto split_then_bytes = [](const char* regex) {
+    return nlohmann::json{
+        {"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+  };
+  if (pre == "default" || pre == "gpt2") return PreTokenizer{byte_level};
   if (pre == "smollm") {
-    return nlohmann::json{{"type", "Sequence"},
-                          {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, byte_level}}};
+    return PreTokenizer{nlohmann::json{{"type", "Sequence"},
+                                       {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, byte_level}}}};
   }
-  return make_error("tokenizer.ggml.pre '{}' is not supported yet (supported: default, gpt2, smollm)", gguf_printable(pre));
+  if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3") {
+    return PreTokenizer{split_then_bytes("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"),
+                        true};
+  }
+  if (pre == "qwen2" || pre == "deepseek-r1-qwen") {
+    return PreTokenizer{split_then_bytes("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")};
+  }
+  return make_error("tokenizer.ggml.pre '{}' is not supported yet (supported: default, gpt2, smollm, llama-bpe / llama3 / "
+                    "llama-v3, qwen2 / deepseek-r1-qwen)",
+                    gguf_printable(pre));
 }
 
 std::string token_text(const std::span<const std::string_view>& tokens, int64_t id) {
@@ -337,7 +361,7 @@ Result<std::string> gpt2_tokenizer_json(const GgufFile& f, std::span<const std::
     KILN_ASSIGN(const std::string_view v, f.get_string("tokenizer.ggml.pre"));
     pre = std::string(v);
   }
-  KILN_ASSIGN(nlohmann::json pre_tok, pre_tokenizer(pre));
+  KILN_ASSIGN(const PreTokenizer pre_tok, pre_tokenizer(pre));
   nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
   for (size_t i = 0; i < tokens.size(); ++i) {
     const std::string text(tokens[i]);
@@ -402,13 +426,13 @@ Result<std::string> gpt2_tokenizer_json(const GgufFile& f, std::span<const std::
       {"padding", nullptr},
       {"added_tokens", added},
       {"normalizer", nullptr},
-      {"pre_tokenizer", pre_tok},
+      {"pre_tokenizer", pre_tok.json},
       {"post_processor", post},
       {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
       {"model",
        {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", unk_text.empty() ? nlohmann::json(nullptr) : nlohmann::json(unk_text)},
         {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr}, {"fuse_unk", false},
-        {"byte_fallback", false}, {"ignore_merges", false}, {"vocab", vocab}, {"merges", merges}}},
+        {"byte_fallback", false}, {"ignore_merges", pre_tok.ignore_merges}, {"vocab", vocab}, {"merges", merges}}},
   };
   return tokenizer.dump();
 }

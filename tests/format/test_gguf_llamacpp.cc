@@ -33,6 +33,8 @@
 #include <sstream>
 
 #include "compiler/build_engine.h"
+#include "format/gguf.h"
+#include "format/gguf_model.h"
 #include "runtime/evaluate.h"
 #include "runtime/parity_checks.h"
 #include "test_util.h"
@@ -129,10 +131,10 @@ class LlamaCpp : public ::testing::Test {
       return fetched.substr(fetched.rfind('\n') + 1);
     }
     const std::string dir = cache_root() + "/gguf-fixtures", path = dir + "/" + name + ".gguf";
-    const std::string want = (*golden_)["files"][name]["sha256"];
+    const std::string want = expected_sha256(name);
     if (fs::exists(path) && sha256_of(path) == want) return path;
     std::string extra;
-    if (name == "smollm2-f16") {  // made from the Q4_1 file
+    if (name.starts_with("smollm2-")) {  // made from the Q4_1 file
       const std::string q4_1 = gguf_path("smollm2-q4_1", error);
       if (!error.empty()) return "";
       extra = " --smollm2 " + q(q4_1);
@@ -151,6 +153,12 @@ class LlamaCpp : public ::testing::Test {
               " (gguf-py / numpy versions, or the generator changed: rerun tools/make_llamacpp_golden.py)";
     }
     return path;
+  }
+  static std::string expected_sha256(const std::string& name) {
+    if (name.starts_with("smollm2-vocab-")) {
+      return (*golden_)["vocabularies"]["smollm2-" + name.substr(std::string("smollm2-vocab-").size())]["sha256"];
+    }
+    return (*golden_)["files"][name]["sha256"];
   }
   // Engines are built once per file and process.
   static Model* model(const std::string& name) {
@@ -181,12 +189,14 @@ TEST_F(LlamaCpp, EveryFixtureHasAGoldenAndTheProseIsTheSame) {
     EXPECT_EQ(file["sha256"].get<std::string>().size(), 64u) << name;
   }
   EXPECT_EQ(fixtures, 22u) << "8 types x hf-tiny llama and qwen2, 5 k-quants, SmolLM2 as F16";
+  for (const char* v : {"llama-spm", "smollm2", "smollm2-llama-bpe", "smollm2-qwen2"}) {
+    EXPECT_TRUE((*golden_)["vocabularies"].contains(v)) << v;
+  }
   EXPECT_EQ(static_cast<int64_t>(fs::file_size(kGpl3)), (*golden_)["gpl3_bytes"].get<int64_t>())
       << kGpl3 << " is not the file llama.cpp's perplexity was measured on";
 }
 
-void expect_tokenization(const Model& model, const nlohmann::json& vocabulary, const std::string& what) {
-  const Tokenizer* tokenizer = model.tokenizer();
+void expect_tokenization(const Tokenizer* tokenizer, const nlohmann::json& vocabulary, const std::string& what) {
   ASSERT_NE(tokenizer, nullptr);
   std::vector<std::string> strings = read_json(source_path("tests/tokenizer/data/corpus.json")).get<std::vector<std::string>>();
   ASSERT_GE(strings.size(), 2000u);
@@ -213,13 +223,30 @@ void expect_tokenization(const Model& model, const nlohmann::json& vocabulary, c
 TEST_F(LlamaCpp, LlamaVocabularyTokenizesAsLlamaCpp) {
   Model* m = model("tiny-llama-f32");
   ASSERT_NE(m, nullptr);
-  expect_tokenization(*m, (*golden_)["vocabularies"]["llama-spm"], "llama-spm");
+  expect_tokenization(m->tokenizer(), (*golden_)["vocabularies"]["llama-spm"], "llama-spm");
 }
 
 TEST_F(LlamaCpp, SmolLM2VocabularyTokenizesAsLlamaCpp) {
   Model* m = model("smollm2-q4_1");
   ASSERT_NE(m, nullptr);
-  expect_tokenization(*m, (*golden_)["vocabularies"]["smollm2"], "smollm2");
+  expect_tokenization(m->tokenizer(), (*golden_)["vocabularies"]["smollm2"], "smollm2");
+}
+
+// SmolLM2's tokens and merges under tokenizer.ggml.pre llama-bpe (Llama 3's split, ignore_merges) and
+// qwen2 (single digits): vocabulary-only files, tokenized through the tokenizer kiln rebuilds from them.
+TEST_F(LlamaCpp, Llama3AndQwen2PreTokenizersTokenizeAsLlamaCpp) {
+  for (const std::string pre : {"llama-bpe", "qwen2"}) {
+    std::string error;
+    const std::string path = gguf_path("smollm2-vocab-" + pre, error);
+    ASSERT_TRUE(error.empty()) << error;
+    auto file = open_gguf(path);
+    ASSERT_TRUE(file.ok()) << file.error().message;
+    auto parts = gguf_tokenizer(*file);
+    ASSERT_TRUE(parts.ok()) << parts.error().message;
+    auto tokenizer = Tokenizer::from_bytes(parts->first, parts->second);
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.error().message;
+    expect_tokenization(&*tokenizer, (*golden_)["vocabularies"]["smollm2-" + pre], "smollm2 with pre " + pre);
+  }
 }
 
 class LlamaCppFile : public LlamaCpp, public ::testing::WithParamInterface<std::string> {};
