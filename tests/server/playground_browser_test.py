@@ -18,6 +18,9 @@ streamed answer. Checks:
     API key the page says it needs one, and works once it is entered;
   - no console errors or uncaught exceptions, and no request to another origin (it works offline);
   - the screenshots (PNG, decoded here with zlib) are not blank: many colors, the transcript non-uniform.
+With --gguf FILE (or --gguf smollm2: SmolLM2-135M-Instruct.Q4_1.gguf, fetched by
+tools/make_gguf_golden.py), the engine is built straight from the GGUF file and served once, with the
+chat template and tokenizer that came in the file (no --chat-template), for the chat checks above.
 Screenshots are saved as OUT_DIR/playground.png (chat) and playground_completion.png for humans.
 Chromium missing is a failure, not a skip (scripts/install_deps.sh --test installs it). Every wait has
 a timeout, and Chromium and both servers are ended on every path.
@@ -46,6 +49,7 @@ FOLLOW_UP = "What did the dog say?"
 SYSTEM = "You tell short stories."
 MAX_TOKENS = 24
 DEADLINE_S = 60  # the whole test (it takes ~5 s); ctest gives it 90
+GGUF_DEADLINE_S = 240  # --gguf: a 135M-parameter model (~7 s here, several times that under ASan); ctest gives 300
 
 
 class Failure(Exception):
@@ -420,7 +424,7 @@ def completion_scenario(tools, base, deadline, out_dir):
     check(not page.console_errors, f"console errors: {page.console_errors}")
 
 
-def chat_scenario(tools, base, api_key, deadline, out_dir):
+def chat_scenario(tools, base, api_key, deadline, out_dir, screenshot="playground.png"):
     """A chat template and an API key: the page asks for the key, then holds a two-turn conversation."""
     status, _ = api(base, "/v1/models")
     check(status == 401, f"GET /v1/models without the key: expected 401, got {status}")
@@ -454,23 +458,36 @@ def chat_scenario(tools, base, api_key, deadline, out_dir):
     mode = page.eval("document.querySelector('input[name=mode]:checked').value")
     check(mode == "chat", f"with a chat template the page left chat mode: {mode}")
     check_clean(page, base)
-    check_screenshot(page, os.path.join(out_dir, "playground.png"))
+    check_screenshot(page, os.path.join(out_dir, screenshot))
 
 
 def run(args):
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + (GGUF_DEADLINE_S if args.gguf else DEADLINE_S)
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
     chromium = shutil.which(args.chromium)
     check(chromium is not None, f"{args.chromium} not found: install Debian's chromium package "
           "(scripts/install_deps.sh --test does)")
-    engine = os.path.join(out_dir, "playground_stories260K.kiln")
-    subprocess.run([args.kiln, "build", args.model, "--tokenizer", args.tokenizer, "-o", engine], check=True,
-                   timeout=remaining(deadline), stdout=subprocess.DEVNULL)
+    if args.gguf:
+        engine = os.path.join(out_dir, "playground_gguf.kiln")
+        build = [args.kiln, "build", args.gguf, "-o", engine, "--max-seq-len", "1024"]
+    else:
+        engine = os.path.join(out_dir, "playground_stories260K.kiln")
+        build = [args.kiln, "build", args.model, "--tokenizer", args.tokenizer, "-o", engine]
+    subprocess.run(build, check=True, timeout=remaining(deadline), stdout=subprocess.DEVNULL)
     serve = [args.kiln, "serve", engine, "--port", "0"]
     servers, tools = [], None
     profile = tempfile.mkdtemp(prefix="kiln-playground-chromium-")
     try:
+        if args.gguf:  # the file's own chat template and tokenizer
+            api_key = "playground-test-key"
+            proc, base = start_server(serve + ["--api-key", api_key], deadline)
+            servers.append(proc)
+            tools = DevTools(chromium, profile, os.path.join(out_dir, "playground_chromium.log"))
+            print(f"chat mode against {base} ({os.path.basename(args.gguf)})")
+            chat_scenario(tools, base, api_key, deadline, out_dir, "playground_gguf.png")
+            print(f"PASS (screenshot: {os.path.join(out_dir, 'playground_gguf.png')})")
+            return 0
         proc, base = start_server(serve, deadline)
         servers.append(proc)
         # GET / is the embedded page, byte for byte, and open without an API key.
@@ -509,7 +526,16 @@ def main():
     ap.add_argument("--html", default=os.path.join(source, "src", "server", "playground.html"))
     ap.add_argument("--out-dir", default=os.path.join(source, "build", "tests"))
     ap.add_argument("--chromium", default="chromium")
+    ap.add_argument("--gguf", default=None, help="a GGUF file to build and serve instead, or 'smollm2'")
     args = ap.parse_args()
+    if args.gguf == "smollm2":
+        sys.path.insert(0, os.path.join(source, "tools"))
+        import make_gguf_golden
+        try:
+            args.gguf = str(make_gguf_golden.fetch())
+        except make_gguf_golden.GoldenError as e:
+            print(f"FAIL: {e}", file=sys.stderr)
+            return 1
     # SIGTERM (ctest's timeout, a CI cancel) unwinds through the clean-up in run().
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("FAIL: terminated"))
     try:
