@@ -36,13 +36,14 @@ struct BoundWeight {
   const void* data = nullptr;
   DType dtype = DType::F32;
   std::optional<QuantMatrixView> quant;  // a quantized matrix (data = its codes)
+  bool bf16_prefill = false;             // quant: prefill in BF16 arithmetic (a BF16 engine's matrices)
 };
 
 // y = x @ W^T (+ bias) for a plain or quantized weight.
 void linear(const float* x, int64_t rows, int64_t K, const BoundWeight& w, int64_t N, const float* bias, float* y,
             cpu::ThreadPool& pool) {
   if (w.quant) {
-    cpu::matmul_quant(x, rows, K, *w.quant, bias, y, N, pool);
+    cpu::matmul_quant(x, rows, K, *w.quant, bias, y, N, pool, w.bf16_prefill);
   } else {
     cpu::matmul(x, rows, K, w.data, w.dtype, N, bias, y, N, pool);
   }
@@ -245,6 +246,9 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
     weight_bytes_ += static_cast<int64_t>(t->nbytes);
   }
   int64_t num_layers = 0;
+  // A BF16 engine's quantized matrices prefill in BF16 arithmetic, as its BF16 matrices do (kernels.h).
+  const bool bf16_engine = engine.metadata.contains("build") && engine.metadata["build"].is_object() &&
+                           engine.metadata["build"].value("dtype", std::string()) == "BF16";
   for (const Node& n : graph_.nodes) {
     std::vector<BoundWeight> bound;
     for (size_t wi = 0; wi < n.weights.size(); ++wi) {
@@ -254,7 +258,7 @@ Status CpuBackend::init(const LoadedEngine& engine, const BackendOptions& option
         if ((n.op != OpKind::Linear && n.op != OpKind::SwiGluLinear) || wi != 0) {
           return make_error("cpu backend: node '{}' ({}) cannot read quantized weight '{}'", n.name, op_name(n.op), w);
         }
-        bound.push_back(BoundWeight{q->second.codes, graph_.weights.at(w).dtype, q->second});
+        bound.push_back(BoundWeight{q->second.codes, graph_.weights.at(w).dtype, q->second, bf16_engine});
         continue;
       }
       const TensorView* t = engine.find(w);

@@ -8,8 +8,11 @@
 
 #include <gtest/gtest.h>
 
+#include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/matmul_quant_internal.h"
+#include "common/dtype.h"
 #include "common/quant.h"
 #include "kernel_test_util.h"
 
@@ -113,6 +116,55 @@ TEST_P(MatmulQuantTest, MatchesDoubleReferenceOverDequantizedWeights) {
     for (const Case& c : cases) {
       check_case(c, rng, pool, false);
       check_case(c, rng, pool, true);
+    }
+  }
+}
+
+// A BF16 engine's prefill (bf16_prefill, avx512 with AVX512_BF16): weights dequantized then rounded to
+// BF16, activations rounded to BF16, products exact in f32 (VDPBF16PS) and f32 sums; the reference is
+// that arithmetic in double. Other levels, and decode shapes, ignore the flag: exactly the f32 result.
+TEST_P(MatmulQuantTest, Bf16PrefillIsBf16ArithmeticOverDequantizedWeights) {
+  const ActivationMode f32(false);
+  const bool bf16_path = GetParam() == testing::Path::Avx512 && cpu_features().avx512_bf16;
+  std::mt19937 rng(7);
+  for (int threads : {1, 3}) {
+    ThreadPool pool(threads);
+    for (const QuantInfo& info : {QuantInfo{8, 1 << 30, DType::F32, false}, QuantInfo{8, 32, DType::F16, false},
+                                  QuantInfo{4, 32, DType::F16, true}, QuantInfo{4, 128, DType::F16, true}}) {
+      for (const auto& [M, K, N] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+               {9, 64, 7}, {33, 576, 200}, {64, 172, 65}, {17, 1536, 130}, {4, 256, 9}}) {
+        QuantInfo qi = info;
+        if (qi.group_size > K) qi.group_size = K;
+        SCOPED_TRACE(::testing::Message() << "M=" << M << " K=" << K << " N=" << N << " bits=" << qi.bits
+                                          << " group=" << qi.group_size << " threads=" << threads);
+        const std::vector<float> w = make_weights(rng, N, K);
+        const QuantizedMatrix q = quantize_rtn(w.data(), N, K, qi);
+        std::vector<float> deq(N * K);
+        for (int64_t n = 0; n < N; ++n) dequantize_row(q.view(), n, deq.data() + n * K);
+        const std::vector<float> x = testing::random_floats(rng, M * K);
+        const std::vector<float> bias = testing::random_floats(rng, N);
+        std::vector<float> y(M * (N + 1), -777.0f), y32(M * (N + 1), -777.0f);
+        matmul_quant(x.data(), M, K, q.view(), bias.data(), y.data(), N + 1, pool, /*bf16_prefill=*/true);
+        matmul_quant(x.data(), M, K, q.view(), bias.data(), y32.data(), N + 1, pool, /*bf16_prefill=*/false);
+        const bool bf16 = bf16_path && M > kStreamMaxRows;
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t n = 0; n < N; ++n) {
+            double exact = bias[n], magnitude = std::fabs(bias[n]);
+            for (int64_t k = 0; k < K; ++k) {
+              const double a = bf16_to_f32(f32_to_bf16(x[m * K + k])), b = bf16_to_f32(f32_to_bf16(deq[n * K + k]));
+              exact += a * b;
+              magnitude += std::fabs(a * b);
+            }
+            const float got = y[m * (N + 1) + n];
+            if (bf16) {
+              ASSERT_NEAR(got, exact, 2.0 * (K + 4) * kUnit * magnitude + 1e-30) << "m=" << m << " n=" << n;
+            } else {
+              ASSERT_EQ(got, y32[m * (N + 1) + n]) << "m=" << m << " n=" << n;
+            }
+          }
+          ASSERT_EQ(y[m * (N + 1) + N], -777.0f);
+        }
+      }
     }
   }
 }

@@ -480,4 +480,22 @@ void matmul_f32_panel_avx512(const float* x, int64_t M, int64_t K, const float* 
   packed_rows<DType::F32>(x, M, K, panel, bias ? bias : nullptr, y, ldy, 0, rows);
 }
 
+void matmul_bf16_panel_avx512(const float* x, int64_t M, int64_t K, const uint16_t* panel, int64_t rows,
+                              const float* bias, float* y, int64_t ldy) {
+  packed_rows_bf16_dot(x, M, K, panel, bias, y, ldy, 0, rows);
+}
+
+KILN_AVX512_BF16 void f32_to_bf16_avx512(const float* src, int64_t n, uint16_t* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), reinterpret_cast<const __m256i&>(v));
+  }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+    _mm256_mask_storeu_epi16(dst + i, m, reinterpret_cast<const __m256i&>(v));
+  }
+}
+
 }  // namespace kiln::cpu

@@ -25,5 +25,11 @@ void matmul_rows_avx512(const float* x, int64_t M, int64_t K, const void* w, DTy
 // matmul_f32_panel's AVX-512 path.
 void matmul_f32_panel_avx512(const float* x, int64_t M, int64_t K, const float* panel, int64_t rows, const float* bias,
                              float* y, int64_t ldy);
+// The same with a BF16 panel [rows, K] (stride K) on a CPU with AVX512_BF16 (call only when
+// cpu_features().avx512_bf16): x rounded to BF16, VDPBF16PS products, f32 sums, as a BF16 matrix's prefill.
+void matmul_bf16_panel_avx512(const float* x, int64_t M, int64_t K, const uint16_t* panel, int64_t rows,
+                              const float* bias, float* y, int64_t ldy);
+// dst[i] = bf16(src[i]), round to nearest even (AVX512_BF16's VCVTNEPS2BF16; same precondition).
+void f32_to_bf16_avx512(const float* src, int64_t n, uint16_t* dst);
 
 }  // namespace kiln::cpu

@@ -301,6 +301,38 @@ KILN_AVX2 void dequantize_row_avx2(const QuantArgs& a, int64_t n, float* out) {
   }
 }
 
+// Row n dequantized to f32 (AVX2 where groups are whole blocks, all but int8 groups of 16, else scalar).
+void dequantize_row_any(const QuantArgs& a, int64_t n, float* row) {
+  const bool blockwise = using_avx2() && (a.groups == 1 || a.w.info.group_size % kQuantBlock == 0);
+  if (!blockwise) {
+    dequantize_row_f32(a.w, a.row_bytes, a.groups, n, row);
+  } else if (a.w.info.bits == 8) {
+    dequantize_row_avx2<8>(a, n, row);
+  } else {
+    dequantize_row_avx2<4>(a, n, row);
+  }
+}
+
+// Prefill of a BF16 engine on an AVX512_BF16 CPU: panels of rows dequantized to f32, rounded to BF16
+// (nearest even) and swept by matmul_avx512.cc's VDPBF16PS tiles. Panels of 192 rows (3 of its 64-row
+// packs) amortize rounding x to BF16, which each panel call does once.
+void rows_panel_quant_bf16(const QuantArgs& a, const float* x_unpadded, int64_t n0, int64_t n1) {
+  const int64_t K = a.K;
+  constexpr int64_t kRows = 192;
+  thread_local std::vector<float> row;
+  thread_local std::vector<uint16_t> panel;
+  if (static_cast<int64_t>(row.size()) < K) row.resize(K);
+  if (static_cast<int64_t>(panel.size()) < kRows * K) panel.resize(kRows * K);
+  for (int64_t p0 = n0; p0 < n1; p0 += kRows) {
+    const int64_t p1 = std::min(n1, p0 + kRows);
+    for (int64_t n = p0; n < p1; ++n) {
+      dequantize_row_any(a, n, row.data());
+      f32_to_bf16_avx512(row.data(), K, panel.data() + (n - p0) * K);
+    }
+    matmul_bf16_panel_avx512(x_unpadded, a.M, K, panel.data(), p1 - p0, a.bias ? a.bias + p0 : nullptr, a.y + p0, a.ldy);
+  }
+}
+
 // Prefill: dequantize a panel of rows to f32 (row stride K), then the f32 tiles of matmul.cc.
 void rows_panel_quant(const QuantArgs& a, const float* x_unpadded, int64_t n0, int64_t n1) {
   const int64_t K = a.K;
@@ -309,18 +341,7 @@ void rows_panel_quant(const QuantArgs& a, const float* x_unpadded, int64_t n0, i
   if (static_cast<int64_t>(panel.size()) < panel_rows * K) panel.resize(panel_rows * K);
   for (int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
     const int64_t p1 = std::min(n1, p0 + panel_rows);
-    // AVX2 where groups are whole blocks (all but int8 groups of 16), else the scalar loop.
-    const bool blockwise = using_avx2() && (a.groups == 1 || a.w.info.group_size % kQuantBlock == 0);
-    for (int64_t n = p0; n < p1; ++n) {
-      float* row = panel.data() + (n - p0) * K;
-      if (!blockwise) {
-        dequantize_row_f32(a.w, a.row_bytes, a.groups, n, row);
-      } else if (a.w.info.bits == 8) {
-        dequantize_row_avx2<8>(a, n, row);
-      } else {
-        dequantize_row_avx2<4>(a, n, row);
-      }
-    }
+    for (int64_t n = p0; n < p1; ++n) dequantize_row_any(a, n, panel.data() + (n - p0) * K);
     matmul_f32_panel(x_unpadded, a.M, K, panel.data(), p1 - p0, a.bias ? a.bias + p0 : nullptr, a.y + p0, a.ldy);
   }
 }
@@ -452,7 +473,7 @@ void matmul_w8a8(const float* x, int64_t M, int64_t K, const QuantMatrixView& w,
 }  // namespace
 
 void matmul_quant(const float* x, int64_t M, int64_t K, const QuantMatrixView& w, const float* bias, float* y,
-                  int64_t ldy, ThreadPool& pool) {
+                  int64_t ldy, ThreadPool& pool, bool bf16_prefill) {
   const int64_t N = w.rows;
   assert(M >= 0 && K == w.cols && ldy >= N);
   if (M == 0 || N == 0) return;
@@ -461,7 +482,11 @@ void matmul_quant(const float* x, int64_t M, int64_t K, const QuantMatrixView& w
   const int64_t row_bytes = quant_row_bytes(w.info, K);
   if (M > kStreamMaxRows) {
     QuantArgs a{x, K, M, K, nullptr, w, groups, row_bytes, bias, y, ldy};
-    pool.parallel_for(N, 12, [&](int64_t n0, int64_t n1) { rows_panel_quant(a, x, n0, n1); });
+    if (bf16_prefill && using_avx512() && cpu_features().avx512_bf16) {
+      pool.parallel_for(N, 64, [&](int64_t n0, int64_t n1) { rows_panel_quant_bf16(a, x, n0, n1); });
+    } else {
+      pool.parallel_for(N, 12, [&](int64_t n0, int64_t n1) { rows_panel_quant(a, x, n0, n1); });
+    }
     return;
   }
   // Activation side, once per call on the calling thread (the workers only read it).
