@@ -78,20 +78,29 @@ FLAGS_SHOWN = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx
 
 # kiln format -> llama.cpp GGUF type of the same precision (the ratio rows pair these)
 PAIRS = (("fp32", "F32"), ("fp16", "F16"), ("bf16", "BF16"), ("int8", "Q8_0"), ("int4", "Q4_0"),
-         ("gguf-Q8_0", "Q8_0"), ("gguf-Q4_0", "Q4_0"), ("gguf-Q4_1", "Q4_1"))
+         ("gguf-Q8_0", "Q8_0"), ("gguf-Q4_0", "Q4_0"), ("gguf-Q4_1", "Q4_1"), ("gguf-Q4_K_M", "Q4_K_M"))
 # gguf-T: kiln built from llama.cpp's own T GGUF file (`kiln build model.T.gguf`: the file's blocks kept
 # as they are in kiln's layouts), so both run the very same quantized weights.
-KILN_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4", "gguf-Q8_0", "gguf-Q4_0", "gguf-Q4_1")
+KILN_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4", "gguf-Q8_0", "gguf-Q4_0", "gguf-Q4_1", "gguf-Q4_K_M")
+# Quantized engines are built with --dtype bf16: their prefill then runs in BF16 arithmetic on CPUs with
+# AVX512_BF16 (~2.7x the f32 prefill; kernels.h), kiln's recommended CPU setting for quantized models;
+# --quant-dtype fp32 builds them as before (f32 activations throughout).
 KILN_BUILD = {"fp32": ["--dtype", "fp32"], "fp16": ["--dtype", "fp16"], "bf16": ["--dtype", "bf16"],
-              "int8": ["--dtype", "fp32", "--quant", "int8", "--max-quant-error", "0"],
-              "int4": ["--dtype", "fp32", "--quant", "int4", "--max-quant-error", "0"],
-              "gguf-Q8_0": [], "gguf-Q4_0": [], "gguf-Q4_1": []}
+              "int8": ["--quant", "int8", "--max-quant-error", "0"],
+              "int4": ["--quant", "int4", "--max-quant-error", "0"],
+              "gguf-Q8_0": [], "gguf-Q4_0": [], "gguf-Q4_1": [], "gguf-Q4_K_M": []}
+QUANTIZED_FORMATS = ("int8", "int4", "gguf-Q8_0", "gguf-Q4_0", "gguf-Q4_1", "gguf-Q4_K_M")
 KILN_LABEL = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8 per-channel",
-              "int4": "int4 g128 AWQ", "gguf-Q8_0": "Q8_0 GGUF", "gguf-Q4_0": "Q4_0 GGUF", "gguf-Q4_1": "Q4_1 GGUF"}
+              "int4": "int4 g128 AWQ", "gguf-Q8_0": "Q8_0 GGUF", "gguf-Q4_0": "Q4_0 GGUF", "gguf-Q4_1": "Q4_1 GGUF",
+              "gguf-Q4_K_M": "Q4_K_M GGUF"}
 GGUF_TYPES = {"smollm2": ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"),
-              "llama110m": ("F32", "F16", "BF16", "Q8_0", "Q4_0")}
+              "llama110m": ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M")}
+# Made by llama.cpp's own quantizer (llama_model_quantize, its default Q4_K_M mix of Q4_K and Q6_K) from
+# the F32 variant; gguf-py cannot write k-quants.
+LLAMA_QUANTIZED = {"Q4_K_M": 15}  # LLAMA_FTYPE_MOSTLY_Q4_K_M
 # which kiln engine each GGUF is checked against (Q4_1 holds kiln fp32's weights exactly)
-CHECK_PARTNER = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8_0": "int8", "Q4_0": "int4", "Q4_1": "fp32"}
+CHECK_PARTNER = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8_0": "int8", "Q4_0": "int4", "Q4_1": "fp32",
+                 "Q4_K_M": "int4"}
 CHECK_PROMPT = "The capital of France is Paris, and the capital of Germany is"
 MODELS = ("smollm2", "llama110m")
 
@@ -420,7 +429,10 @@ def llama110m_checkpoint(python: Path, work: Path) -> Path:
 
 
 def gguf_variants(python: Path, model: str, source: Path, work: Path) -> dict[str, Path]:
-    types = [t for t in GGUF_TYPES[model] if not (model == "smollm2" and t == "Q4_1")]
+    wanted = [t for t in GGUF_TYPES[model] if not (model == "smollm2" and t == "Q4_1")]
+    types = [t for t in wanted if t not in LLAMA_QUANTIZED]
+    if any(t in LLAMA_QUANTIZED for t in wanted) and "F32" not in types:
+        types.append("F32")
     cmd = [str(python), str(REPO / "tools/make_gguf_variants.py")]
     if model == "smollm2":
         cmd += ["gguf", str(source)]
@@ -431,18 +443,34 @@ def gguf_variants(python: Path, model: str, source: Path, work: Path) -> dict[st
         log(f"writing {model} GGUFs ({', '.join(types)}) to {work}")
     run_quiet(cmd, "tools/make_gguf_variants.py")
     paths = {t: work / f"{model}.{t}.gguf" for t in types}
+    for t in wanted:
+        if t not in LLAMA_QUANTIZED:
+            continue
+        out = work / f"{model}.{t}.gguf"
+        if not out.exists() or out.stat().st_mtime < paths["F32"].stat().st_mtime:
+            log(f"quantizing {out} with llama.cpp (llama_model_quantize)")
+            code = ("import llama_cpp, sys\n"
+                    "p = llama_cpp.llama_model_quantize_default_params(); p.ftype = int(sys.argv[3]); p.nthread = 2\n"
+                    "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))")
+            run_quiet([str(python), "-c", code, str(paths["F32"]), str(out) + ".tmp", str(LLAMA_QUANTIZED[t])],
+                      "llama_model_quantize")
+            os.replace(str(out) + ".tmp", out)
+        paths[t] = out
+    paths = {t: p for t, p in paths.items() if t in wanted}
     if model == "smollm2":
         paths["Q4_1"] = source
     return paths
 
 
-def kiln_engine(kiln: Path, model: str, fmt: str, source: Path, work: Path, max_seq: int) -> Path:
-    path = work / f"{model}-{fmt}-s{max_seq}.kiln"
+def kiln_engine(kiln: Path, model: str, fmt: str, source: Path, work: Path, max_seq: int,
+                quant_dtype: str = "bf16") -> Path:
+    dtype = ["--dtype", quant_dtype] if fmt in QUANTIZED_FORMATS else []
+    path = work / f"{model}-{fmt}{'-' + quant_dtype if dtype else ''}-s{max_seq}.kiln"
     if path.exists() and path.stat().st_mtime >= max(source.stat().st_mtime, kiln.stat().st_mtime):
         return path
     log(f"building {path}" + (" (AWQ calibration: ~1-2 min)" if fmt == "int4" else ""))
     cmd = [str(kiln), "build", str(source), "-o", str(path) + ".tmp", "--backend", "cpu",
-           "--max-seq-len", str(max_seq), "--max-batch", "1", *KILN_BUILD[fmt]]
+           "--max-seq-len", str(max_seq), "--max-batch", "1", *KILN_BUILD[fmt], *dtype]
     if model == "llama110m":
         cmd += ["--tokenizer", str(LLAMA_TOKENIZER)]
     run_quiet(cmd, f"kiln build {model} {fmt}")
@@ -554,6 +582,8 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     ap.add_argument("--gen", type=int, default=128, help="generated tokens (the first from the prompt pass)")
     ap.add_argument("--kiln", type=Path, default=REPO / "build-cpu/kiln")
+    ap.add_argument("--quant-dtype", choices=("bf16", "fp32"), default="bf16",
+                    help="--dtype of kiln's quantized engines (default bf16: BF16 prefill where the CPU has it)")
     ap.add_argument("--work-dir", type=Path, default=REPO / "build-bench/llamacpp",
                     help="checkpoints, GGUF variants and engines (ignored by git)")
     ap.add_argument("--engines", help="only these, e.g. 'kiln:bf16,llama.cpp:BF16' (default: all)")
@@ -606,7 +636,8 @@ def run_bench(args) -> int:
         else:
             kiln_source = llama110m_checkpoint(python, work)
             ggufs = gguf_variants(python, model, kiln_source, work)
-        engines = {f: kiln_engine(kiln, model, f, ggufs[f[5:]] if f.startswith("gguf-") else kiln_source, work, max_seq)
+        engines = {f: kiln_engine(kiln, model, f, ggufs[f[5:]] if f.startswith("gguf-") else kiln_source, work, max_seq,
+                                  args.quant_dtype)
                    for f in KILN_FORMATS
                    if (wanted is None or f"kiln:{f}" in wanted) and (not f.startswith("gguf-") or f[5:] in ggufs)}
         ggufs = {t: p for t, p in ggufs.items() if wanted is None or f"llama.cpp:{t}" in wanted}
@@ -711,7 +742,7 @@ def fmt_range(s: dict) -> str:
 
 def print_table(rows: list[dict], ratios: list[dict], args) -> None:
     gguf_label = {"F32": "F32 GGUF", "F16": "F16 GGUF", "BF16": "BF16 GGUF", "Q8_0": "Q8_0 GGUF",
-                  "Q4_0": "Q4_0 GGUF", "Q4_1": "Q4_1 GGUF (shipped)"}
+                  "Q4_0": "Q4_0 GGUF", "Q4_1": "Q4_1 GGUF (shipped)", "Q4_K_M": "Q4_K_M GGUF (llama.cpp's quantizer)"}
     header = (f"{'model':<9} {'engine':<9} {'weights':<19} {'thr':>3} {'prompt tok/s':>21} {'decode tok/s':>19} "
               f"{'weights GB/s':>12} {'KV MiB':>7} {'peak RSS MiB':>12}")
     print()
@@ -730,6 +761,8 @@ def print_table(rows: list[dict], ratios: list[dict], args) -> None:
         "F16 cache).",
         "weights GB/s: median decode tok/s x the engine's weight bytes (kiln: weight_bytes of kiln bench, the whole "
         "engine, so int8/int4 count their unquantized embedding table; llama.cpp: llama_model_size).",
+        f"kiln's quantized engines (int8, int4, gguf-*) are built with --dtype {args.quant_dtype}"
+        + (" (their prefill in BF16 arithmetic where the CPU has AVX512_BF16)." if args.quant_dtype == "bf16" else "."),
         "peak RSS: kiln's as kiln bench reports it (the process peak in the JSON adds the buffer of its bandwidth "
         "probe); llama.cpp's is the worker's ru_maxrss"
         + (f", its Python interpreter included (~{statistics.median(worker_rss):.0f} MiB before loading the model)."
