@@ -228,6 +228,52 @@ std::optional<ApiError> read_logit_bias(const json& body, std::vector<std::pair<
 
 }  // namespace
 
+// Request fields that change what the answer means and that kiln does not implement yet: a 400 naming
+// the field instead of a 200 that silently ignores it (a JSON-mode client would get prose). The value
+// that means "off" is accepted where the API has one.
+std::optional<ApiError> refuse_unimplemented(const json& body, bool chat) {
+  const auto refuse = [](const std::string& name, const std::string& what) {
+    ApiError e = invalid_param(name, fmt::format("'{}' ({}) is not supported by kiln yet", name, what));
+    e.code = "unsupported_parameter";
+    return e;
+  };
+  const auto present = [&](const char* name) {
+    const json* v = field(body, name);
+    return v && !v->is_null();
+  };
+  if (const json* v = field(body, "response_format"); v && !v->is_null()) {
+    const bool text = v->is_object() && v->contains("type") && (*v)["type"] == "text";
+    if (!text) return refuse("response_format", "structured output; only {\"type\": \"text\"} is accepted");
+  }
+  if (const json* v = field(body, "tools"); v && !v->is_null() && !(v->is_array() && v->empty())) {
+    return refuse("tools", "function calling");
+  }
+  if (const json* v = field(body, "tool_choice"); v && !v->is_null() && *v != "none") {
+    return refuse("tool_choice", "function calling; only \"none\" is accepted");
+  }
+  for (const char* name : {"functions", "function_call"}) {
+    if (present(name)) return refuse(name, "legacy function calling");
+  }
+  // Constrained decoding under the names vLLM and llama.cpp's server use.
+  for (const char* name : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+                           "json_schema", "grammar", "regex", "choice", "structured_outputs"}) {
+    if (present(name)) return refuse(name, "constrained decoding");
+  }
+  if (const json* v = field(body, "best_of"); v && !v->is_null() && !(v->is_number_integer() && *v == 1)) {
+    return refuse("best_of", "server-side best-of-n; use 'n'");
+  }
+  if (const json* v = field(body, "suffix"); !chat && v && !v->is_null() && !(v->is_string() && v->get<std::string>().empty())) {
+    return refuse("suffix", "insertion");
+  }
+  if (const json* v = field(body, "modalities"); v && !v->is_null() && *v != json::array({"text"})) {
+    return refuse("modalities", "only [\"text\"]");
+  }
+  for (const char* name : {"audio", "prediction", "web_search_options"}) {
+    if (present(name)) return refuse(name, name == std::string("prediction") ? "predicted outputs" : "not a text model");
+  }
+  return std::nullopt;
+}
+
 ApiResult<CompletionRequest> parse_completion_request(const json& body, Endpoint endpoint) {
   if (!body.is_object()) return invalid_param("", "the request body must be a JSON object");
   CompletionRequest r;
@@ -299,6 +345,7 @@ ApiResult<CompletionRequest> parse_completion_request(const json& body, Endpoint
   }
   if (const json* user = field(body, "user"); user && !user->is_string())
     return invalid_param("user", "'user' must be a string");
+  if (auto e = refuse_unimplemented(body, chat)) return *e;
   return r;
 }
 

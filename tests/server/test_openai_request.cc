@@ -172,6 +172,25 @@ TEST(OpenAIRequest, EveryRejectionNamesItsParameter) {
       {X, {{"messages", m}, {"logprobs", 1}}, "logprobs"},
       {X, {{"messages", m}, {"top_logprobs", 21}, {"logprobs", true}}, "top_logprobs"},
       {X, {{"messages", m}, {"top_logprobs", 2}}, "top_logprobs"},
+      // Unimplemented fields that change the answer's meaning: refused, not ignored.
+      {X, {{"messages", m}, {"response_format", {{"type", "json_object"}}}}, "response_format"},
+      {X, {{"messages", m}, {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "x"}}}}}}, "response_format"},
+      {C, {{"prompt", p}, {"response_format", {{"type", "json_object"}}}}, "response_format"},
+      {X, {{"messages", m}, {"response_format", "json"}}, "response_format"},
+      {X, {{"messages", m}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}}, "tools"},
+      {X, {{"messages", m}, {"tool_choice", "required"}}, "tool_choice"},
+      {X, {{"messages", m}, {"tool_choice", "auto"}}, "tool_choice"},
+      {X, {{"messages", m}, {"functions", {{{"name", "f"}}}}}, "functions"},
+      {X, {{"messages", m}, {"function_call", "auto"}}, "function_call"},
+      {X, {{"messages", m}, {"guided_json", {{"type", "object"}}}}, "guided_json"},
+      {C, {{"prompt", p}, {"guided_regex", "a+"}}, "guided_regex"},
+      {C, {{"prompt", p}, {"grammar", "root ::= \"a\""}}, "grammar"},
+      {X, {{"messages", m}, {"json_schema", {{"type", "object"}}}}, "json_schema"},
+      {C, {{"prompt", p}, {"best_of", 3}}, "best_of"},
+      {C, {{"prompt", p}, {"suffix", "end"}}, "suffix"},
+      {X, {{"messages", m}, {"modalities", {"text", "audio"}}}, "modalities"},
+      {X, {{"messages", m}, {"audio", {{"voice", "alloy"}}}}, "audio"},
+      {X, {{"messages", m}, {"prediction", {{"type", "content"}, {"content", "x"}}}}, "prediction"},
   };
   for (const Rejection& c : cases) {
     const ApiResult<CompletionRequest> r = parse_completion_request(c.body, c.endpoint);
@@ -181,6 +200,23 @@ TEST(OpenAIRequest, EveryRejectionNamesItsParameter) {
     EXPECT_EQ(r.error().param, c.param) << c.body.dump() << ": " << r.error().message;
     EXPECT_FALSE(r.error().message.empty());
   }
+}
+
+// Their "off" values are the API's defaults and change nothing: accepted.
+TEST(OpenAIRequest, UnimplementedFieldsAcceptTheirOffValues) {
+  const json m = json::array({{{"role", "user"}, {"content", "hi"}}});
+  for (const json& body : {json{{"messages", m}, {"response_format", {{"type", "text"}}}},
+                           json{{"messages", m}, {"tools", json::array()}, {"tool_choice", "none"}},
+                           json{{"messages", m}, {"response_format", nullptr}, {"tools", nullptr}},
+                           json{{"messages", m}, {"modalities", {"text"}}, {"parallel_tool_calls", true}}}) {
+    EXPECT_TRUE(parse_completion_request(body, Endpoint::ChatCompletions).ok()) << body.dump();
+  }
+  EXPECT_TRUE(parse_completion_request(json{{"prompt", "x"}, {"best_of", 1}, {"suffix", ""}}, Endpoint::Completions).ok());
+  const auto r = parse_completion_request(json{{"messages", m}, {"response_format", {{"type", "json_object"}}}},
+                                          Endpoint::ChatCompletions);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, "unsupported_parameter");
+  EXPECT_NE(r.error().message.find("not supported"), std::string::npos) << r.error().message;
 }
 
 TEST(OpenAIRequest, FitToContext) {
