@@ -4,7 +4,8 @@
 // fixtures of tools/make_gguf_fixtures.py, made here again with the pinned gguf-py and numpy of
 // tools/fetch_smollm2.sh's venv and checked byte for byte (sha256) against the files llama.cpp ran:
 // the hf-tiny llama and qwen2 in F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1, a 256-wide llama in Q2_K Q3_K
-// Q4_K Q5_K Q6_K.
+// Q4_K Q5_K Q6_K, SmolLM2 dequantized to F16, and SmolLM2's vocabulary alone under the llama-bpe and
+// qwen2 pre-tokenizers.
 //   - Tokenization: the 2,000-string corpus (tests/tokenizer/data/corpus.json) plus strings around each
 //     vocabulary's control tokens, as llama_tokenize(add_bos false, parse_special true); the GPL-3 ids.
 //   - Last-position logits of a prompt within the relative L2 derived below; greedy ids equal up to
@@ -97,9 +98,6 @@ std::string sha256_of(const std::string& path) {
   return out.substr(0, out.find(' '));
 }
 
-// Fixtures live in ${KILN_CACHE_DIR:-~/.cache/kiln}/gguf-fixtures (as tools/make_llamacpp_golden.py keeps
-// them); one whose sha256 is not the golden's is made again. gtest_discover_tests runs every test in
-// its own process, so each makes (or reuses) only the files it needs.
 // |log(ppl kiln / ppl llama.cpp)| allowed: 1% for the real model and wherever llama.cpp keeps
 // activations in floating point. The random-weight fixtures whose activations llama.cpp quantizes to
 // int8 are far from a language model (perplexity 5e4 to 2e19 on English prose: the target's log-
@@ -111,6 +109,9 @@ double perplexity_tolerance(const std::string& name, double logit_std) {
   return std::max(std::log(1.01), logit_bound(name) * logit_std / 4);
 }
 
+// Fixtures live in ${KILN_CACHE_DIR:-~/.cache/kiln}/gguf-fixtures (as tools/make_llamacpp_golden.py keeps
+// them); one whose sha256 is not the golden's is made again. gtest_discover_tests runs every test in
+// its own process, so each makes (or reuses) only the files it needs.
 class LlamaCpp : public ::testing::Test {
  public:
   static void SetUpTestSuite() {
