@@ -43,7 +43,7 @@ def f16_bytes(v: float) -> np.ndarray:
 def random_blocks(rng: np.random.Generator, kind: str, count: int) -> np.ndarray:
     """`count` blocks of `kind` with random codes and the scale(s) for mean ~0, std STD.
 
-    Q8_0: w = d q, q uniform in -128..127 (std 73.9). Q4_0: w = d (q - 8), q uniform 0..15 (std 4.61).
+    Q8_0: w = d q, q uniform in -128..127 (std 73.9). Q4_0: w = d (q - 8), q uniform 1..15 (std 4.32).
     Q4_K: w = d sc q - dmin m, sc, m uniform 0..63 and q 0..15 (random bytes give uniform 6-bit fields):
     dmin = 7.5 d centres it, std 258.3 d. Q6_K: w = d sc (q - 32), sc uniform int8, q uniform 0..63:
     std 1365.7 d."""
@@ -51,8 +51,10 @@ def random_blocks(rng: np.random.Generator, kind: str, count: int) -> np.ndarray
     blocks = rng.integers(0, 256, size=(count, size), dtype=np.uint8)
     if kind == "Q8_0":
         blocks[:, 0:2] = f16_bytes(STD / 73.9)
-    elif kind == "Q4_0":
-        blocks[:, 0:2] = f16_bytes(STD / 4.61)
+    elif kind == "Q4_0":  # codes 1..15: centred on the implied zero point 8 (0..15 would give mean -d / 2)
+        q = rng.integers(1, 16, size=(count, 32), dtype=np.uint8)
+        blocks[:, 2:18] = q[:, :16] | (q[:, 16:] << 4)
+        blocks[:, 0:2] = f16_bytes(STD / 4.32)
     elif kind == "Q4_K":
         d = STD / 258.3
         blocks[:, 0:2] = f16_bytes(d)
