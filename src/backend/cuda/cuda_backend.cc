@@ -900,7 +900,15 @@ Status CudaBackend::run(const Batch& batch, bool want_ids, float* logits, int32_
       KILN_TRY(cuda::argmax(d_logits, R_real, vocab_size_, d_ids_, stream_));
     }
     KILN_TRY(check(cudaMemcpyAsync(ids, d_ids_, static_cast<size_t>(R_real) * 4, cudaMemcpyDeviceToHost, stream_), "copy ids"));
-    return check(cudaStreamSynchronize(stream_), "forward (argmax)");
+    KILN_TRY(check(cudaStreamSynchronize(stream_), "forward (argmax)"));
+    // argmax leaves INT_MAX where no logit compares greater than -FLT_MAX: a row of NaN (or -inf).
+    for (int64_t r = 0; r < R_real; ++r) {
+      if (ids[r] < 0 || ids[r] >= vocab_size_) {
+        return make_error("forward: logit row {} has no finite value (NaN or -inf everywhere): the activations "
+                          "overflowed {} (or the weights hold NaN)", r, dtype_name(act_));
+      }
+    }
+    return Status::Ok();
   }
   const size_t bytes = static_cast<size_t>(R_real * vocab_size_) * 4;
   KILN_TRY(check(cudaMemcpyAsync(logits_host_, d_logits, bytes, cudaMemcpyDeviceToHost, stream_), "copy logits"));
