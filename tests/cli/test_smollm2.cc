@@ -99,22 +99,10 @@ TEST_F(SmolLM2, ChatGenerationMatchesFloat64Reference) {
   expect_chat_matches_reference(*dir_, engine, *golden_);
 }
 
-// The GGUF path of the same weights (the directory above is this file dequantized by gguf-py).
-std::string fetch_gguf(const TempDir& dir, std::string& error) {
-  if (const std::string env = testing::env_or("KILN_SMOLLM2_GGUF", ""); !env.empty()) return env;
-  const std::string out = dir.file("gguf.out"), err = dir.file("gguf.err");
-  const int status = std::system(("timeout 600 python3 " + q(source_path("tools/make_gguf_golden.py")) + " fetch >" +
-                                  out + " 2>" + err + " </dev/null").c_str());
-  std::string printed = slurp(out);
-  while (!printed.empty() && printed.back() == '\n') printed.pop_back();
-  printed = printed.substr(printed.rfind('\n') + 1);
-  if (status != 0 || printed.empty() || !fs::exists(printed)) error = "tools/make_gguf_golden.py fetch failed: " + slurp(err);
-  return printed;
-}
-
 TEST_F(SmolLM2, GgufFileBuildsAndMatchesFloat64Reference) {
   std::string error;
-  const std::string gguf = fetch_gguf(*dir_, error);
+  // The GGUF path of the same weights (the directory above is this file dequantized by gguf-py).
+  const std::string gguf = testing::smollm2_gguf(*dir_, error);
   ASSERT_TRUE(error.empty()) << error;
   const std::string engine = dir_->file("smollm2-gguf.kiln");
   const Outcome built = kiln(*dir_, "build " + q(gguf) + " -o " + q(engine) + " --max-seq-len 512");

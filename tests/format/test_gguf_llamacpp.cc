@@ -46,17 +46,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::read_json;
+using testing::sha256_of;
+using testing::slurp;
 using testing::source_path;
 using testing::TempDir;
 
 constexpr const char* kGpl3 = "/usr/share/common-licenses/GPL-3";
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string q(const std::string& s) { return "'" + s + "'"; }  // paths here hold no single quote
 
@@ -88,16 +83,6 @@ double logit_bound(const std::string& name) {
   return 4.6e-2;  // Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 and SmolLM2's Q4_1 (with one Q8_0 matrix)
 }
 
-std::string sha256_of(const std::string& path) {
-  std::string out;
-  if (std::FILE* p = ::popen(("sha256sum " + q(path) + " 2>/dev/null").c_str(), "r")) {
-    char buffer[128];
-    while (std::fgets(buffer, sizeof(buffer), p)) out += buffer;
-    ::pclose(p);
-  }
-  return out.substr(0, out.find(' '));
-}
-
 // |log(ppl kiln / ppl llama.cpp)| allowed: 1% for the real model and wherever llama.cpp keeps
 // activations in floating point. The random-weight fixtures whose activations llama.cpp quantizes to
 // int8 are far from a language model (perplexity 5e4 to 2e19 on English prose: the target's log-
@@ -127,11 +112,7 @@ class LlamaCpp : public ::testing::Test {
  protected:
   // The path of file `name` with the sha256 llama.cpp ran on, or an error.
   static std::string gguf_path(const std::string& name, std::string& error) {
-    if (name == "smollm2-q4_1") {  // fetched (and sha256-checked) by tools/make_gguf_golden.py
-      std::string fetched = run("timeout 600 python3 " + q(source_path("tools/make_gguf_golden.py")) + " fetch", *dir_, error);
-      while (!fetched.empty() && fetched.back() == '\n') fetched.pop_back();
-      return fetched.substr(fetched.rfind('\n') + 1);
-    }
+    if (name == "smollm2-q4_1") return testing::smollm2_gguf(*dir_, error);  // sha256-checked by the fetch
     const std::string dir = cache_root() + "/gguf-fixtures", path = dir + "/" + name + ".gguf";
     const std::string want = expected_sha256(name);
     if (fs::exists(path) && sha256_of(path) == want) return path;

@@ -15,28 +15,13 @@ namespace kiln {
 namespace {
 
 using testing::read_json;
+using testing::sha256_of;
+using testing::slurp;
 using testing::shared_path;
 using testing::source_path;
 using testing::TempDir;
 
 constexpr const char* kGpl3 = "/usr/share/common-licenses/GPL-3";
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string sha256_of(const std::string& path) {
-  std::string out;
-  if (std::FILE* p = ::popen(("sha256sum '" + path + "' 2>/dev/null").c_str(), "r")) {
-    char buffer[128];
-    while (std::fgets(buffer, sizeof(buffer), p)) out += buffer;
-    ::pclose(p);
-  }
-  return out.substr(0, out.find(' '));
-}
 
 // FNV-1a 64 over the ids as int32 little-endian bytes, as tools/eval_reference.py writes it.
 std::string fnv1a64(const std::vector<int32_t>& ids) {

@@ -21,6 +21,7 @@ using testing::kiln;
 using testing::Outcome;
 using testing::shared_path;
 using testing::TempDir;
+using testing::slurp;
 
 constexpr const char* kGpl3 = "/usr/share/common-licenses/GPL-3";
 
@@ -52,13 +53,6 @@ std::vector<KvCase> cases() {
       // Measured: top-1 1.0 / 1.0, KL mean 8.8e-6 / 3.7e-5.
       {"tiny_qwen2", hf + "tiny-qwen2", "", 0.98, 1e-4, 0.98, 2e-4},
   };
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 std::string build(const TempDir& dir, const KvCase& c, const std::string& kv_cache) {
