@@ -90,6 +90,12 @@ def permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 def add_vocab(writer: gguf.GGUFWriter, shared: Path):
     pieces, scores, types = sentencepiece_vocab(shared / "models/llama2-tokenizer/tokenizer.model")
+    add_llama_vocab(writer, pieces, scores, types)
+    return len(pieces)
+
+
+def add_llama_vocab(writer: gguf.GGUFWriter, pieces, scores, types):
+    """A Llama 2 style SentencePiece vocabulary (tokenizer.ggml.model "llama", BOS 1 added, EOS 2, UNK 0)."""
     writer.add_tokenizer_model("llama")
     writer.add_token_list(pieces)
     writer.add_token_scores(scores)
@@ -99,7 +105,6 @@ def add_vocab(writer: gguf.GGUFWriter, shared: Path):
     writer.add_unk_token_id(0)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    return len(pieces)
 
 
 def add_hparams(writer, arch, *, ctx, dim, layers, ffn, heads, kv_heads, eps, theta, vocab):

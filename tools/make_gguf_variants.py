@@ -217,6 +217,9 @@ def sentencepiece_vocab(path: str, vocab_size: int):
 
 
 def from_llama2c(src: str, tokenizer: str, out: str, target: str, name: str, loaded=None) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_gguf_fixtures import add_llama_vocab  # gguf-py is imported by the caller's writer anyway
+
     config, tensors = loaded or read_llama2c(src)
     tokens, scores, types = sentencepiece_vocab(tokenizer, config["vocab"])
     tmp = out + ".tmp"
@@ -235,16 +238,8 @@ def from_llama2c(src: str, tokenizer: str, out: str, target: str, name: str, loa
     writer.add_vocab_size(config["vocab"])
     writer.add_file_type(file_type)
     writer.add_quantization_version(2)
-    writer.add_tokenizer_model("llama")
+    add_llama_vocab(writer, tokens, scores, types)
     writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
     for tensor_name, values in tensors.items():
         data, qtype = encode(tensor_name, values, target)
         writer.add_tensor(tensor_name, data, raw_dtype=qtype)

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 import make_gguf_fixtures  # noqa: E402
 import make_gguf_golden  # noqa: E402
+from eval_reference import plan_windows  # noqa: E402  (runtime/evaluate.cc's window plan, transliterated)
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 LOGIT_STRIDE = 64
@@ -53,18 +54,6 @@ PROMPTS = {
 PPL = {"llama-spm": (128, 64, 512), "smollm2": (256, 128, 1024)}
 CONTROL_STRINGS = ["{t}", "{t}{t}", " {t}", "{t} ", "a{t}b", "hello {t} world", "{t}\n", "\n{t}", "x {t}{u} y",
                    "<{t}>", "{t}hello", "hello{t}", "  {t}  ", "{t}  {u}", "1{t}2", "{t}你好", "{t}{t}{u}{u}"]
-
-
-def plan_windows(n: int, window: int, stride: int):
-    """runtime/evaluate.cc plan_windows: (begin, end, first_target) per window."""
-    advance = min(stride, window - 1)
-    end = min(n, window)
-    windows = [(0, end, 1)]
-    while end < n:
-        nxt = min(n, end + advance)
-        windows.append((max(0, nxt - window), nxt, end))
-        end = nxt
-    return windows
 
 
 def log_softmax_at(row: np.ndarray, target: int) -> float:
