@@ -268,9 +268,9 @@ std::optional<ApiError> refuse_unimplemented(const json& body, bool chat) {
   if (const json* v = field(body, "modalities"); v && !v->is_null() && *v != json::array({"text"})) {
     return refuse("modalities", "only [\"text\"]");
   }
-  for (const char* name : {"audio", "prediction", "web_search_options"}) {
-    if (present(name)) return refuse(name, name == std::string("prediction") ? "predicted outputs" : "not a text model");
-  }
+  if (present("audio")) return refuse("audio", "audio output");
+  if (present("prediction")) return refuse("prediction", "predicted outputs");
+  if (present("web_search_options")) return refuse("web_search_options", "web search");
   return std::nullopt;
 }
 
