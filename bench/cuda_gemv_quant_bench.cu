@@ -8,7 +8,8 @@
 // back on one stream with programmatic dependent launch, as in a decode step. Bytes are what the
 // kernel must move: codes + scales + mins (or the fp16 matrix) + x + y. Codes are random bytes (every
 // nibble value), scales and mins random: the kernel's work does not depend on the values.
-// Then: the k_split choice against every k_split at M = 1; a Llama-2-7B decode step's GEMVs (32 x
+// Then: both M <= 8 kernels (register ring, cp.async pipeline with x through L1 or staged) at every
+// k_split, M = 1 and 4; a Llama-2-7B decode step's GEMVs (32 x
 // qkv, o, gate_up, down + lm_head) summed, as tokens per second if nothing else ran; and dequantize
 // (the prefill path's expansion to fp16) in GB/s of codes read + fp16 written.
 //
@@ -100,15 +101,15 @@ struct Weights {
   Weights(const Weights&) = delete;
   Weights& operator=(const Weights&) = delete;
 
-  // Seconds per call at M rows (y in f16), `k_split` 0 = auto; `factored` false: the per-weight path.
-  double time(const uint16_t* x, int M, float* y, int k_split = 0, bool factored = true) const {
+  // Seconds per call at M rows (y in f16) with the given tuning (default: what the engine runs).
+  double time(const uint16_t* x, int M, float* y, kiln::cuda::GemvQuantTuning tuning = {}) const {
     return time_per_call([&](int call) {
       const size_t c = call % buffers.size();
       if (format == Format::kF16) {
         check_ok(kiln::cuda::gemv(x, M, K, buffers[c], N, nullptr, y, N, DType::F16, DType::F16, nullptr));
       } else {
         check_ok(kiln::cuda::gemv_quant(x, M, views[c], nullptr, y, N, DType::F16, DType::F16, nullptr,
-                                        kiln::cuda::GemvQuantTuning{k_split, factored}));
+                                        tuning));
       }
     });
   }
@@ -154,21 +155,37 @@ int main() {
     }
   }
 
-  std::printf("\nk_split at M = 1 (GB/s; auto first):\n%-8s %-6s | %7s %7s %7s %7s %7s\n", "shape", "format", "auto",
-              "k1", "k2", "k4", "k8");
+  // The two M <= 8 kernels: the register ring (pipeline 0) and the pipelined one (codes through a
+  // cp.async ring in shared memory), x staged in shared memory or read through L1, every k_split.
+  std::printf("\nkernels and k_split at M = 1 and 4 (GB/s; auto = the k_split the engine picks):\n"
+              "%-8s %-6s %-10s %2s | %7s %7s %7s %7s %7s\n", "shape", "format", "kernel", "M", "auto", "k1", "k2", "k4", "k8");
   json += "],\"k_split\":[";
+  double best_step_us[3] = {0, 0, 0};  // per format, M = 1: the best kernel and k_split per shape
+  double ring_step_us[3] = {0, 0, 0};  // per format, M = 1: the register ring at its auto k_split
   for (const Shape& shape : kShapes) {
     for (Format f : {Format::kInt8, Format::kInt4}) {
       Weights w(f, shape);
-      std::printf("%-8s %-6s |", shape.name, format_name(f));
-      std::string entry = "{\"shape\":\"" + std::string(shape.name) + "\",\"format\":\"" + format_name(f) + "\"";
-      for (int k : {0, 1, 2, 4, 8}) {
-        const double gbps = w.moved(1) / w.time(x, 1, y, k) / 1e9;
-        std::printf(" %7.0f", gbps);
-        entry += ",\"k" + std::to_string(k) + "\":" + std::to_string(gbps);
+      for (int M : {1, 4}) {
+        double best = 1e30;
+        for (int kernel = 0; kernel < 3; ++kernel) {
+          const char* kname = kernel == 0 ? "ring" : kernel == 1 ? "pipe-L1" : "pipe-smem";
+          std::printf("%-8s %-6s %-10s %2d |", shape.name, format_name(f), kname, M);
+          std::string entry = "{\"shape\":\"" + std::string(shape.name) + "\",\"format\":\"" + format_name(f) +
+                              "\",\"kernel\":\"" + kname + "\",\"M\":" + std::to_string(M);
+          for (int k : {0, 1, 2, 4, 8}) {
+            kiln::cuda::GemvQuantTuning tuning{k, true, kernel == 0 ? 0 : 1, kernel == 0 ? -1 : kernel - 1};
+            const double t = w.time(x, M, y, tuning);
+            const double gbps = w.moved(M) / t / 1e9;
+            if (M == 1) best = std::min(best, t);
+            if (M == 1 && kernel == 0 && k == 0) ring_step_us[static_cast<int>(f)] += shape.per_step * t * 1e6;
+            std::printf(" %7.0f", gbps);
+            entry += ",\"k" + std::to_string(k) + "\":" + std::to_string(gbps);
+          }
+          std::printf("\n");
+          json += (json.back() == '[' ? "" : ",") + entry + "}";
+        }
+        if (M == 1) best_step_us[static_cast<int>(f)] += shape.per_step * best * 1e6;
       }
-      std::printf("\n");
-      json += (json.back() == '[' ? "" : ",") + entry + "}";
     }
   }
 
@@ -184,7 +201,7 @@ int main() {
       double g[4];
       for (int i = 0; i < 4; ++i) {
         const int M = i < 2 ? 1 : 8;
-        const double t = w.time(x, M, y, 0, i % 2 == 0);
+        const double t = w.time(x, M, y, kiln::cuda::GemvQuantTuning{0, i % 2 == 0});
         if (i == 1) per_weight_step_us[static_cast<int>(f)] += shape.per_step * t * 1e6;
         g[i] = w.moved(M) / t / 1e9;
       }
@@ -207,6 +224,13 @@ int main() {
     const double us = per_weight_step_us[static_cast<int>(f)];
     std::printf("  %-5s %8.1f us  -> %6.1f tok/s (per-weight path)\n", format_name(f), us, 1e6 / us);
     json += std::string(",\"") + format_name(f) + "_per_weight_us\":" + std::to_string(us);
+  }
+  for (Format f : {Format::kInt8, Format::kInt4}) {
+    const double us = ring_step_us[static_cast<int>(f)], best = best_step_us[static_cast<int>(f)];
+    std::printf("  %-5s %8.1f us  -> %6.1f tok/s (register-ring kernel)\n", format_name(f), us, 1e6 / us);
+    std::printf("  %-5s %8.1f us  -> %6.1f tok/s (best kernel and k_split per shape)\n", format_name(f), best, 1e6 / best);
+    json += std::string(",\"") + format_name(f) + "_ring_us\":" + std::to_string(us) + ",\"" + format_name(f) +
+            "_best_us\":" + std::to_string(best);
   }
 
   std::printf("\ndequantize (prefill: W to fp16 before cuBLASLt), GB/s of codes + scales read and fp16 written:\n");

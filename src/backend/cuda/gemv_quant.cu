@@ -209,16 +209,6 @@ __device__ __forceinline__ void load_x(const uint16_t* __restrict__ xrow, int k0
   }
 }
 
-// The x pairs of word j of an int4 unit starting at element k0 (dequant_int4's / codes_int4's order).
-template <bool kVecX>
-__device__ __forceinline__ void load_x_pairs_int4(const uint16_t* __restrict__ xrow, int k0, int j, int K,
-                                                  uint32_t (&xp)[4]) {
-  uint32_t lo[2], hi[2];  // elements 4j..4j+3 and 4j+16..4j+19
-  load_x<4, kVecX>(xrow, k0 + 4 * j, K, lo);
-  load_x<4, kVecX>(xrow, k0 + 16 + 4 * j, K, hi);
-  x_pairs_int4(lo[0], lo[1], hi[0], hi[1], xp);
-}
-
 __device__ __forceinline__ float load_meta(const void* __restrict__ p, int64_t i, bool f32) {
   return f32 ? __ldg(static_cast<const float*>(p) + i) : __half2float(__ldg(static_cast<const __half*>(p) + i));
 }
@@ -246,6 +236,127 @@ __device__ __forceinline__ int group_of(const QuantParams& p, int unit) {
   if (p.groups == 1) return 0;
   const int g = p.upg_shift >= 0 ? unit >> p.upg_shift : unit / p.units_per_group;
   return min(g, p.groups - 1);  // units past K in a new group (int8, group 16) read the last one
+}
+
+// One chunk of one lane, added to acc: the codes of rows g and g + 8 (4 words each), the chunk's
+// scales and mins (per unit, or per chunk when kFactored), and xunit(nt, xw), which gives x row
+// nt * 8 + g over the lane's unit as E / 2 natural pairs (zeros past K). Both kernels use it, so the
+// arithmetic (and its rounding) is one piece of code.
+// At NT = 1 the factored sums alternate between two accumulator sets by word, so the chunk's mma form
+// two dependency chains of 4 instead of one of 8 (mma.sync's latency is ~30 cycles; at M <= 8 a warp
+// computes one chunk at a time, so the chain is on the lane's critical path).
+template <class T, int kBits, int NT, bool kFactored, class XUnit>
+__device__ __forceinline__ void chunk_mma(const uint32_t (&wa)[4], const uint32_t (&wb)[4], float s_a, float m_a,
+                                          float s_b, float m_b, XUnit&& xunit, float (&acc)[NT][4]) {
+  constexpr int E = kBits == 4 ? 32 : 16;
+  constexpr int kWords = 4;
+  if constexpr (kFactored) {
+    // tmp = the chunk's sums of x * (magic + q) for rows g, g + 8; sx = the chunk's sums of x.
+    constexpr int kChains = NT == 1 ? 2 : 1;
+    float tmp[kChains][NT][4], sx[kChains][NT][4];
+#pragma unroll
+    for (int h = 0; h < kChains; ++h)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tmp[h][nt][i] = sx[h][nt][i] = 0.0f;
+    constexpr uint32_t one = kOnePair<T>;
+    if constexpr (kBits == 4) {
+      uint32_t pa[kWords][4], pb[kWords][4];
+#pragma unroll
+      for (int j = 0; j < kWords; ++j) {
+        codes_int4<T>(wa[j], pa[j]);
+        codes_int4<T>(wb[j], pb[j]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        uint32_t xw[E / 2];
+        xunit(nt, xw);
+#pragma unroll
+        for (int j = 0; j < kWords; ++j) {
+          uint32_t xp[4];
+          x_pairs_int4(xw[2 * j], xw[2 * j + 1], xw[8 + 2 * j], xw[8 + 2 * j + 1], xp);
+          const int h = j % kChains;
+          mma16816<T>(tmp[h][nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
+          mma16816<T>(tmp[h][nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
+          mma16816<T>(sx[h][nt], one, one, one, one, xp[0], xp[1]);
+          mma16816<T>(sx[h][nt], one, one, one, one, xp[2], xp[3]);
+        }
+      }
+    } else {
+      uint32_t pa[kWords][2], pb[kWords][2];
+#pragma unroll
+      for (int j = 0; j < kWords; ++j) {
+        codes_int8<T>(wa[j], pa[j]);
+        codes_int8<T>(wb[j], pb[j]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        uint32_t xw[E / 2];
+        xunit(nt, xw);
+#pragma unroll
+        for (int j = 0; j < kWords; ++j) {
+          const int h = j % kChains;
+          mma16816<T>(tmp[h][nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xw[2 * j], xw[2 * j + 1]);
+          mma16816<T>(sx[h][nt], one, one, one, one, xw[2 * j], xw[2 * j + 1]);
+        }
+      }
+    }
+    // W = scale * q + min over the chunk: sum x W = scale * tmp + (min - magic * scale) * sx.
+    constexpr float magic = kCodeMagic<T, kBits>;
+    const float ma2 = fmaf(-magic, s_a, m_a), mb2 = fmaf(-magic, s_b, m_b);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      float t4[4], x4[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        t4[i] = tmp[0][nt][i];
+        x4[i] = sx[0][nt][i];
+#pragma unroll
+        for (int h = 1; h < kChains; ++h) t4[i] += tmp[h][nt][i], x4[i] += sx[h][nt][i];
+      }
+      acc[nt][0] = fmaf(s_a, t4[0], fmaf(ma2, x4[0], acc[nt][0]));
+      acc[nt][1] = fmaf(s_a, t4[1], fmaf(ma2, x4[1], acc[nt][1]));
+      acc[nt][2] = fmaf(s_b, t4[2], fmaf(mb2, x4[2], acc[nt][2]));
+      acc[nt][3] = fmaf(s_b, t4[3], fmaf(mb2, x4[3], acc[nt][3]));
+    }
+  } else if constexpr (kBits == 4) {
+    const uint32_t s2a = Act<T>::from_float2(s_a, s_a), m2a = Act<T>::from_float2(m_a, m_a);
+    const uint32_t s2b = Act<T>::from_float2(s_b, s_b), m2b = Act<T>::from_float2(m_b, m_b);
+    uint32_t pa[kWords][4], pb[kWords][4];
+#pragma unroll
+    for (int j = 0; j < kWords; ++j) {
+      dequant_int4<T>(wa[j], s2a, m2a, pa[j]);
+      dequant_int4<T>(wb[j], s2b, m2b, pb[j]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      uint32_t xw[E / 2];
+      xunit(nt, xw);
+#pragma unroll
+      for (int j = 0; j < kWords; ++j) {
+        uint32_t xp[4];
+        x_pairs_int4(xw[2 * j], xw[2 * j + 1], xw[8 + 2 * j], xw[8 + 2 * j + 1], xp);
+        mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
+        mma16816<T>(acc[nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
+      }
+    }
+  } else {
+    uint32_t pa[kWords][2], pb[kWords][2];
+#pragma unroll
+    for (int j = 0; j < kWords; ++j) {
+      dequant_int8<T>(wa[j], s_a, m_a, pa[j]);
+      dequant_int8<T>(wb[j], s_b, m_b, pb[j]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      uint32_t xw[E / 2];
+      xunit(nt, xw);
+#pragma unroll
+      for (int j = 0; j < kWords; ++j)
+        mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xw[2 * j], xw[2 * j + 1]);
+    }
+  }
 }
 
 // NT n-tiles of 8 columns: M <= 8 * NT. kFactored: the chunk's scale and min are applied to its mma
@@ -318,96 +429,9 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
       const uint32_t wb_words[kWords] = {cb[u].x, cb[u].y, cb[u].z, cb[u].w};
       const float s_a = sa[u], m_a = ma[u], s_b = sb[u], m_b = mb[u];
       if (c + U * k_split < chunks) load(u, c + U * k_split);  // refill the slot: in flight from here
-      if constexpr (kFactored) {
-        // tmp = the chunk's sums of x * (magic + q) for rows g, g + 8; sx = the chunk's sums of x.
-        float tmp[NT][4], sx[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) tmp[nt][i] = sx[nt][i] = 0.0f;
-        constexpr uint32_t one = kOnePair<T>;
-        if constexpr (kBits == 4) {
-          uint32_t pa[kWords][4], pb[kWords][4];
-#pragma unroll
-          for (int j = 0; j < kWords; ++j) {
-            codes_int4<T>(wa_words[j], pa[j]);
-            codes_int4<T>(wb_words[j], pb[j]);
-          }
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int j = 0; j < kWords; ++j) {
-              uint32_t xp[4];
-              load_x_pairs_int4<kVecX>(xrows[nt], k0, j, p.K, xp);
-              mma16816<T>(tmp[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
-              mma16816<T>(tmp[nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
-              mma16816<T>(sx[nt], one, one, one, one, xp[0], xp[1]);
-              mma16816<T>(sx[nt], one, one, one, one, xp[2], xp[3]);
-            }
-          }
-        } else {
-          uint32_t pa[kWords][2], pb[kWords][2];
-#pragma unroll
-          for (int j = 0; j < kWords; ++j) {
-            codes_int8<T>(wa_words[j], pa[j]);
-            codes_int8<T>(wb_words[j], pb[j]);
-          }
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            uint32_t xw[E / 2];
-            load_x<E, kVecX>(xrows[nt], k0, p.K, xw);
-#pragma unroll
-            for (int j = 0; j < kWords; ++j) {
-              mma16816<T>(tmp[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xw[2 * j], xw[2 * j + 1]);
-              mma16816<T>(sx[nt], one, one, one, one, xw[2 * j], xw[2 * j + 1]);
-            }
-          }
-        }
-        // W = scale * q + min over the chunk: sum x W = scale * tmp + (min - magic * scale) * sx.
-        constexpr float magic = kCodeMagic<T, kBits>;
-        const float ma2 = fmaf(-magic, s_a, m_a), mb2 = fmaf(-magic, s_b, m_b);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          acc[nt][0] = fmaf(s_a, tmp[nt][0], fmaf(ma2, sx[nt][0], acc[nt][0]));
-          acc[nt][1] = fmaf(s_a, tmp[nt][1], fmaf(ma2, sx[nt][1], acc[nt][1]));
-          acc[nt][2] = fmaf(s_b, tmp[nt][2], fmaf(mb2, sx[nt][2], acc[nt][2]));
-          acc[nt][3] = fmaf(s_b, tmp[nt][3], fmaf(mb2, sx[nt][3], acc[nt][3]));
-        }
-      } else if constexpr (kBits == 4) {
-        const uint32_t s2a = Act<T>::from_float2(s_a, s_a), m2a = Act<T>::from_float2(m_a, m_a);
-        const uint32_t s2b = Act<T>::from_float2(s_b, s_b), m2b = Act<T>::from_float2(m_b, m_b);
-        uint32_t pa[kWords][4], pb[kWords][4];
-#pragma unroll
-        for (int j = 0; j < kWords; ++j) {
-          dequant_int4<T>(wa_words[j], s2a, m2a, pa[j]);
-          dequant_int4<T>(wb_words[j], s2b, m2b, pb[j]);
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-          for (int j = 0; j < kWords; ++j) {
-            uint32_t xp[4];
-            load_x_pairs_int4<kVecX>(xrows[nt], k0, j, p.K, xp);
-            mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
-            mma16816<T>(acc[nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
-          }
-        }
-      } else {
-        uint32_t pa[kWords][2], pb[kWords][2];
-#pragma unroll
-        for (int j = 0; j < kWords; ++j) {
-          dequant_int8<T>(wa_words[j], s_a, m_a, pa[j]);
-          dequant_int8<T>(wb_words[j], s_b, m_b, pb[j]);
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          uint32_t xw[E / 2];
-          load_x<E, kVecX>(xrows[nt], k0, p.K, xw);
-#pragma unroll
-          for (int j = 0; j < kWords; ++j)
-            mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xw[2 * j], xw[2 * j + 1]);
-        }
-      }
+      chunk_mma<T, kBits, NT, kFactored>(wa_words, wb_words, s_a, m_a, s_b, m_b, [&](int nt, uint32_t(&xw)[E / 2]) {
+        load_x<E, kVecX>(xrows[nt], k0, p.K, xw);
+      }, acc);
     }
   }
 
@@ -438,6 +462,156 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
         } else {
           static_cast<T*>(p.y)[m * p.ldy + row] = Act<T>::from_float(v);
         }
+      }
+    }
+  }
+}
+
+// Pipelined variant for M <= 8 (one n-tile), the decode case. Same fragments, chunks and arithmetic
+// (chunk_mma) as gemv_quant_kernel; what differs is where the bytes wait:
+//   - codes go to a per-warp ring of kPipeDepth chunks in shared memory through cp.async (16 bytes per
+//     lane per row, L1 bypassed), so a lane keeps kPipeDepth - 1 chunks (2 KB... 7 KB per warp) in
+//     flight without holding them in registers; the register ring holds U = 4 at most (its 8 code
+//     registers per slot are what limits it). Each lane reads back only the bytes it copied itself,
+//     so cp.async.wait_group is the only synchronization; a slot is refilled after the chunk's mma
+//     consumed its registers (the copy lands hundreds of cycles after the read it follows).
+//   - with kStageX, the block copies x [M, K] (zero-padded to whole units) into shared memory once,
+//     after the PDL wait, while the first chunks are in flight: the per-chunk x reads (L2 round trips
+//     the first time a block touches a K range) become shared-memory reads.
+// Scales and mins stay in a register ring (4 floats per slot; mostly L1 / L2 hits: a 32-byte sector
+// holds the scales of 8-16 consecutive groups).
+constexpr int kPipeDepth = 8;
+// Whether auto (GemvQuantTuning::pipeline == -1) picks the pipelined kernel: off until it has been
+// measured against the register ring on a GPU (bench/cuda_gemv_quant_bench.cu prints both).
+constexpr bool kPipelineAuto = false;
+constexpr int kPipeRingBytes = kWarps * kPipeDepth * 2 * 32 * 16;  // [warp][slot][row g / g + 8][lane] 16 B
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool fill) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  // src-size 0 writes 16 zero bytes and reads nothing (units past the row).
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(fill ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+template <class T, int kBits, bool kFactored, bool kStageX>
+__global__ void __launch_bounds__(kThreads, 2) gemv_quant_pipe_kernel(const QuantParams p, int x_ld) {
+  constexpr int S = kPipeDepth;
+  constexpr int E = kBits == 4 ? 32 : 16;  // elements per 16-byte unit
+  constexpr int kWords = 4;
+  __shared__ float partial[kWarps][4][32];
+  extern __shared__ uint4 dyn_smem[];  // the ring, then (kStageX) x as [M][x_ld]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int k_split = p.k_split;
+  const int tile = blockIdx.x * (kWarps / k_split) + warp / k_split, slice = warp % k_split;
+  const int units = p.row_bytes / 16, chunks = (units + kUnitsPerChunk - 1) / kUnitsPerChunk;
+
+  detail::allow_dependents();
+  const int row_a = min(tile * kTileRows + g, p.N - 1), row_b = min(tile * kTileRows + g + 8, p.N - 1);
+  const uint4* wa = reinterpret_cast<const uint4*>(p.codes + static_cast<int64_t>(row_a) * p.row_bytes);
+  const uint4* wb = reinterpret_cast<const uint4*>(p.codes + static_cast<int64_t>(row_b) * p.row_bytes);
+  const int64_t meta_a = static_cast<int64_t>(row_a) * p.groups, meta_b = static_cast<int64_t>(row_b) * p.groups;
+  uint4* ring = dyn_smem + warp * (S * 2 * 32);
+
+  float sa[S], ma[S], sb[S], mb[S];
+  // Slot u <- chunk c (nothing past the last chunk; the group is committed anyway so that the count
+  // of groups per slot stays uniform).
+  const auto issue = [&](int u, int c) {
+    if (c < chunks) {
+      const int unit = c * kUnitsPerChunk + t;
+      const bool in = unit < units;
+      cp_async16(ring + (2 * u) * 32 + lane, wa + (in ? unit : 0), in);
+      cp_async16(ring + (2 * u + 1) * 32 + lane, wb + (in ? unit : 0), in);
+      if (kFactored || in) {
+        const int gi = group_of(p, kFactored ? c * kUnitsPerChunk : unit);
+        sa[u] = load_meta(p.scales, meta_a + gi, p.scale_f32);
+        sb[u] = load_meta(p.scales, meta_b + gi, p.scale_f32);
+        ma[u] = p.mins ? load_meta(p.mins, meta_a + gi, p.scale_f32) : 0.0f;
+        mb[u] = p.mins ? load_meta(p.mins, meta_b + gi, p.scale_f32) : 0.0f;
+      } else {
+        sa[u] = sb[u] = ma[u] = mb[u] = 0.0f;
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int u = 0; u < S; ++u) issue(u, slice + u * k_split);  // independent of the previous kernel
+  detail::wait_for_producer();
+
+  const uint16_t* xs = reinterpret_cast<const uint16_t*>(dyn_smem + kPipeRingBytes / 16);
+  if constexpr (kStageX) {
+    // x [M, K] -> [M][x_ld], zeros from K to the padded row length (units * E).
+    uint16_t* xw = reinterpret_cast<uint16_t*>(dyn_smem + kPipeRingBytes / 16);
+    const int padded = units * E;
+    if (p.K % 8 == 0 && (reinterpret_cast<uintptr_t>(p.x) % 16) == 0) {
+      const int vecs = padded / 8;
+      for (int i = threadIdx.x; i < p.M * vecs; i += kThreads) {
+        const int m = i / vecs, v = i % vecs;
+        const uint4 q = 8 * v < p.K ? __ldg(reinterpret_cast<const uint4*>(p.x + static_cast<int64_t>(m) * p.K) + v)
+                                    : make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(xw + m * x_ld + 8 * v) = q;
+      }
+    } else {
+      for (int i = threadIdx.x; i < p.M * padded; i += kThreads) {
+        const int m = i / padded, k = i % padded;
+        xw[m * x_ld + k] = k < p.K ? __ldg(p.x + static_cast<int64_t>(m) * p.K + k) : uint16_t{0};
+      }
+    }
+    __syncthreads();
+  }
+  const int xrow = min(g, p.M - 1);
+  const uint16_t* xg = p.x + static_cast<int64_t>(xrow) * p.K;
+
+  float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+  for (int c0 = slice; c0 < chunks; c0 += S * k_split) {
+#pragma unroll
+    for (int u = 0; u < S; ++u) {
+      const int c = c0 + u * k_split;
+      if (c >= chunks) break;  // warp-uniform
+      cp_async_wait<S - 1>();  // slot u's group is complete (one group per slot, committed in order)
+      const uint4 qa = ring[(2 * u) * 32 + lane], qb = ring[(2 * u + 1) * 32 + lane];
+      const uint32_t wa_words[kWords] = {qa.x, qa.y, qa.z, qa.w};
+      const uint32_t wb_words[kWords] = {qb.x, qb.y, qb.z, qb.w};
+      const int k0 = (c * kUnitsPerChunk + t) * E;
+      chunk_mma<T, kBits, 1, kFactored>(wa_words, wb_words, sa[u], ma[u], sb[u], mb[u], [&](int, uint32_t(&xw)[E / 2]) {
+        if constexpr (kStageX) {
+          const uint4* v = reinterpret_cast<const uint4*>(xs + xrow * x_ld + k0);
+#pragma unroll
+          for (int i = 0; i < E / 8; ++i) {
+            const uint4 q = v[i];
+            xw[4 * i] = q.x, xw[4 * i + 1] = q.y, xw[4 * i + 2] = q.z, xw[4 * i + 3] = q.w;
+          }
+        } else {
+          load_x<E, true>(xg, k0, p.K, xw);
+        }
+      }, acc);
+      issue(u, c + S * k_split);  // refill the slot: its codes are in registers and consumed
+    }
+  }
+  cp_async_wait<0>();  // nothing in flight into shared memory when the block exits
+
+  if (k_split > 1) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) partial[warp][i][lane] = acc[0][i];
+    __syncthreads();
+    if (slice != 0) return;
+    for (int s = 1; s < k_split; ++s)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[0][i] += partial[warp + s][i][lane];
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = tile * kTileRows + g + (i >= 2 ? 8 : 0), m = 2 * t + (i & 1);
+    if (row < p.N && m < p.M) {
+      const float v = acc[0][i] + (p.bias ? p.bias[row] : 0.0f);
+      if (p.y_f32) {
+        static_cast<float*>(p.y)[m * p.ldy + row] = v;
+      } else {
+        static_cast<T*>(p.y)[m * p.ldy + row] = Act<T>::from_float(v);
       }
     }
   }
@@ -516,6 +690,27 @@ int sm_count() {
   return sms;
 }
 
+// Shared memory of the device (per block with opt-in, per SM), read once.
+struct SmemLimits {
+  int per_block = 0, per_sm = 0;
+};
+SmemLimits smem_limits() {
+  static std::atomic<int> block{0}, sm{0};
+  SmemLimits l{block.load(), sm.load()};
+  if (l.per_block == 0) {
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&l.per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&l.per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess) {
+      cudaGetLastError();
+      l = {48 * 1024, 96 * 1024};
+    }
+    block.store(l.per_block);
+    sm.store(l.per_sm);
+  }
+  return l;
+}
+
 // Warps of k_split slices per tile: as many as the GPU holds at once (2 blocks of 8 warps per SM) and
 // no more, each slice at least one chunk.
 int auto_k_split(int64_t tiles, int64_t chunks) {
@@ -574,6 +769,33 @@ Status launch_gemv(const QuantParams& p, bool vec_x, bool factored, cudaStream_t
   return check(detail::launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, p), "gemv_quant launch");
 }
 
+template <class T, int kBits, bool kFactored, bool kStageX>
+Status launch_pipe(const QuantParams& p, int x_ld, size_t smem, cudaStream_t stream) {
+  const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
+  const int64_t blocks = (tiles + kWarps / p.k_split - 1) / (kWarps / p.k_split);
+  auto* kernel = gemv_quant_pipe_kernel<T, kBits, kFactored, kStageX>;
+  // Above 48 KB, dynamic shared memory is opt-in: raised once per instantiation (the engine runs on
+  // one device).
+  static std::atomic<size_t> raised{48 * 1024};
+  if (smem > raised.load()) {
+    KILN_TRY(check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+                   "gemv_quant: raising the shared-memory limit"));
+    raised.store(smem);
+  }
+  return check(detail::launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, smem, stream, p, x_ld),
+               "gemv_quant launch");
+}
+
+template <class T, int kBits>
+Status launch_pipe_any(const QuantParams& p, bool factored, bool stage_x, int x_ld, size_t smem, cudaStream_t stream) {
+  if (factored) {
+    return stage_x ? launch_pipe<T, kBits, true, true>(p, x_ld, smem, stream)
+                   : launch_pipe<T, kBits, true, false>(p, x_ld, smem, stream);
+  }
+  return stage_x ? launch_pipe<T, kBits, false, true>(p, x_ld, smem, stream)
+                 : launch_pipe<T, kBits, false, false>(p, x_ld, smem, stream);
+}
+
 template <class T, int kBits>
 Status launch_gemv_nt(const QuantParams& p, bool vec_x, bool factored, cudaStream_t stream) {
   if (p.M <= 8) return launch_gemv<T, kBits, 1>(p, vec_x, factored, stream);
@@ -612,7 +834,46 @@ Status gemv_quant(const void* x, int64_t M, const QuantWeightView& w, const floa
   const bool vec_x = w.cols % 8 == 0 && detail::is_aligned16(x);
   // Factored when every chunk of 4 units lies in one group.
   const bool factored = tuning.factored && (p.groups == 1 || p.units_per_group % kUnitsPerChunk == 0);
+  // The pipelined kernel (M <= 8): its ring, plus x when staged, sized so that two blocks fit an SM
+  // (the register ring's occupancy) unless asked for explicitly.
+  const SmemLimits limits = smem_limits();
+  const int E = w.bits == 4 ? 32 : 16;
+  const int x_ld = p.row_bytes / 16 * E + 8;  // padded row + 16 bytes: rows start in different banks
+  const size_t ring = kPipeRingBytes, x_bytes = static_cast<size_t>(M) * x_ld * 2, static_bytes = 4096 + 1024;
+  const auto two_per_sm = [&](size_t dyn) { return 2 * (dyn + static_bytes) <= static_cast<size_t>(limits.per_sm); };
+  const auto fits = [&](size_t dyn) { return dyn + 4096 <= static_cast<size_t>(limits.per_block); };
+  if (tuning.pipeline == 1 && M > 8) return make_error("{}: the pipelined kernel takes M <= 8", shapes());
+  if (tuning.stage_x == 1 && tuning.pipeline == 0) return make_error("{}: stage_x is the pipelined kernel's", shapes());
+  bool pipe = M <= 8 && (tuning.pipeline == 1 || (tuning.pipeline == -1 && kPipelineAuto && two_per_sm(ring)));
+  bool stage_x = false;
+  if (pipe) {
+    if (tuning.stage_x == 1) {
+      if (!fits(ring + x_bytes))
+        return make_error("{}: x does not fit shared memory ({} bytes beside the {}-byte ring)", shapes(), x_bytes, ring);
+      stage_x = true;
+    } else if (tuning.stage_x == -1) {
+      stage_x = two_per_sm(ring + x_bytes) || !vec_x;
+      if (!fits(ring + (stage_x ? x_bytes : 0))) stage_x = false;
+    }
+    if (!stage_x && !vec_x) {
+      if (tuning.pipeline == 1 || tuning.stage_x == 0)
+        return make_error("{}: x read through L1 by the pipelined kernel needs K % 8 == 0 and a 16-byte aligned x",
+                          shapes());
+      pipe = false;  // auto: the register ring reads any x
+    }
+    if (pipe && !fits(ring)) {
+      if (tuning.pipeline == 1) return make_error("{}: the pipelined kernel's ring does not fit shared memory", shapes());
+      pipe = false;
+    }
+  } else if (tuning.stage_x == 1) {
+    return make_error("{}: stage_x is the pipelined kernel's (M <= 8)", shapes());
+  }
+  const size_t smem = ring + (stage_x ? x_bytes : 0);
   Status status = KILN_DISPATCH_ACT(act, {
+    if (pipe) {
+      return w.bits == 4 ? launch_pipe_any<T, 4>(p, factored, stage_x, x_ld, smem, stream)
+                         : launch_pipe_any<T, 8>(p, factored, stage_x, x_ld, smem, stream);
+    }
     return w.bits == 4 ? launch_gemv_nt<T, 4>(p, vec_x, factored, stream) : launch_gemv_nt<T, 8>(p, vec_x, factored, stream);
   });
   if (!status.ok()) return status.error().with_context(shapes());

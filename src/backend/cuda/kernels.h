@@ -86,6 +86,13 @@ struct GemvQuantTuning {
   // groups of 4 units: int4 g128 and int8 g64 and their multiples); false: to every weight (for
   // comparison; the path every other layout takes).
   bool factored = true;
+  // M <= 8: 1 runs the pipelined kernel (codes through a cp.async ring in shared memory), 0 the register
+  // ring; -1 = auto (gemv_quant.cu's kPipelineAuto: the pipelined kernel where its shared memory leaves
+  // two blocks per SM).
+  int pipeline = -1;
+  // Pipelined kernel only: 1 copies x into shared memory per block, 0 reads it through L1 (needs K % 8
+  // == 0 and a 16-byte aligned x); -1 = auto (staged when it still leaves two blocks per SM).
+  int stage_x = -1;
 };
 constexpr int64_t kGemvQuantMaxRows = 32;
 Status gemv_quant(const void* x, int64_t M, const QuantWeightView& w, const float* bias, void* y, int64_t ldy,

@@ -197,7 +197,8 @@ QuantInfo info_of(const Layout& l, int64_t K) {
 void run_layout(std::mt19937& rng, const Layout& layout, int64_t N, int64_t K, DType act,
                 const std::vector<int64_t>& rows, const GemvQuantTuning& tuning = {}) {
   SCOPED_TRACE(::testing::Message() << layout.name << " N=" << N << " K=" << K << " act=" << dtype_name(act)
-                                    << " k_split=" << tuning.k_split << " factored=" << tuning.factored);
+                                    << " k_split=" << tuning.k_split << " factored=" << tuning.factored
+                                    << " pipeline=" << tuning.pipeline << " stage_x=" << tuning.stage_x);
   const std::vector<float> w = make_weights(rng, N, K);
   const QuantizedMatrix q = quantize_rtn(w.data(), N, K, info_of(layout, K));
   const std::vector<double> wd = dequantized(q);
@@ -241,7 +242,25 @@ TEST(CudaGemvQuant, EveryKSplit) {
     for (const Layout& layout : {kLayouts[0], kLayouts[3], kLayouts[4], kLayouts[5]})
       for (DType act : kActs)
         for (bool factored : {true, false})
-          run_layout(rng, layout, 100, 2080, act, {1, 3, 8, 12, 32}, GemvQuantTuning{k_split, factored});
+          run_layout(rng, layout, 100, 2080, act, {1, 3, 8, 12, 32}, GemvQuantTuning{k_split, factored, 0, -1});
+}
+
+// M <= 8 has two kernels (the default picks the pipelined one where it fits): both, at every k_split,
+// with x staged in shared memory and read through L1, on K = 2080 (17 chunks of int4 g128: more than a
+// ring of 8 per slice at k_split 1, a ring left partly empty at 8) and K = 4128 / 100 (a partial last
+// chunk, units past the row zero-filled; K = 100 is not a multiple of 8, so x is staged).
+TEST(CudaGemvQuant, PipelinedKernelEveryKSplit) {
+  GPU_OR_SKIP();
+  std::mt19937 rng(7);
+  for (int k_split : {1, 2, 4, 8})
+    for (const Layout& layout : {kLayouts[0], kLayouts[3], kLayouts[4], kLayouts[5], kLayouts[10]})
+      for (DType act : kActs)
+        for (bool factored : {true, false}) {
+          for (int stage_x : {0, 1})
+            run_layout(rng, layout, 100, 2080, act, {1, 3, 8}, GemvQuantTuning{k_split, factored, 1, stage_x});
+          run_layout(rng, layout, 37, 4128, act, {2, 5}, GemvQuantTuning{k_split, factored, 1, 1});
+          run_layout(rng, layout, 13, 100, act, {1, 8}, GemvQuantTuning{k_split, factored, 1, -1});
+        }
 }
 
 // Llama-2-7B's o_proj shape with the two default layouts (k_split 8, many blocks, full tiles).
@@ -342,6 +361,19 @@ TEST(CudaGemvQuant, RejectsBadArguments) {
   EXPECT_FALSE(call(v, 1).ok());
   EXPECT_FALSE(gemv_quant(x.get(), 1, dq.view, nullptr, y.get(), 15, DType::F16, DType::F32, nullptr).ok());
   EXPECT_FALSE(dequantize(dq.view, nullptr, DType::F16, nullptr).ok());
+  // Tunings that do not apply: the pipelined kernel above M = 8, stage_x without it, x through L1
+  // with K % 8 != 0.
+  const auto tuned = [&](int64_t M, int64_t K, GemvQuantTuning t) {
+    QuantWeightView v2 = dq.view;
+    v2.cols = K;
+    return gemv_quant(x.get(), M, v2, nullptr, y.get(), 16, DType::F16, DType::F32, nullptr, t);
+  };
+  EXPECT_TRUE(tuned(8, 64, GemvQuantTuning{0, true, 1, 1}).ok());
+  EXPECT_FALSE(tuned(9, 64, GemvQuantTuning{0, true, 1, -1}).ok());
+  EXPECT_FALSE(tuned(1, 64, GemvQuantTuning{0, true, 0, 1}).ok());
+  EXPECT_FALSE(tuned(9, 64, GemvQuantTuning{0, true, -1, 1}).ok());
+  EXPECT_FALSE(tuned(1, 60, GemvQuantTuning{0, true, 1, 0}).ok());
+  EXPECT_TRUE(tuned(1, 60, GemvQuantTuning{0, true, 1, -1}).ok());
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
