@@ -3,11 +3,13 @@
 # builds the baseline and one engine per mode, then `kiln eval --compare` (KL, top-1 agreement, perplexity of
 # both) on a fixed text. Prints a markdown table and one JSON line per mode.
 # usage: bench/quant_accuracy.sh MODEL [--tokenizer FILE] [--dtype fp16] [--max-tokens N] [--modes "int8 int4 ..."]
+#                                [--calib FILE [--calib-samples N]]   (calibration of the quantized builds)
+#   a mode ending in -gptq (int8-gptq, int4-gptq, w8a8-gptq, ...) adds --gptq to its flags
 #   MODEL: HF directory or llama2.c .bin; text: /usr/share/common-licenses/GPL-3 (Debian base-files) unless KILN_EVAL_TEXT
 set -euo pipefail
 kiln=${KILN:-build/kiln}
 model=$1; shift
-tokenizer=() dtype=fp16 max_tokens=2048
+tokenizer=() calib=() dtype=fp16 max_tokens=2048
 modes="int8 int8-g64 int4-rtn int4 w8a8 w8a8-minmax w8a8-percentile w8a8-entropy"
 while (($#)); do
   case $1 in
@@ -15,6 +17,8 @@ while (($#)); do
     --dtype) dtype=$2; shift 2 ;;
     --max-tokens) max_tokens=$2; shift 2 ;;
     --modes) modes=$2; shift 2 ;;
+    --calib) calib=(--calib "$2"); shift 2 ;;
+    --calib-samples) calib+=(--calib-samples "$2"); shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -26,13 +30,15 @@ build base
 echo "| mode | flags | weight MiB | perplexity | vs base | KL mean | KL p99 | top-1 agreement | max abs logit diff |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for mode in $modes; do
-  case $mode in
-    int8-g*) flags=(--quant int8 --group-size "${mode#int8-g}") ;;
-    int4-g*) flags=(--quant int4 --group-size "${mode#int4-g}") ;;
-    w8a8-*) flags=(--quant w8a8 --calib-method "${mode#w8a8-}") ;;
-    *) flags=(--quant "$mode") ;;
+  base_mode=${mode%-gptq}  # MODE-gptq: the same flags plus --gptq
+  case $base_mode in
+    int8-g*) flags=(--quant int8 --group-size "${base_mode#int8-g}") ;;
+    int4-g*) flags=(--quant int4 --group-size "${base_mode#int4-g}") ;;
+    w8a8-*) flags=(--quant w8a8 --calib-method "${base_mode#w8a8-}") ;;
+    *) flags=(--quant "$base_mode") ;;
   esac
-  build "$mode" "${flags[@]}"
+  [ "$base_mode" != "$mode" ] && flags+=(--gptq)
+  build "$mode" "${flags[@]}" "${calib[@]}"
   mib=$(grep -o '[0-9.]* MiB of weights' "$work/$mode.log" | cut -d' ' -f1)
   "$kiln" eval "$work/base.kiln" --compare "$work/$mode.kiln" --perplexity "$text" --max-tokens "$max_tokens" --json \
       2>/dev/null > "$work/$mode.json"

@@ -386,6 +386,9 @@ int cli_main(int argc, char** argv) {
                         "keep a matrix unquantized when its relative output error on the calibration prompts exceeds this "
                         "(default 0.05 int8, 0.25 int4; 0: never, and int8 / int4-rtn then skip calibration)")
       ->check(CLI::NonNegativeNumber);
+  build_cmd->add_flag("--gptq", build.options.gptq,
+                      "quantize with GPTQ: each column's rounding error moved onto the columns not yet quantized, "
+                      "weighted by the calibration inputs (needs calibration; int8, int4, w8a8)");
   build_cmd->add_option("--keep-fp16", build.options.keep_fp16,
                         "keep weights whose name contains PATTERN unquantized (repeatable), e.g. layers.0.");
 

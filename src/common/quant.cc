@@ -165,6 +165,23 @@ void quantize_group(QuantizedMatrix& m, int64_t n, int64_t g, const float* row, 
   }
 }
 
+float quantize_element(QuantizedMatrix& m, int64_t n, int64_t k, float w) {
+  const QuantMatrixView view = m.view();
+  const int64_t g = k / m.info.group_size;
+  const float scale = quant_scale(view, n, g), base = quant_min(view, n, g);
+  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+  int q;
+  if (!m.info.has_min) {
+    q = static_cast<int>(std::clamp(std::nearbyint(w * inv), -127.0f, 127.0f));
+  } else {
+    const float first = m.info.bits == 8 ? -128.0f : 0.0f;
+    const float last = first + static_cast<float>((1 << m.info.bits) - 1);
+    q = static_cast<int>(std::clamp(std::nearbyint((w - base) * inv), first, last));
+  }
+  set_code(m, n, k, q);
+  return scale * static_cast<float>(q) + base;
+}
+
 QuantizedMatrix quantize_rtn(const float* w, int64_t N, int64_t K, const QuantInfo& info) {
   QuantizedMatrix m = make_quantized_matrix(N, K, info);
   const int64_t groups = quant_groups(info, K);

@@ -128,5 +128,9 @@ QuantizedMatrix make_quantized_matrix(int64_t N, int64_t K, const QuantInfo& inf
 // use max(|lo|, |hi|)) and writes that group's codes by rounding row[k] (row = the whole row n,
 // K floats; values outside the range clamp). Used by quantize_rtn and by searches that clip ranges.
 void quantize_group(QuantizedMatrix& m, int64_t n, int64_t g, const float* row, float lo, float hi);
+// Sets the code of element (n, k) to quantize_group's rounding of w against the scale and min already
+// stored for its group, and returns the value that code dequantizes to (dequantize_row's). GPTQ
+// quantizes column by column with it, after quantize_group fixed each group's range.
+float quantize_element(QuantizedMatrix& m, int64_t n, int64_t k, float w);
 
 }  // namespace kiln

@@ -369,6 +369,7 @@ Result<BuildReport> build_engine(const BuildOptions& options) {
     q.calib_cache = options.calib_cache;
     q.calib_seq_len = std::min(options.calib_seq_len, max_seq_len);
     q.keep = options.keep_fp16;
+    q.gptq = options.gptq;
     q.max_error = options.max_quant_error;
     q.tokenizer = tokenizer ? &*tokenizer : nullptr;
     KILN_ASSIGN(QuantizeModelReport quant, quantize_model(built.graph, built.weights, q));

@@ -35,6 +35,7 @@ struct BuildOptions {
   std::string calib_cache;               // calibration results: reused when the file exists and matches, else written
   std::string calib_method;              // w8a8 static activation scales: minmax | percentile | entropy ("" = dynamic)
   std::vector<std::string> keep_fp16;    // weights whose names contain one of these stay unquantized
+  bool gptq = false;                     // quantize with GPTQ's error feedback on the calibration inputs
   std::string kv_cache = "auto";         // KV cache element type: auto (cpu: fp16 for fp16 / bf16 engines, fp32 for
                                          // fp32 ones; cuda: the activation dtype) | fp32 (f32) | fp16 (f16) | int8
   double max_quant_error = -1;           // keep a matrix unquantized above this relative output error on the

@@ -21,6 +21,7 @@
 #include "backend/cpu/thread_pool.h"
 #include "compiler/calibration_cache.h"
 #include "compiler/calibration_prompts.h"
+#include "compiler/gptq.h"
 #include <xxhash.h>
 #include "engine/engine_file.h"
 #include "passes/fuse_linears.h"
@@ -30,7 +31,11 @@ namespace kiln {
 
 namespace {
 
-constexpr int64_t kMaxSampleRows = 512;  // activation rows kept per matrix for the searches
+// Activation rows kept per matrix for the searches (AWQ, SmoothQuant, clipping, the error check), and
+// for GPTQ's Hessian X^T X, which needs more: with 512 rows (a third of the built-in prompts' tokens,
+// fewer than down_proj's inputs) GPTQ fits the sample and loses to round to nearest on held-out text.
+constexpr int64_t kMaxSampleRows = 512;
+constexpr int64_t kGptqSampleRows = 4096;
 
 // ---- calibration: what every Linear / SwiGluLinear reads ----
 
@@ -46,7 +51,7 @@ struct InputStats {
 
 class CalibrationObserver final : public ActivationObserver {
  public:
-  explicit CalibrationObserver(const Graph& graph) {
+  CalibrationObserver(const Graph& graph, int64_t max_rows) : max_rows_(max_rows) {
     for (size_t i = 0; i < graph.nodes.size(); ++i) {
       const Node& n = graph.nodes[i];
       if ((n.op == OpKind::Linear || n.op == OpKind::SwiGluLinear) && !n.weights.empty()) {
@@ -62,7 +67,7 @@ class CalibrationObserver final : public ActivationObserver {
       s.width = width;
       s.abs_sum.assign(width, 0.0);
       s.abs_max.assign(width, 0.0f);
-      s.samples.assign(kMaxSampleRows * width, 0.0f);
+      s.samples.assign(max_rows_ * width, 0.0f);
       s.rng.seed(node);
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -72,19 +77,20 @@ class CalibrationObserver final : public ActivationObserver {
         s.abs_max[k] = std::max(s.abs_max[k], std::fabs(row[k]));
       }
       // Reservoir sampling (Algorithm R): every row seen so far is kept with equal probability.
-      int64_t slot = s.rows_seen < kMaxSampleRows ? s.rows_seen : -1;
+      int64_t slot = s.rows_seen < max_rows_ ? s.rows_seen : -1;
       if (slot < 0) {
         const int64_t j = static_cast<int64_t>(s.rng() % static_cast<uint64_t>(s.rows_seen + 1));
-        if (j < kMaxSampleRows) slot = j;
+        if (j < max_rows_) slot = j;
       }
       if (slot >= 0) std::copy(row, row + width, s.samples.begin() + slot * width);
       ++s.rows_seen;
     }
-    s.sample_rows = std::min(s.rows_seen, kMaxSampleRows);
+    s.sample_rows = std::min(s.rows_seen, max_rows_);
   }
   std::map<std::string, InputStats> stats;
 
  private:
+  int64_t max_rows_;
   std::map<size_t, std::string> node_weight_;
 };
 
@@ -101,7 +107,7 @@ void progress_line(bool enabled, const std::string& text, bool done) {
 // Runs the float graph on the CPU over the prompts and collects each matrix's input statistics.
 Result<std::map<std::string, InputStats>> calibrate(const Graph& graph, const WeightStore& weights,
                                                     const std::vector<std::vector<int32_t>>& prompts,
-                                                    int64_t seq_len, int threads, bool progress) {
+                                                    int64_t seq_len, int threads, bool progress, int64_t max_rows) {
   LoadedEngine engine;  // in memory: the CPU backend reads metadata and tensor views only
   engine.metadata = {{"graph", graph.to_json()}, {"profile", {{"max_seq_len", seq_len}, {"max_batch", 1}}}};
   for (const auto& [name, info] : graph.weights) {
@@ -117,7 +123,7 @@ Result<std::map<std::string, InputStats>> calibrate(const Graph& graph, const We
   options.max_tokens_per_step = seq_len;
   options.max_logit_rows = 1;
   KILN_ASSIGN(std::unique_ptr<Backend> backend, create_cpu_backend(engine, options));
-  CalibrationObserver observer(graph);
+  CalibrationObserver observer(graph, max_rows);
   KILN_TRY(backend->set_activation_observer(&observer));
   const KvGeometry kv = backend->kv_geometry();
   Batch batch;
@@ -269,36 +275,14 @@ struct Candidate {
 };
 
 // Round to nearest with each group's range clipped for the least activation-weighted error
-// Σ_k E[x_k^2] (w_k - ŵ_k)^2 (the diagonal of the output error, as llama.cpp's importance matrix):
-// the range [lo, hi] shrinks toward zero by c in 1, 0.975, ... 0.7 and the best c is kept per group.
-// Outliers then cost less precision to everything else in their group.
+// Σ_k E[x_k^2] (w_k - ŵ_k)^2 (the diagonal of the output error, as llama.cpp's importance matrix; the
+// search is quantize_group_clipped's): outliers then cost less precision to everything else in their group.
 QuantizedMatrix quantize_clipped(const float* w, int64_t N, int64_t K, const QuantInfo& info,
                                  const std::vector<double>& importance) {
   QuantizedMatrix m = make_quantized_matrix(N, K, info);
   const int64_t groups = quant_groups(info, K);
-  const QuantMatrixView view = m.view();
-  for (int64_t n = 0; n < N; ++n) {
-    const float* row = w + n * K;
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t k0 = g * info.group_size, k1 = std::min(K, k0 + info.group_size);
-      float lo, hi;
-      value_range(row, k0, k1, lo, hi);
-      double best = -1;
-      float best_c = 1.0f;
-      for (int step = 0; step <= 12; ++step) {
-        const float c = 1.0f - 0.025f * static_cast<float>(step);
-        quantize_group(m, n, g, row, lo * c, hi * c);
-        const float scale = quant_scale(view, n, g), min = quant_min(view, n, g);
-        double err = 0;
-        for (int64_t k = k0; k < k1; ++k) {
-          const double d = row[k] - (scale * static_cast<float>(quant_code(view, n, k)) + min);
-          err += importance[k] * d * d;
-        }
-        if (best < 0 || err < best) best = err, best_c = c;
-      }
-      quantize_group(m, n, g, row, lo * best_c, hi * best_c);
-    }
-  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < groups; ++g) quantize_group_clipped(m, n, g, w + n * K, importance);
   return m;
 }
 
@@ -306,7 +290,7 @@ QuantizedMatrix quantize_clipped(const float* w, int64_t N, int64_t K, const Qua
 Candidate quantize_scaled(const std::vector<float>& w, int64_t N, int64_t K, const std::vector<float>& s,
                           const QuantInfo& info, const InputStats* stats, const std::vector<float>& y_ref,
                           cpu::ThreadPool& pool, bool clip = false,
-                          const std::vector<double>* importance_in = nullptr) {
+                          const std::vector<double>* importance_in = nullptr, bool gptq = false) {
   std::vector<float> scaled(w.size());
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) scaled[n * K + k] = w[n * K + k] * s[k];
@@ -320,15 +304,22 @@ Candidate quantize_scaled(const std::vector<float>& w, int64_t N, int64_t K, con
         importance[k] += x * x;
       }
   }
-  Candidate c{importance.empty() ? quantize_rtn(scaled.data(), N, K, info)
-                                 : quantize_clipped(scaled.data(), N, K, info, importance),
-              0.0};
-  if (!stats || stats->sample_rows == 0) return c;
-  // X (Q(W s) / s)^T = (X / s) Q(W s)^T: run the quantized kernel on the scaled samples.
-  const int64_t M = stats->sample_rows;
+  // X (Q(W s) / s)^T = (X / s) Q(W s)^T: the scaled samples are what the quantized matrix sees.
+  const int64_t M = stats ? stats->sample_rows : 0;
   std::vector<float> xs(M * K), y(M * N);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) xs[m * K + k] = stats->samples[m * K + k] / s[k];
+  Candidate c;
+  bool done = false;
+  if (gptq && M > 0) {
+    Result<QuantizedMatrix> q = quantize_gptq(scaled.data(), N, K, info, xs.data(), M, pool, GptqOptions{0.01, true, clip});
+    if (q.ok()) c.q = std::move(*q), done = true;
+  }
+  if (!done) {
+    c.q = importance.empty() ? quantize_rtn(scaled.data(), N, K, info)
+                             : quantize_clipped(scaled.data(), N, K, info, importance);
+  }
+  if (M == 0) return c;
   cpu::matmul_quant(xs.data(), M, K, c.q.view(), nullptr, y.data(), N, pool);
   double err = 0, ref = 0;
   for (size_t i = 0; i < y.size(); ++i) {
@@ -547,7 +538,7 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
   CalibrationCache cache;
   bool from_cache = false;
   if (!options.calib_cache.empty()) {
-    cache.key = CalibrationKey{KILN_VERSION, weights_hash(weights), options.mode, group_size,
+    cache.key = CalibrationKey{KILN_VERSION, weights_hash(weights), options.mode + (options.gptq ? "+gptq" : ""), group_size,
                                options.calib_method.empty() ? "-" : options.calib_method,
                                options.calib_path.empty() ? "built-in" : options.calib_path, options.calib_samples,
                                options.calib_seq_len};
@@ -573,14 +564,15 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
 
   // Calibration: needed for AWQ's search and for the error each matrix makes (mixed precision).
   // int8 calibrates (for its activation-aware scales and the error check) unless --max-quant-error 0.
-  const bool need_calibration = awq || smooth || max_error > 0;
+  // GPTQ needs the activations themselves, so it calibrates even when a cache holds the searches.
+  const bool need_calibration = awq || smooth || max_error > 0 || options.gptq;
   std::map<std::string, InputStats> stats;
   int64_t calib_prompts = 0, calib_tokens = 0;
-  if (need_calibration && !from_cache) {
+  if (need_calibration && (!from_cache || options.gptq)) {
     if (!options.tokenizer) {
-      if (awq || smooth) {
-        return make_error("--quant {} calibrates on text prompts and the model has no tokenizer: give --tokenizer{}",
-                          options.mode, awq ? ", or use --quant int4-rtn" : "");
+      if (awq || smooth || options.gptq) {
+        return make_error("--quant {}{} calibrates on text prompts and the model has no tokenizer: give --tokenizer{}",
+                          options.mode, options.gptq ? " --gptq" : "", awq ? ", or use --quant int4-rtn" : "");
       }
       report.notes.push_back("no tokenizer: no calibration, so no matrix is kept for its error");
     } else {
@@ -596,7 +588,8 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
       }
       if (prompts.empty()) return make_error("calibration: no prompt has two or more tokens");
       calib_prompts = static_cast<int64_t>(prompts.size());
-      KILN_ASSIGN(stats, calibrate(graph, weights, prompts, options.calib_seq_len, options.threads, options.progress));
+      KILN_ASSIGN(stats, calibrate(graph, weights, prompts, options.calib_seq_len, options.threads, options.progress,
+                                   options.gptq ? kGptqSampleRows : kMaxSampleRows));
     }
   }
 
@@ -758,7 +751,8 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
     const bool clip = awq && plan.info.bits == 4;
     const CachedMatrix* cached = from_cache && cache.matrices.count(plan.name) ? &cache.matrices.at(plan.name) : nullptr;
     Candidate c = quantize_scaled(*w, N, K, plan.s, plan.info, st, y_ref, pool, clip,
-                                  cached && !cached->importance.empty() ? &cached->importance : nullptr);
+                                  cached && !cached->importance.empty() ? &cached->importance : nullptr,
+                                  options.gptq);
     if (cached && cached->error >= 0) c.rel_error = cached->error;
     const bool measured = st != nullptr || (cached && cached->error >= 0);
     if (!options.calib_cache.empty() && !from_cache) {

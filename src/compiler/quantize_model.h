@@ -42,6 +42,7 @@ struct QuantizeModelOptions {
                                        // entropy = one static scale per matrix input from calibration
   std::string calib_cache;             // "" = none; else read when it exists (and matches), written otherwise
   std::vector<std::string> keep;       // name substrings kept unquantized
+  bool gptq = false;                   // GPTQ (compiler/gptq.h) instead of rounding each weight to nearest
   double max_error = -1;               // < 0: the mode's default; 0: never keep a matrix for its error
   const Tokenizer* tokenizer = nullptr;  // calibration prompts are tokenized with it (needed for int4)
   int threads = 0;
