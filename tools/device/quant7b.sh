@@ -2,7 +2,7 @@
 # Runs on the GPU machine (binaries from tools/device/pack.sh, compressed to .dev/gpu.tar.xz): the quantized
 # CUDA kernels' tests and bandwidth bench, then a random Llama-2-7B-shape model as fp16, int8 and int4 engines
 # through `kiln bench` (batch 1 and 64, prompt 512): decode tok/s, TTFT, peak device memory.
-# usage: tools/device/quant7b.sh [tests] [bench] [7b]
+# usage: tools/device/quant7b.sh [tests] [bench] [7b]   (env: QUANTS, BATCHES, PIPELINES="0 1")
 set -uo pipefail
 here=$PWD
 [ -f .dev/gpu.tar.xz ] && tar -C .dev -xJf .dev/gpu.tar.xz
@@ -28,10 +28,14 @@ for what in "$@"; do
         /usr/bin/time -f "build $q: %e s, peak RSS %M KiB" .dev/gpu/kiln build /tmp/l7b -o /tmp/l7b-$q.kiln --backend cuda \
           --profile batch=1:8:64,seq=1:512:4096 --quant $q --max-quant-error 0 --no-tune 2>&1 | tail -2 | cut -c1-400
         for b in ${BATCHES:-1 64}; do
+         for pl in ${PIPELINES:-auto}; do  # PIPELINES="0 1": the engine with either M <= 8 quantized GEMV kernel
+          tag=${q}_b$b; [ "$pl" != auto ] && tag=${tag}_pipe$pl
+          KILN_CUDA_QUANT_PIPELINE=$([ "$pl" = auto ] && echo "" || echo "$pl") \
           timeout 240 .dev/gpu/kiln bench /tmp/l7b-$q.kiln --batch $b --prompt-len 512 --gen-len 64 --iterations 2 --warmup 1 \
-            --json --no-verify > "$out/bench_${q}_b$b.json" 2> "$out/bench_${q}_b$b.err"
-          echo "$q batch $b: exit $?"; python3 -c '
-import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in d if not isinstance(d[k], (list, dict))})' "$out/bench_${q}_b$b.json" 2>&1 | cut -c1-900
+            --json --no-verify > "$out/bench_$tag.json" 2> "$out/bench_$tag.err"
+          echo "$q batch $b pipeline $pl: exit $?"; python3 -c '
+import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in d if not isinstance(d[k], (list, dict))})' "$out/bench_$tag.json" 2>&1 | cut -c1-900
+         done
         done
         rm -f /tmp/l7b-$q.kiln
       done ;;

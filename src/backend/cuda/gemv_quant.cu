@@ -61,6 +61,7 @@
 // get x = 0, so they never contribute.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -711,6 +712,16 @@ SmemLimits smem_limits() {
   return l;
 }
 
+// Auto's choice of kernel at M <= 8: kPipelineAuto, or KILN_CUDA_QUANT_PIPELINE=0|1 (read once; for
+// measuring a whole engine with either kernel, as tools/device/quant7b.sh does).
+bool pipeline_auto() {
+  static const bool on = [] {
+    const char* env = std::getenv("KILN_CUDA_QUANT_PIPELINE");
+    return env && (env[0] == '0' || env[0] == '1') ? env[0] == '1' : kPipelineAuto;
+  }();
+  return on;
+}
+
 // Warps of k_split slices per tile: as many as the GPU holds at once (2 blocks of 8 warps per SM) and
 // no more, each slice at least one chunk.
 int auto_k_split(int64_t tiles, int64_t chunks) {
@@ -844,7 +855,7 @@ Status gemv_quant(const void* x, int64_t M, const QuantWeightView& w, const floa
   const auto fits = [&](size_t dyn) { return dyn + 4096 <= static_cast<size_t>(limits.per_block); };
   if (tuning.pipeline == 1 && M > 8) return make_error("{}: the pipelined kernel takes M <= 8", shapes());
   if (tuning.stage_x == 1 && tuning.pipeline == 0) return make_error("{}: stage_x is the pipelined kernel's", shapes());
-  bool pipe = M <= 8 && (tuning.pipeline == 1 || (tuning.pipeline == -1 && kPipelineAuto && two_per_sm(ring)));
+  bool pipe = M <= 8 && (tuning.pipeline == 1 || (tuning.pipeline == -1 && pipeline_auto() && two_per_sm(ring)));
   bool stage_x = false;
   if (pipe) {
     if (tuning.stage_x == 1) {
