@@ -19,8 +19,8 @@ for what in "$@"; do
         grep -E "Failure|FAILED|Expected|actual|error" "$out/$t.log" | head -12
       done ;;
     bench)
-      timeout 120 .dev/gpu/cuda_gemv_quant_bench > "$out/cuda_gemv_quant_bench.txt" 2>&1; echo "gemv_quant_bench: exit $?"
-      grep -v '^{' "$out/cuda_gemv_quant_bench.txt" | tail -45 ;;
+      timeout 240 .dev/gpu/cuda_gemv_quant_bench > "$out/cuda_gemv_quant_bench.txt" 2>&1; echo "gemv_quant_bench: exit $?"
+      grep -v "^{" "$out/cuda_gemv_quant_bench.txt" | tail -110 ;;
     7b)
       python3 tools/make_random_hf_model.py llama2-7b /tmp/l7b --dtype fp16 --device cuda > "$out/make7b.log" 2>&1 || { tail "$out/make7b.log"; exit 1; }
       cp .dev/shared/fixtures/hf-tiny/tiny-llama/tokenizer{.json,_config.json} /tmp/l7b/
