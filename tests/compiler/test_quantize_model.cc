@@ -322,6 +322,11 @@ TEST(QuantizeModel, CalibrationCacheReuseMismatchAndCorruption) {
   EXPECT_NE(other_group.error().message.find("group_size 32, this build has group_size 64"), std::string::npos)
       << other_group.error().message;
   o.group_size = 32;
+  o.gptq = true;  // GPTQ's codes are not round to nearest's: the cache names the mode
+  auto with_gptq = build_engine(o);
+  ASSERT_FALSE(with_gptq.ok());
+  EXPECT_NE(with_gptq.error().message.find("int4+gptq"), std::string::npos) << with_gptq.error().message;
+  o.gptq = false;
   o.dtype = "bf16";
   auto other_weights = build_engine(o);
   ASSERT_FALSE(other_weights.ok());
