@@ -251,58 +251,71 @@ __device__ __forceinline__ void chunk_mma(const uint32_t (&wa)[4], const uint32_
                                           float s_b, float m_b, XUnit&& xunit, float (&acc)[NT][4]) {
   constexpr int E = kBits == 4 ? 32 : 16;
   constexpr int kWords = 4;
+  constexpr int P = kBits == 4 ? 4 : 2;  // act-dtype pairs per code word (2 or 1 mma)
+  // The A fragments: the codes as magic + q (factored) or as weights (scale and min applied).
+  uint32_t pa[kWords][P], pb[kWords][P];
   if constexpr (kFactored) {
-    // tmp = the chunk's sums of x * (magic + q) for rows g, g + 8; sx = the chunk's sums of x.
-    constexpr int kChains = NT == 1 ? 2 : 1;
-    float tmp[kChains][NT][4], sx[kChains][NT][4];
+#pragma unroll
+    for (int j = 0; j < kWords; ++j) {
+      if constexpr (kBits == 4) {
+        codes_int4<T>(wa[j], pa[j]);
+        codes_int4<T>(wb[j], pb[j]);
+      } else {
+        codes_int8<T>(wa[j], pa[j]);
+        codes_int8<T>(wb[j], pb[j]);
+      }
+    }
+  } else if constexpr (kBits == 4) {
+    const uint32_t s2a = Act<T>::from_float2(s_a, s_a), m2a = Act<T>::from_float2(m_a, m_a);
+    const uint32_t s2b = Act<T>::from_float2(s_b, s_b), m2b = Act<T>::from_float2(m_b, m_b);
+#pragma unroll
+    for (int j = 0; j < kWords; ++j) {
+      dequant_int4<T>(wa[j], s2a, m2a, pa[j]);
+      dequant_int4<T>(wb[j], s2b, m2b, pb[j]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kWords; ++j) {
+      dequant_int8<T>(wa[j], s_a, m_a, pa[j]);
+      dequant_int8<T>(wb[j], s_b, m_b, pb[j]);
+    }
+  }
+  // Factored: tmp = the chunk's sums of x * (magic + q) for rows g, g + 8, sx = the chunk's sums of x;
+  // else the products go straight into acc.
+  constexpr int kChains = kFactored && NT == 1 ? 2 : 1;
+  float tmp[kChains][NT][4], sx[kChains][NT][4];
+  if constexpr (kFactored) {
 #pragma unroll
     for (int h = 0; h < kChains; ++h)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int i = 0; i < 4; ++i) tmp[h][nt][i] = sx[h][nt][i] = 0.0f;
-    constexpr uint32_t one = kOnePair<T>;
-    if constexpr (kBits == 4) {
-      uint32_t pa[kWords][4], pb[kWords][4];
+  }
+  constexpr uint32_t one = kOnePair<T>;
 #pragma unroll
-      for (int j = 0; j < kWords; ++j) {
-        codes_int4<T>(wa[j], pa[j]);
-        codes_int4<T>(wb[j], pb[j]);
+  for (int nt = 0; nt < NT; ++nt) {
+    uint32_t xw[E / 2];
+    xunit(nt, xw);
+#pragma unroll
+    for (int j = 0; j < kWords; ++j) {
+      uint32_t xp[P];  // the x pairs in the order of pa[j] / pb[j]
+      if constexpr (kBits == 4) {
+        x_pairs_int4(xw[2 * j], xw[2 * j + 1], xw[8 + 2 * j], xw[8 + 2 * j + 1], xp);
+      } else {
+        xp[0] = xw[2 * j], xp[1] = xw[2 * j + 1];
       }
+      float(&d)[4] = kFactored ? tmp[j % kChains][nt] : acc[nt];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        uint32_t xw[E / 2];
-        xunit(nt, xw);
+      for (int q = 0; q < P / 2; ++q)
+        mma16816<T>(d, pa[j][2 * q], pb[j][2 * q], pa[j][2 * q + 1], pb[j][2 * q + 1], xp[2 * q], xp[2 * q + 1]);
+      if constexpr (kFactored) {
 #pragma unroll
-        for (int j = 0; j < kWords; ++j) {
-          uint32_t xp[4];
-          x_pairs_int4(xw[2 * j], xw[2 * j + 1], xw[8 + 2 * j], xw[8 + 2 * j + 1], xp);
-          const int h = j % kChains;
-          mma16816<T>(tmp[h][nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
-          mma16816<T>(tmp[h][nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
-          mma16816<T>(sx[h][nt], one, one, one, one, xp[0], xp[1]);
-          mma16816<T>(sx[h][nt], one, one, one, one, xp[2], xp[3]);
-        }
-      }
-    } else {
-      uint32_t pa[kWords][2], pb[kWords][2];
-#pragma unroll
-      for (int j = 0; j < kWords; ++j) {
-        codes_int8<T>(wa[j], pa[j]);
-        codes_int8<T>(wb[j], pb[j]);
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        uint32_t xw[E / 2];
-        xunit(nt, xw);
-#pragma unroll
-        for (int j = 0; j < kWords; ++j) {
-          const int h = j % kChains;
-          mma16816<T>(tmp[h][nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xw[2 * j], xw[2 * j + 1]);
-          mma16816<T>(sx[h][nt], one, one, one, one, xw[2 * j], xw[2 * j + 1]);
-        }
+        for (int q = 0; q < P / 2; ++q) mma16816<T>(sx[j % kChains][nt], one, one, one, one, xp[2 * q], xp[2 * q + 1]);
       }
     }
+  }
+  if constexpr (kFactored) {
     // W = scale * q + min over the chunk: sum x W = scale * tmp + (min - magic * scale) * sx.
     constexpr float magic = kCodeMagic<T, kBits>;
     const float ma2 = fmaf(-magic, s_a, m_a), mb2 = fmaf(-magic, s_b, m_b);
@@ -321,41 +334,61 @@ __device__ __forceinline__ void chunk_mma(const uint32_t (&wa)[4], const uint32_
       acc[nt][2] = fmaf(s_b, t4[2], fmaf(mb2, x4[2], acc[nt][2]));
       acc[nt][3] = fmaf(s_b, t4[3], fmaf(mb2, x4[3], acc[nt][3]));
     }
-  } else if constexpr (kBits == 4) {
-    const uint32_t s2a = Act<T>::from_float2(s_a, s_a), m2a = Act<T>::from_float2(m_a, m_a);
-    const uint32_t s2b = Act<T>::from_float2(s_b, s_b), m2b = Act<T>::from_float2(m_b, m_b);
-    uint32_t pa[kWords][4], pb[kWords][4];
-#pragma unroll
-    for (int j = 0; j < kWords; ++j) {
-      dequant_int4<T>(wa[j], s2a, m2a, pa[j]);
-      dequant_int4<T>(wb[j], s2b, m2b, pb[j]);
-    }
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      uint32_t xw[E / 2];
-      xunit(nt, xw);
-#pragma unroll
-      for (int j = 0; j < kWords; ++j) {
-        uint32_t xp[4];
-        x_pairs_int4(xw[2 * j], xw[2 * j + 1], xw[8 + 2 * j], xw[8 + 2 * j + 1], xp);
-        mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xp[0], xp[1]);
-        mma16816<T>(acc[nt], pa[j][2], pb[j][2], pa[j][3], pb[j][3], xp[2], xp[3]);
-      }
-    }
+  }
+}
+
+// The scale and min of chunk c for rows a and b (meta_a / meta_b: the rows' first group), as the lane
+// with unit index c * 4 + t needs them. Factored, a lane also scales the other lanes' units of its chunk
+// (the mma sums over t), so even a lane whose unit lies past the row loads the chunk's (one group for
+// the whole chunk); otherwise a unit past the row gets zeros (zero weights).
+template <bool kFactored>
+__device__ __forceinline__ void load_chunk_meta(const QuantParams& p, int64_t meta_a, int64_t meta_b, int c, int t,
+                                                int units, float& sa, float& ma, float& sb, float& mb) {
+  const int unit = c * kUnitsPerChunk + t;
+  if (kFactored || unit < units) {
+    const int gi = group_of(p, kFactored ? c * kUnitsPerChunk : unit);
+    sa = load_meta(p.scales, meta_a + gi, p.scale_f32);
+    sb = load_meta(p.scales, meta_b + gi, p.scale_f32);
+    ma = p.mins ? load_meta(p.mins, meta_a + gi, p.scale_f32) : 0.0f;
+    mb = p.mins ? load_meta(p.mins, meta_b + gi, p.scale_f32) : 0.0f;
   } else {
-    uint32_t pa[kWords][2], pb[kWords][2];
+    sa = sb = ma = mb = 0.0f;
+  }
+}
+
+// The end of both kernels: the k_split warps of a tile combine their fragments through shared memory
+// (the first warp adds the others'; same lane layout), then the first stores y (+ bias). Accumulator i
+// of n-tile nt: row g (i < 2) or g + 8, column (x row) nt * 8 + 2t + (i & 1).
+template <class T, int NT>
+__device__ __forceinline__ void combine_and_store(const QuantParams& p, float (&partial)[kWarps][NT * 4][32], int warp,
+                                                  int lane, int slice, int tile, float (&acc)[NT][4]) {
+  const int g = lane / 4, t = lane % 4;
+  if (p.k_split > 1) {
 #pragma unroll
-    for (int j = 0; j < kWords; ++j) {
-      dequant_int8<T>(wa[j], s_a, m_a, pa[j]);
-      dequant_int8<T>(wb[j], s_b, m_b, pb[j]);
-    }
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      uint32_t xw[E / 2];
-      xunit(nt, xw);
+      for (int i = 0; i < 4; ++i) partial[warp][nt * 4 + i][lane] = acc[nt][i];
+    __syncthreads();
+    if (slice != 0) return;
+    for (int s = 1; s < p.k_split; ++s)
 #pragma unroll
-      for (int j = 0; j < kWords; ++j)
-        mma16816<T>(acc[nt], pa[j][0], pb[j][0], pa[j][1], pb[j][1], xw[2 * j], xw[2 * j + 1]);
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[nt][i] += partial[warp + s][nt * 4 + i][lane];
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = tile * kTileRows + g + (i >= 2 ? 8 : 0), m = nt * 8 + 2 * t + (i & 1);
+      if (row < p.N && m < p.M) {
+        const float v = acc[nt][i] + (p.bias ? p.bias[row] : 0.0f);
+        if (p.y_f32) {
+          static_cast<float*>(p.y)[m * p.ldy + row] = v;
+        } else {
+          static_cast<T*>(p.y)[m * p.ldy + row] = Act<T>::from_float(v);
+        }
+      }
     }
   }
 }
@@ -386,8 +419,6 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
   // one is computed.
   uint4 ca[U], cb[U];
   float sa[U], ma[U], sb[U], mb[U];
-  // Factored, a lane also scales the other lanes' units of its chunk (the mma sums over t), so even a
-  // lane whose unit lies past the row loads the chunk's scale and min (one group for the whole chunk).
   const auto load = [&](int u, int c) {
     const int unit = c * kUnitsPerChunk + t;
     if (unit < units) {
@@ -396,15 +427,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
     } else {  // past the row: zero codes (x is zero there too)
       ca[u] = cb[u] = make_uint4(0, 0, 0, 0);
     }
-    if (kFactored || unit < units) {
-      const int gi = group_of(p, kFactored ? c * kUnitsPerChunk : unit);
-      sa[u] = load_meta(p.scales, meta_a + gi, p.scale_f32);
-      sb[u] = load_meta(p.scales, meta_b + gi, p.scale_f32);
-      ma[u] = p.mins ? load_meta(p.mins, meta_a + gi, p.scale_f32) : 0.0f;
-      mb[u] = p.mins ? load_meta(p.mins, meta_b + gi, p.scale_f32) : 0.0f;
-    } else {  // zero weights
-      sa[u] = sb[u] = ma[u] = mb[u] = 0.0f;
-    }
+    load_chunk_meta<kFactored>(p, meta_a, meta_b, c, t, units, sa[u], ma[u], sb[u], mb[u]);
   };
 #pragma unroll
   for (int u = 0; u < U; ++u) load(u, slice + u * k_split);  // independent of the previous kernel
@@ -436,36 +459,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_kernel(const QuantPara
     }
   }
 
-  // k_split combine: the first warp of each tile adds the others' fragments (same lane layout).
-  if (k_split > 1) {
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) partial[warp][nt * 4 + i][lane] = acc[nt][i];
-    __syncthreads();
-    if (slice != 0) return;
-    for (int s = 1; s < k_split; ++s)
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[nt][i] += partial[warp + s][nt * 4 + i][lane];
-  }
-  // Accumulator i of n-tile nt: row g (i < 2) or g + 8, column (x row) nt * 8 + 2t + (i & 1).
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = tile * kTileRows + g + (i >= 2 ? 8 : 0), m = nt * 8 + 2 * t + (i & 1);
-      if (row < p.N && m < p.M) {
-        const float v = acc[nt][i] + (p.bias ? p.bias[row] : 0.0f);
-        if (p.y_f32) {
-          static_cast<float*>(p.y)[m * p.ldy + row] = v;
-        } else {
-          static_cast<T*>(p.y)[m * p.ldy + row] = Act<T>::from_float(v);
-        }
-      }
-    }
-  }
+  combine_and_store<T, NT>(p, partial, warp, lane, slice, tile, acc);
 }
 
 // Pipelined variant for M <= 8 (one n-tile), the decode case. Same fragments, chunks and arithmetic
@@ -503,7 +497,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_pipe_kernel(const Quan
   constexpr int S = kPipeDepth;
   constexpr int E = kBits == 4 ? 32 : 16;  // elements per 16-byte unit
   constexpr int kWords = 4;
-  __shared__ float partial[kWarps][4][32];
+  __shared__ float partial[kWarps][4][32];  // combine_and_store's
   extern __shared__ uint4 dyn_smem[];  // the ring, then (kStageX) x as [M][x_ld]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -527,15 +521,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_pipe_kernel(const Quan
       const bool in = unit < units;
       cp_async16(ring + (2 * u) * 32 + lane, wa + (in ? unit : 0), in);
       cp_async16(ring + (2 * u + 1) * 32 + lane, wb + (in ? unit : 0), in);
-      if (kFactored || in) {
-        const int gi = group_of(p, kFactored ? c * kUnitsPerChunk : unit);
-        sa[u] = load_meta(p.scales, meta_a + gi, p.scale_f32);
-        sb[u] = load_meta(p.scales, meta_b + gi, p.scale_f32);
-        ma[u] = p.mins ? load_meta(p.mins, meta_a + gi, p.scale_f32) : 0.0f;
-        mb[u] = p.mins ? load_meta(p.mins, meta_b + gi, p.scale_f32) : 0.0f;
-      } else {
-        sa[u] = sb[u] = ma[u] = mb[u] = 0.0f;
-      }
+      load_chunk_meta<kFactored>(p, meta_a, meta_b, c, t, units, sa[u], ma[u], sb[u], mb[u]);
     }
     cp_async_commit();
   };
@@ -594,28 +580,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_quant_pipe_kernel(const Quan
     }
   }
   cp_async_wait<0>();  // nothing in flight into shared memory when the block exits
-
-  if (k_split > 1) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) partial[warp][i][lane] = acc[0][i];
-    __syncthreads();
-    if (slice != 0) return;
-    for (int s = 1; s < k_split; ++s)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[0][i] += partial[warp + s][i][lane];
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int row = tile * kTileRows + g + (i >= 2 ? 8 : 0), m = 2 * t + (i & 1);
-    if (row < p.N && m < p.M) {
-      const float v = acc[0][i] + (p.bias ? p.bias[row] : 0.0f);
-      if (p.y_f32) {
-        static_cast<float*>(p.y)[m * p.ldy + row] = v;
-      } else {
-        static_cast<T*>(p.y)[m * p.ldy + row] = Act<T>::from_float(v);
-      }
-    }
-  }
+  combine_and_store<T, 1>(p, partial, warp, lane, slice, tile, acc);
 }
 
 // One thread per 16-byte unit: W[n, :] in the act dtype, out[N, K] dense. w = fmaf(q, scale, min)
