@@ -108,18 +108,35 @@ nlohmann::json quant_metadata(const std::string& engine) {
   return loaded.ok() ? loaded->metadata["build"]["quant"] : nlohmann::json();
 }
 
+// The fp32 stories260K engine built in `dir` and its logits at every position of `text` (with BOS).
+struct Fp32Reference {
+  std::unique_ptr<Model> model;
+  int64_t vocab = 0;
+  std::vector<int32_t> ids;
+  std::vector<float> logits;
+};
+Fp32Reference fp32_reference(const TempDir& dir, const std::string& text) {
+  Fp32Reference r;
+  const auto built = build(dir, kStories, "f32.kiln", "none");
+  EXPECT_TRUE(built.ok()) << built.error().message;
+  if (!built.ok() || !(r.model = load(dir.file("f32.kiln")))) return r;
+  r.vocab = r.model->backend().vocab_size();
+  r.ids = r.model->tokenizer()->encode(text, true);
+  r.logits = all_logits(*r.model, r.ids);
+  return r;
+}
+
 TEST(QuantizeModel, StoriesEnginesAgreeWithFp32) {
   TempDir dir;
-  ASSERT_TRUE(build(dir, kStories, "f32.kiln", "none").ok());
-  auto ref_model = load(dir.file("f32.kiln"));
-  ASSERT_TRUE(ref_model);
-  const int64_t vocab = ref_model->backend().vocab_size();
-  const std::vector<int32_t> ids = ref_model->tokenizer()->encode(
+  const Fp32Reference f32 = fp32_reference(
+      dir,
       "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
-      "friends. One day, she saw a big red ball",
-      true);
+      "friends. One day, she saw a big red ball");
+  ASSERT_TRUE(f32.model);
+  const int64_t vocab = f32.vocab;
+  const std::vector<int32_t>& ids = f32.ids;
   ASSERT_GE(ids.size(), 30u);
-  const std::vector<float> ref = all_logits(*ref_model, ids);
+  const std::vector<float>& ref = f32.logits;
   // Bars well below what these engines reach (recorded in docs/QUANTIZATION.md), above what a
   // broken kernel or layout would give (top-1 of random logits is ~0.2%).
   const std::map<std::string, std::pair<double, double>> bars = {
@@ -131,7 +148,7 @@ TEST(QuantizeModel, StoriesEnginesAgreeWithFp32) {
     ASSERT_TRUE(report.ok()) << report.error().message;
     auto model = load(dir.file(mode + ".kiln"));
     ASSERT_TRUE(model);
-    EXPECT_LT(model->backend().weight_bytes(), ref_model->backend().weight_bytes() * (mode == "int8" ? 0.45 : 0.40));
+    EXPECT_LT(model->backend().weight_bytes(), f32.model->backend().weight_bytes() * (mode == "int8" ? 0.45 : 0.40));
     got[mode] = compare(ref, all_logits(*model, ids), vocab);
     EXPECT_GE(got[mode].top1, bar.first);
     EXPECT_LE(got[mode].mean_kl, bar.second);
@@ -142,19 +159,16 @@ TEST(QuantizeModel, StoriesEnginesAgreeWithFp32) {
 
 // GPTQ (compiler/gptq.h; its own tests check the algorithm) through `kiln build --gptq`: on stories260K
 // (K = 64 / 172, so the calibration's ~1,900 rows determine H well) the int4 and int8 engines err less
-// than round to nearest on a held-out story, every matrix quantized, and the engine records nothing
-// else differently.
+// than round to nearest on a held-out story, at the same weight bytes.
 TEST(QuantizeModel, GptqBuildsErrLessThanRoundToNearest) {
   TempDir dir;
-  ASSERT_TRUE(build(dir, kStories, "f32.kiln", "none").ok());
-  auto ref_model = load(dir.file("f32.kiln"));
-  ASSERT_TRUE(ref_model);
-  const int64_t vocab = ref_model->backend().vocab_size();
-  const std::vector<int32_t> ids = ref_model->tokenizer()->encode(
-      "Tom had a small dog called Max. Every morning they walked to the river. One day "
-      "Max found a shiny stone under a tree",
-      true);
-  const std::vector<float> ref = all_logits(*ref_model, ids);
+  const Fp32Reference f32 = fp32_reference(
+      dir, "Tom had a small dog called Max. Every morning they walked to the river. One day Max found a shiny stone "
+           "under a tree");
+  ASSERT_TRUE(f32.model);
+  const int64_t vocab = f32.vocab;
+  const std::vector<int32_t>& ids = f32.ids;
+  const std::vector<float>& ref = f32.logits;
   // Measured (KL vs fp32 on this story, RTN -> GPTQ): int4 g32 5.3e-2 -> 4.2e-2, int8 3.8e-4 -> 3.4e-4; a GPTQ
   // that moved errors the wrong way or onto the wrong columns is worse than round to nearest, not better.
   for (const auto& [mode, group, bar] : std::vector<std::tuple<std::string, int64_t, double>>{{"int4-rtn", 32, 0.9}, {"int8", 0, 0.95}}) {
