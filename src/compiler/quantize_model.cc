@@ -272,6 +272,7 @@ Fold find_fold(const Graph& graph, const Node& consumer) {
 struct Candidate {
   QuantizedMatrix q;
   double rel_error = 0;  // ||X (Wq/s)^T - X W^T|| / ||X W^T|| on the samples
+  std::string note;      // set when GPTQ could not run and round to nearest replaced it
 };
 
 // Round to nearest with each group's range clipped for the least activation-weighted error
@@ -294,16 +295,6 @@ Candidate quantize_scaled(const std::vector<float>& w, int64_t N, int64_t K, con
   std::vector<float> scaled(w.size());
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) scaled[n * K + k] = w[n * K + k] * s[k];
-  std::vector<double> importance;
-  if (clip && importance_in) importance = *importance_in;
-  if (clip && !importance_in && stats && stats->sample_rows > 0) {
-    importance.assign(K, 0.0);
-    for (int64_t m = 0; m < stats->sample_rows; ++m)
-      for (int64_t k = 0; k < K; ++k) {
-        const double x = stats->samples[m * K + k] / s[k];
-        importance[k] += x * x;
-      }
-  }
   // X (Q(W s) / s)^T = (X / s) Q(W s)^T: the scaled samples are what the quantized matrix sees.
   const int64_t M = stats ? stats->sample_rows : 0;
   std::vector<float> xs(M * K), y(M * N);
@@ -313,9 +304,21 @@ Candidate quantize_scaled(const std::vector<float>& w, int64_t N, int64_t K, con
   bool done = false;
   if (gptq && M > 0) {
     Result<QuantizedMatrix> q = quantize_gptq(scaled.data(), N, K, info, xs.data(), M, pool, GptqOptions{0.01, true, clip});
-    if (q.ok()) c.q = std::move(*q), done = true;
+    if (q.ok()) {
+      c.q = std::move(*q), done = true;
+    } else {
+      c.note = q.error().message + ": round to nearest instead";
+    }
   }
   if (!done) {
+    // The clipping importance Σ x^2 per input channel (GPTQ takes it from its Hessian's diagonal).
+    std::vector<double> importance;
+    if (clip && importance_in) importance = *importance_in;
+    if (clip && !importance_in && M > 0) {
+      importance.assign(K, 0.0);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < K; ++k) importance[k] += static_cast<double>(xs[m * K + k]) * xs[m * K + k];
+    }
     c.q = importance.empty() ? quantize_rtn(scaled.data(), N, K, info)
                              : quantize_clipped(scaled.data(), N, K, info, importance);
   }
@@ -753,6 +756,7 @@ Result<QuantizeModelReport> quantize_model(Graph& graph, WeightStore& weights, c
     Candidate c = quantize_scaled(*w, N, K, plan.s, plan.info, st, y_ref, pool, clip,
                                   cached && !cached->importance.empty() ? &cached->importance : nullptr,
                                   options.gptq);
+    if (!c.note.empty()) report.notes.push_back(fmt::format("{}: {}", short_name(plan.name), c.note));
     if (cached && cached->error >= 0) c.rel_error = cached->error;
     const bool measured = st != nullptr || (cached && cached->error >= 0);
     if (!options.calib_cache.empty() && !from_cache) {
