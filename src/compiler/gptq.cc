@@ -70,10 +70,8 @@ Result<QuantizedMatrix> quantize_gptq(const float* w, int64_t N, int64_t K, cons
   mean_diag /= static_cast<double>(K);
   std::vector<double> diag(K);
   for (int64_t k = 0; k < K; ++k) {
-    if (h[k * K + k] <= 0) {  // no input reaches column k: uncoupled, round to nearest
-      for (int64_t i = 0; i < K; ++i) h[k * K + i] = h[i * K + k] = 0.0;
-      h[k * K + k] = 1.0;
-    }
+    // No input reaches column k (X's column k is zero, so is H's row k): uncoupled, round to nearest.
+    if (h[k * K + k] <= 0) h[k * K + k] = 1.0;
     h[k * K + k] += options.damp * (mean_diag > 0 ? mean_diag : 1.0);
     diag[k] = h[k * K + k];
   }
